@@ -1,0 +1,95 @@
+"""Compiled-extension loading and the backend registry.
+
+Compiled modules load lazily and a failed load is recorded, never raised at import time
+(xformers / apex style): the torch backend always works, and ``available_backends()`` and
+``backend_status()`` say what else this install can run and why not.
+
+Environment switches (documented in README "Switches"):
+  SHAPLEY_KERNELS_DISABLE=cpp,triton,cuda   hide backends (for testing fallbacks).
+"""
+import importlib
+import os
+from typing import Dict, List, Optional
+
+import torch
+
+BACKENDS = ("torch", "cpp", "triton", "cuda")
+_load_errors: Dict[str, str] = {}
+_modules: Dict[str, object] = {}
+
+
+def _disabled() -> set:
+    return {b.strip() for b in os.environ.get("SHAPLEY_KERNELS_DISABLE", "").split(",") if b.strip()}
+
+
+def load_extension(name: str) -> Optional[object]:
+    """Import the compiled module ``shapley_kernels.<name>`` once; None (error recorded) on failure."""
+    if name in _modules:
+        return _modules[name]
+    try:
+        mod = importlib.import_module(f"shapley_kernels.{name}")
+    except Exception as exc:  # ImportError, undefined symbols, ABI mismatch ...
+        _load_errors[name] = f"{type(exc).__name__}: {exc}"
+        mod = None
+    _modules[name] = mod
+    return mod
+
+
+def _triton_usable() -> Optional[str]:
+    """None if Triton kernels can run here (a CUDA GPU, or TRITON_INTERPRET=1), else why not."""
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:
+        return f"triton not importable: {exc}"
+    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return "no CUDA device and TRITON_INTERPRET is not 1"
+
+
+def backend_status() -> Dict[str, str]:
+    """Every backend with "available" or the reason it is not."""
+    status = {"torch": "available"}
+    disabled = _disabled()
+    ext = load_extension("_C")
+    status["cpp"] = "available" if ext is not None else f"extension not built: {_load_errors.get('_C')}"
+    reason = _triton_usable()
+    status["triton"] = "available" if reason is None else reason
+    if not torch.cuda.is_available():
+        status["cuda"] = "no CUDA device"
+    else:
+        cuda_ext = load_extension("_cuda")
+        status["cuda"] = "available" if cuda_ext is not None else f"extension not built: {_load_errors.get('_cuda')}"
+    for name in disabled:
+        if name in status and name != "torch":
+            status[name] = "disabled by SHAPLEY_KERNELS_DISABLE"
+    return status
+
+
+def available_backends() -> List[str]:
+    """Backends this install can run now, in order of preference on a GPU: cuda, triton, cpp, torch."""
+    status = backend_status()
+    return [b for b in BACKENDS if status[b] == "available"]
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``backend`` ("auto" or a name) to a runnable backend for tensors on ``device``.
+
+    "auto": cuda, then triton, on a CUDA device; cpp on the CPU; torch as the fallback.
+    An explicit backend that is unknown or unavailable raises ValueError listing what is available.
+    """
+    avail = available_backends()
+    if backend == "auto":
+        order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpp", "torch")
+        return next(b for b in order if b in avail)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {list(BACKENDS)}, got {backend!r}")
+    if backend not in avail:
+        raise ValueError(
+            f"backend {backend!r} is not available in this install ({backend_status()[backend]}); "
+            f"available: {avail}"
+        )
+    if backend == "cuda" and device.type != "cuda":
+        raise ValueError("backend 'cuda' needs tensors on a CUDA device")
+    if backend == "cpp" and device.type != "cpu":
+        raise ValueError("backend 'cpp' needs tensors on the CPU")
+    return backend

@@ -1,0 +1,186 @@
+"""LOUPE's losses: L_CMC (Eq. 1), L_TSA (Eq. 8), L_FSA (Eq. 11) and L_UNSIL (Eq. 12).
+
+Every loss returns a finite scalar, also on degenerate input (no phrase in the batch, one
+candidate, all labels tied): where nothing enters a loss it is ``0 * (input).sum()``, so the
+graph stays connected and the gradient is zero.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+TIE_EPS = 1e-6  # spec section 3: an image whose candidate labels span less than this gets weight 0
+
+
+class LossOutput(NamedTuple):
+    """What ``LoupeModel.forward`` returns in training mode.
+
+    total: scalar tensor, the sum of ``terms``.
+    terms: name -> scalar tensor ("cmc", "tsa", "fsa", "unsil"), each with its graph.
+    logs:  name -> float, diagnostics (label sources, UNSIL error, label time in seconds).
+    """
+
+    total: torch.Tensor
+    terms: dict
+    logs: dict
+
+
+class ContrastiveBank(NamedTuple):
+    """Detached global embeddings of the whole (accumulated, all-rank) batch.
+
+    img, txt: float[G, d] L2-normalised; offset: first row of the live micro-batch.
+    """
+
+    img: torch.Tensor
+    txt: torch.Tensor
+    offset: int
+
+
+def _zero_like_graph(x: torch.Tensor) -> torch.Tensor:
+    """A zero scalar connected to ``x``'s graph (a loss where nothing enters)."""
+    return x.sum() * 0.0
+
+
+def _symmetric_ce(logits_i2t: torch.Tensor, logits_t2i: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))
+
+
+def _with_live_rows(bank_rows: torch.Tensor, live: torch.Tensor, offset: int) -> torch.Tensor:
+    """bank_rows float[G, d] with rows offset:offset+b replaced by ``live`` float[b, d] (keeps grad)."""
+    b, g = live.shape[0], bank_rows.shape[0]
+    if not 0 <= offset <= g - b:
+        raise ValueError(f"bank.offset {offset} with a micro-batch of {b} does not fit a bank of {g} rows")
+    bank_rows = bank_rows.to(live.dtype)
+    return torch.cat([bank_rows[:offset], live, bank_rows[offset + b:]], dim=0)
+
+
+def _distributed_world():
+    """(rank, world size) when torch.distributed runs with more than one process, else None."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def cmc_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
+             bank: Optional[ContrastiveBank] = None) -> torch.Tensor:
+    """Cross-modal contrastive loss L_CMC (spec Eq. 1): mean of both cross-entropies.
+
+    img, txt: float[b, d] L2-normalised global embeddings of matched pairs (row i with row i).
+    logit_scale: scalar tensor, 1/tau (already exponentiated and clamped).
+    bank: None, or a ContrastiveBank whose rows offset:offset+b are replaced by the live
+      embeddings; the loss is then the mean over the full G x G matrix.
+    Without a bank and with torch.distributed running on world > 1, the features of all ranks
+    are gathered with gradients and this rank's rows are scored against the global batch,
+    labels offset by rank (OpenCLIP's local loss): the mean over ranks is the global loss.
+    Every rank must hold the same b.
+    """
+    if img.shape != txt.shape or img.dim() != 2:
+        raise ValueError(f"img and txt must both be [b, d], got {tuple(img.shape)} and {tuple(txt.shape)}")
+    if bank is not None:
+        all_img = _with_live_rows(bank.img, img, bank.offset)
+        all_txt = _with_live_rows(bank.txt, txt, bank.offset)
+        logits = logit_scale * all_img @ all_txt.t()
+        labels = torch.arange(logits.shape[0], device=img.device)
+        return _symmetric_ce(logits, logits.t(), labels)
+    world = _distributed_world()
+    if world is None:
+        logits = logit_scale * img @ txt.t()
+        labels = torch.arange(img.shape[0], device=img.device)
+        return _symmetric_ce(logits, logits.t(), labels)
+    rank, _ = world
+    from torch.distributed.nn.functional import all_gather  # gather with gradients
+    all_img = torch.cat(all_gather(img), dim=0)
+    all_txt = torch.cat(all_gather(txt), dim=0)
+    labels = torch.arange(img.shape[0], device=img.device) + rank * img.shape[0]
+    return _symmetric_ce(logit_scale * img @ all_txt.t(), logit_scale * txt @ all_img.t(), labels)
+
+
+def minmax_labels(interactions: torch.Tensor, valid: torch.Tensor):
+    """Spec section 3 **[choice]**: min-max normalise each image's candidate interactions.
+
+    interactions: float[B, K]; valid: bool[B, K] (candidates that carry a label).
+    Returns (labels float[B, K] in [0, 1], 0 where not valid; image_weight float[B], 0 for an
+    image whose valid labels span less than 1e-6 (one candidate, ties) or that has none).
+    """
+    big = torch.finfo(interactions.dtype).max
+    hi = interactions.masked_fill(~valid, -big).amax(dim=1)
+    lo = interactions.masked_fill(~valid, big).amin(dim=1)
+    span = hi - lo
+    weight = (valid.any(dim=1) & (span >= TIE_EPS)).to(interactions.dtype)
+    safe_span = torch.where(weight > 0, span, torch.ones_like(span))
+    labels = ((interactions - lo[:, None]) / safe_span[:, None]).clamp(0.0, 1.0)
+    return labels.masked_fill(~valid, 0.0) * weight[:, None], weight
+
+
+def tsa_loss(conf_logits: torch.Tensor, interactions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Token-based semantic aggregation loss L_TSA (spec Eq. 8).
+
+    conf_logits: float[B, K] confidence logits of the candidate regions, p(R) = sigmoid(logit).
+    interactions: float[B, K] token-level interactions I([R]) (constants, detached here).
+    valid: bool[B, K] candidates with a label.
+    Per image: -1/K_valid sum_k [I' log p + (1 - I') log(1 - p)] with I' the per-image min-max
+    labels; images with tied labels get weight 0; mean over the images kept.
+    """
+    if conf_logits.shape != interactions.shape or valid.shape != conf_logits.shape:
+        raise ValueError(f"conf_logits {tuple(conf_logits.shape)}, interactions {tuple(interactions.shape)} "
+                         f"and valid {tuple(valid.shape)} must have the same [B, K] shape")
+    labels, weight = minmax_labels(interactions.detach().to(conf_logits.dtype), valid)
+    if not bool(weight.any()):
+        return _zero_like_graph(conf_logits)
+    bce = F.binary_cross_entropy_with_logits(conf_logits, labels, reduction="none").masked_fill(~valid, 0.0)
+    per_image = bce.sum(dim=1) / valid.sum(dim=1).clamp(min=1).to(bce.dtype)
+    return (per_image * weight).sum() / weight.sum()
+
+
+def phrase_distribution(interactions: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor):
+    """Spec section 4 **[choice]**: each region's interactions as a distribution over phrases.
+
+    interactions: float[B, K, M]; region_mask bool[B, K]; phrase_mask bool[B, M].
+    Returns (target float[B, K, M], rows sum to 1 where kept; keep bool[B, K]: real regions with
+    at least one positive interaction with a present phrase).
+    """
+    present = region_mask[:, :, None] & phrase_mask[:, None, :]
+    positive = interactions.clamp(min=0.0).masked_fill(~present, 0.0)
+    total = positive.sum(dim=2)
+    keep = total > 0
+    target = positive / torch.where(keep, total, torch.ones_like(total))[:, :, None]
+    return target, keep
+
+
+def fsa_loss(alignment: torch.Tensor, interactions: torch.Tensor, region_mask: torch.Tensor,
+             phrase_mask: torch.Tensor) -> torch.Tensor:
+    """Fine-grained semantic alignment loss L_FSA (spec Eq. 11, distribution-over-phrases form).
+
+    alignment: float[B, K, M] logits A (region-phrase cosine times its logit scale).
+    interactions: float[B, K, M] semantic-level interactions (constants, detached here).
+    region_mask bool[B, K], phrase_mask bool[B, M]: padding never enters.
+    Loss: mean over the kept regions of -sum_j I'_ij log softmax_{j present}(A_i)_j.
+    """
+    if alignment.shape != interactions.shape or alignment.dim() != 3:
+        raise ValueError(f"alignment {tuple(alignment.shape)} and interactions {tuple(interactions.shape)} "
+                         "must have the same [B, K, M] shape")
+    target, keep = phrase_distribution(interactions.detach().to(alignment.dtype), region_mask, phrase_mask)
+    if not bool(keep.any()):
+        return _zero_like_graph(alignment)
+    absent = ~phrase_mask[:, None, :].expand_as(alignment)
+    log_probs = alignment.masked_fill(absent, float("-inf")).log_softmax(dim=2)
+    log_probs = log_probs.masked_fill(absent | ~keep[:, :, None], 0.0)
+    per_region = -(target * log_probs).sum(dim=2)
+    return per_region[keep].mean()
+
+
+def unsil_loss(estimate: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor,
+               lam: float = 1.0) -> torch.Tensor:
+    """UNSIL loss (spec Eq. 12 **[choice]** form), mean over targets of (I^ - I*)^2 / sigma + lam * sigma.
+
+    estimate, sigma, target: float[T] (target detached here; sigma in (0, 1)). For a fixed
+    error e the optimum is sigma = |e| / sqrt(lam). No target: a zero connected to the graph.
+    """
+    if estimate.shape != sigma.shape or estimate.shape != target.shape:
+        raise ValueError(f"estimate {tuple(estimate.shape)}, sigma {tuple(sigma.shape)} and target "
+                         f"{tuple(target.shape)} must have the same shape")
+    if estimate.numel() == 0:
+        return _zero_like_graph(estimate) + _zero_like_graph(sigma)
+    error = estimate - target.detach().to(estimate.dtype)
+    return (error.square() / sigma + lam * sigma).mean()

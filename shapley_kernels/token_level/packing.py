@@ -1,0 +1,74 @@
+"""Packing the kept tokens of many coalitions into dense, nearly padding-free buckets.
+
+Under the "drop" baseline a coalition row computes only its present tokens. Rows are sorted
+by their number of kept tokens and split into a few contiguous groups; each group is gathered
+into a dense [c, n_max] block (n_max: the group's largest kept count) with a small validity
+mask for the shorter rows. Linear layers and attention then cost about the tokens kept (the
+padding left is at most the count spread inside one group), and the original token order and
+positions are kept (``index`` holds each packed token's original sequence position).
+"""
+from typing import List, NamedTuple, Optional
+
+import torch
+
+
+class Bucket(NamedTuple):
+    """One dense block of packed coalition rows.
+
+    rows:  LongTensor[c]     the coalition rows (of the [C, N] keep mask) this block holds.
+    index: LongTensor[c, n]  original sequence position of each packed token (0 in padding).
+    valid: BoolTensor[c, n] or None: False marks padding; None when no row of the block is padded.
+    """
+
+    rows: torch.Tensor
+    index: torch.Tensor
+    valid: Optional[torch.Tensor]
+
+
+def plan_buckets(keep: torch.Tensor, num_buckets: int = 8, min_rows: int = 16) -> List[Bucket]:
+    """Split the rows of ``keep`` (bool[C, N]) into at most ``num_buckets`` packed blocks.
+
+    Rows are sorted by kept count and cut into contiguous groups of about equal size (at least
+    ``min_rows`` rows each where C allows), so that each group pads only to its own maximum.
+    Every row appears in exactly one bucket; a row with no kept token gives a block with n = 0.
+    """
+    C, N = keep.shape
+    counts = keep.sum(dim=1)
+    order = torch.argsort(counts, stable=True)
+    # kept positions first, in their original order (stable sort on "dropped")
+    positions = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    groups = max(1, min(num_buckets, C // max(1, min_rows)))
+    bounds = [round(g * C / groups) for g in range(groups + 1)]
+    sorted_counts = counts[order].tolist()
+    buckets = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi <= lo:
+            continue
+        rows = order[lo:hi]
+        n_max = int(sorted_counts[hi - 1])
+        index = positions[rows, :n_max]
+        if int(sorted_counts[lo]) == n_max:
+            valid = None
+        else:
+            valid = torch.arange(n_max, device=keep.device) < counts[rows, None]
+            index = torch.where(valid, index, torch.zeros_like(index))
+        buckets.append(Bucket(rows, index, valid))
+    return buckets
+
+
+def gather_tokens(x: torch.Tensor, bucket: Bucket) -> torch.Tensor:
+    """Packed tokens of one bucket: x float[C, N, D] -> float[c, n, D] (padding slots hold token 0)."""
+    rows = bucket.rows[:, None].expand_as(bucket.index)
+    return x[rows, bucket.index]
+
+
+def scatter_tokens(packed: torch.Tensor, bucket: Bucket, out: torch.Tensor) -> None:
+    """Write a bucket's packed outputs float[c, n, D] back into ``out`` float[C, N, D] in place.
+
+    Padding slots are skipped, so dropped positions keep whatever ``out`` held (zeros).
+    """
+    rows = bucket.rows[:, None].expand_as(bucket.index)
+    if bucket.valid is None:
+        out[rows, bucket.index] = packed
+    else:
+        out[rows[bucket.valid], bucket.index[bucket.valid]] = packed[bucket.valid]

@@ -1,0 +1,193 @@
+"""UNSIL: uncertainty-aware neural Shapley interaction learning (spec section 5, paper App. D).
+
+A small network predicts an interaction I^ (in units of a running standard deviation of the
+level's sampled targets) and an uncertainty sigma in (0, 1). Both levels share one input form:
+
+- token level: query = region embedding h [d]; sequence A = the image's patch embeddings
+  (targets: the region's patches); sequence B = the caption's word-token embeddings.
+- semantic level: query = [h_i, h_j] (target region and phrase) [2d]; sequence A = [CLS_I] and
+  the K region embeddings (target: region i); sequence B = [CLS_T] and the M phrase embeddings
+  (target: phrase j).
+
+Architectures: "mlp_attention" (default; additive attention with the query,
+u_k = w3 . tanh(W4 h + W5 x_k)), "conv1d" (Hadamard fusion, 1D conv kernel 4 stride 2,
+max-pool) and "transformer" (3 layers, position and three token-type embeddings).
+Inputs are detached by the caller, so L_UNSIL trains UNSIL only.
+"""
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+SIGMA_FLOOR = 1e-6  # keeps 1/sigma in Eq. 12 finite
+
+
+class UnsilInputs(NamedTuple):
+    """One row per interaction target T.
+
+    query:    float[T, Dq]
+    seq_a:    float[T, Na, D]   mask_a bool[T, Na] (True = present)   target_a bool[T, Na]
+    seq_b:    float[T, Nb, D]   mask_b bool[T, Nb]                    target_b bool[T, Nb]
+    """
+
+    query: torch.Tensor
+    seq_a: torch.Tensor
+    mask_a: torch.Tensor
+    target_a: torch.Tensor
+    seq_b: torch.Tensor
+    mask_b: torch.Tensor
+    target_b: torch.Tensor
+
+
+def _mlp(width_in: int, hidden: int, layers: int) -> nn.Sequential:
+    """``layers`` linear layers with GELU between, ending in one output."""
+    mods, width = [], width_in
+    for _ in range(layers - 1):
+        mods += [nn.Linear(width, hidden), nn.GELU()]
+        width = hidden
+    mods.append(nn.Linear(width, 1))
+    return nn.Sequential(*mods)
+
+
+class _AdditiveAttention(nn.Module):
+    """e = sum_k alpha_k x_k, alpha = softmax_k(w3 . tanh(W4 h + W5 x_k)) over present x_k."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.w4 = nn.Linear(hidden, hidden, bias=False)
+        self.w5 = nn.Linear(hidden, hidden)
+        self.w3 = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """h float[T, H], x float[T, N, H], mask bool[T, N] -> float[T, H] (0 with no present x)."""
+        u = self.w3(torch.tanh(self.w4(h)[:, None, :] + self.w5(x))).squeeze(-1)
+        u = u.masked_fill(~mask, torch.finfo(u.dtype).min)
+        alpha = u.softmax(dim=1) * mask.to(u.dtype)
+        return (alpha[:, :, None] * x).sum(dim=1)
+
+
+class MlpAttentionUnsil(nn.Module):
+    """App. D's kept design: attention-pooled A and B, concat [e_A, e_B, h], two 3-layer MLP heads."""
+
+    def __init__(self, query_dim: int, feat_dim: int, hidden: int, max_positions: int):
+        super().__init__()
+        self.query = nn.Linear(query_dim, hidden)
+        self.in_a, self.in_b = nn.Linear(feat_dim, hidden), nn.Linear(feat_dim, hidden)
+        self.att_a, self.att_b = _AdditiveAttention(hidden), _AdditiveAttention(hidden)
+        self.estimate_head, self.sigma_head = _mlp(3 * hidden, hidden, 3), _mlp(3 * hidden, hidden, 3)
+
+    def forward(self, x: UnsilInputs):
+        h = self.query(x.query)
+        e_a = self.att_a(h, self.in_a(x.seq_a), x.mask_a)
+        e_b = self.att_b(h, self.in_b(x.seq_b), x.mask_b)
+        feat = torch.cat([e_a, e_b, h], dim=1)
+        return self.estimate_head(feat).squeeze(-1), self.sigma_head(feat).squeeze(-1)
+
+
+class Conv1dUnsil(nn.Module):
+    """App. D's first design: (W x_k) * (W' h), Conv1d(kernel 4, stride 2), max-pool, two 1-layer heads."""
+
+    KERNEL, STRIDE = 4, 2
+
+    def __init__(self, query_dim: int, feat_dim: int, hidden: int, max_positions: int):
+        super().__init__()
+        self.query = nn.Linear(query_dim, hidden)
+        self.gate_a, self.gate_b = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.in_a, self.in_b = nn.Linear(feat_dim, hidden), nn.Linear(feat_dim, hidden)
+        self.conv_a = nn.Conv1d(hidden, hidden, self.KERNEL, stride=self.STRIDE)
+        self.conv_b = nn.Conv1d(hidden, hidden, self.KERNEL, stride=self.STRIDE)
+        self.estimate_head, self.sigma_head = nn.Linear(3 * hidden, 1), nn.Linear(3 * hidden, 1)
+
+    def _branch(self, h, x, mask, proj, gate, conv):
+        fused = (proj(x) * gate(h)[:, None, :]).masked_fill(~mask[:, :, None], 0.0)
+        if fused.shape[1] < self.KERNEL:  # short sequences: zero-pad to one conv window
+            fused = nn.functional.pad(fused, (0, 0, 0, self.KERNEL - fused.shape[1]))
+        return torch.relu(conv(fused.transpose(1, 2))).amax(dim=2)
+
+    def forward(self, x: UnsilInputs):
+        h = self.query(x.query)
+        c_a = self._branch(h, x.seq_a, x.mask_a, self.in_a, self.gate_a, self.conv_a)
+        c_b = self._branch(h, x.seq_b, x.mask_b, self.in_b, self.gate_b, self.conv_b)
+        feat = torch.cat([c_a, c_b, h], dim=1)
+        return self.estimate_head(feat).squeeze(-1), self.sigma_head(feat).squeeze(-1)
+
+
+class TransformerUnsil(nn.Module):
+    """App. D's third design: 3-layer transformer over [query; A; B] with position and token types.
+
+    Token types: 0 = sequence B (words / phrases), 1 = context element of A (patch / region),
+    2 = target element (the region's patches; the target region and phrase). Read-out: the
+    query position.
+    """
+
+    def __init__(self, query_dim: int, feat_dim: int, hidden: int, max_positions: int, heads: int = 4):
+        super().__init__()
+        self.query = nn.Linear(query_dim, hidden)
+        self.in_a, self.in_b = nn.Linear(feat_dim, hidden), nn.Linear(feat_dim, hidden)
+        self.position = nn.Embedding(max_positions, hidden)
+        self.token_type = nn.Embedding(3, hidden)
+        layer = nn.TransformerEncoderLayer(hidden, heads if hidden % heads == 0 else 1, 2 * hidden,
+                                           dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 3, enable_nested_tensor=False)
+        self.estimate_head, self.sigma_head = nn.Linear(hidden, 1), nn.Linear(hidden, 1)
+
+    def forward(self, x: UnsilInputs):
+        tokens = torch.cat([self.query(x.query)[:, None, :], self.in_a(x.seq_a), self.in_b(x.seq_b)], dim=1)
+        length = tokens.shape[1]
+        if length > self.position.num_embeddings:
+            raise ValueError(f"UNSIL transformer input of {length} positions exceeds max_positions "
+                             f"{self.position.num_embeddings}")
+        types_a = 1 + x.target_a.long()
+        types_b = 2 * x.target_b.long()
+        types = torch.cat([torch.full_like(types_a[:, :1], 2), types_a, types_b], dim=1)
+        tokens = tokens + self.position.weight[:length] + self.token_type(types)
+        present = torch.cat([torch.ones_like(x.mask_a[:, :1]), x.mask_a, x.mask_b], dim=1)
+        out = self.encoder(tokens, src_key_padding_mask=~present)[:, 0]
+        return self.estimate_head(out).squeeze(-1), self.sigma_head(out).squeeze(-1)
+
+
+ARCHITECTURES = {"mlp_attention": MlpAttentionUnsil, "conv1d": Conv1dUnsil, "transformer": TransformerUnsil}
+
+
+class Unsil(nn.Module):
+    """One level's UNSIL network with the running standard deviation of its sampled targets.
+
+    ``forward(inputs) -> (estimate float[T], sigma float[T])``: estimate in units of ``scale()``
+    (raw interaction / running std), sigma in [1e-6, 1]. The running statistics (count, mean,
+    M2 of every target observed) are registered buffers, so they live in ``state_dict`` and in
+    checkpoints.
+    """
+
+    def __init__(self, arch: str, query_dim: int, feat_dim: int, hidden: int, max_positions: int):
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
+        self.net = ARCHITECTURES[arch](query_dim, feat_dim, hidden, max_positions)
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("m2", torch.zeros((), dtype=torch.float64))
+
+    def forward(self, inputs: UnsilInputs):
+        estimate, sigma_logit = self.net(inputs)
+        return estimate, SIGMA_FLOOR + (1.0 - SIGMA_FLOOR) * torch.sigmoid(sigma_logit)
+
+    def scale(self) -> float:
+        """Running standard deviation of the observed targets (1.0 until two distinct values)."""
+        if self.count.item() < 2:
+            return 1.0
+        std = (self.m2 / self.count).sqrt().item()
+        return std if std > 1e-12 else 1.0
+
+    @torch.no_grad()
+    def observe(self, targets: torch.Tensor) -> None:
+        """Merge raw sampled targets float[T] into the running statistics (Chan et al.)."""
+        t = targets.detach().to(self.mean.dtype).flatten()
+        if t.numel() == 0:
+            return
+        n_b, mean_b = float(t.numel()), t.mean()
+        m2_b = (t - mean_b).square().sum()
+        n = self.count + n_b
+        delta = mean_b - self.mean
+        self.m2.add_(m2_b + delta.square() * self.count * n_b / n)
+        self.mean.add_(delta * n_b / n)
+        self.count.copy_(n)

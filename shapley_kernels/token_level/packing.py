@@ -72,3 +72,14 @@ def scatter_tokens(packed: torch.Tensor, bucket: Bucket, out: torch.Tensor) -> N
         out[rows, bucket.index] = packed
     else:
         out[rows[bucket.valid], bucket.index[bucket.valid]] = packed[bucket.valid]
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Pack bool[C, N] into int64 words LongTensor[C, ceil(N / 64)]: bit j of word w is column
+    64 w + j (bit 63 is the sign bit). Used to deduplicate coalitions and by the Triton kernel."""
+    C, N = mask.shape
+    W = max(1, -(-N // 64))
+    padded = mask.new_zeros(C, W * 64)
+    padded[:, :N] = mask
+    shifts = torch.arange(64, device=mask.device, dtype=torch.int64)
+    return (padded.view(C, W, 64).to(torch.int64) << shifts).sum(dim=-1)

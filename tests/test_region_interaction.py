@@ -1,0 +1,125 @@
+"""region_interaction (spec Eq. 7) against enumeration written straight from the equations."""
+import itertools
+from math import comb
+
+import pytest
+import torch
+
+from shapley_kernels.token_level import TransformerTower, dual_encoder_game, region_interaction
+
+
+def towers():
+    torch.manual_seed(0)
+    img = TransformerTower(dim=8, depth=1, heads=2, max_tokens=8, out_dim=6).double().eval()
+    txt = TransformerTower(dim=8, depth=1, heads=2, max_tokens=8, out_dim=6,
+                           norm_first=False).double().eval()
+    return img, txt
+
+
+def eq7_enumeration(game, n, region):
+    """Eq. 7 exactly: sum over S subset X\\R of w(|S|) [v(S u R) - sum_x v(S u {x}) + (n_R - 1) v(S)],
+    w(c) = 1 / ((m + 1) C(m, c)), m = n - n_R."""
+    others = [p for p in range(n) if p not in region]
+    m = len(others)
+    total = 0.0
+    for c in range(m + 1):
+        for subset in itertools.combinations(others, c):
+            rows = [set(subset) | set(region)] + [set(subset) | {x} for x in region] + [set(subset)]
+            coal = torch.zeros(len(rows), n, dtype=torch.bool)
+            for r, members in enumerate(rows):
+                coal[r, list(members)] = True
+            v = game(coal)
+            term = v[0] - v[1:-1].sum() + (len(region) - 1) * v[-1]
+            total += float(term) / ((m + 1) * comb(m, c))
+    return total
+
+
+def setup_pairs():
+    gen = torch.Generator().manual_seed(3)
+    x_img = torch.randn(2, 6, 8, generator=gen, dtype=torch.float64)
+    x_txt = torch.randn(2, 4, 8, generator=gen, dtype=torch.float64)
+    image_mask = torch.ones(2, 6, dtype=torch.bool)
+    image_mask[1, 4:] = False
+    text_mask = torch.ones(2, 4, dtype=torch.bool)
+    text_mask[0, 3] = False
+    regions = torch.zeros(2, 3, 6, dtype=torch.bool)
+    regions[0, 0, [0, 1]] = True
+    regions[0, 1, [2, 3, 5]] = True
+    regions[0, 2, 4] = True
+    regions[1, 0, [1, 2]] = True
+    regions[1, 1, [0, 1, 3]] = True
+    regions[1, 2, [0, 3]] = True
+    return x_img, x_txt, image_mask, text_mask, regions
+
+
+def enumerated(img, txt, x_img, x_txt, image_mask, text_mask, regions, baseline):
+    want = torch.zeros(regions.shape[:2], dtype=torch.float64)
+    for b in range(regions.shape[0]):
+        game = dual_encoder_game(img, txt, x_img[b], x_txt[b], baseline=baseline,
+                                 image_mask=image_mask[b], text_mask=text_mask[b])
+        players = regions[b][:, image_mask[b]]
+        for k in range(regions.shape[1]):
+            want[b, k] = eq7_enumeration(game, game.n_players, players[k].nonzero().flatten().tolist())
+    return want
+
+
+@pytest.mark.parametrize("baseline", ["zero", "drop"])
+def test_sampling_agrees_with_enumeration(baseline):
+    img, txt = towers()
+    x_img, x_txt, im, tm, regions = setup_pairs()
+    want = enumerated(img, txt, x_img, x_txt, im, tm, regions, baseline)
+    est = region_interaction(img, txt, x_img, x_txt, regions, image_mask=im, text_mask=tm,
+                             baseline=baseline, method="sampling", num_samples=3000, seed=0, max_batch=64)
+    assert est.value.dtype == torch.float64 and est.value.shape == (2, 3)
+    assert bool((est.stderr[regions.sum(-1) > 1] > 0).all())
+    assert bool(((est.value - want).abs() <= 4 * est.stderr + 1e-9).all()), (est.value, want, est.stderr)
+    assert est.value[0, 2] == 0 and est.stderr[0, 2] == 0  # one-patch region: Eq. 7 gives 0
+    sizes = regions.sum(-1)
+    assert est.evaluations.tolist() == (3000 * (sizes + 2).sum(1)).tolist()
+
+
+def test_seed_reproducible_and_seed_matters():
+    img, txt = towers()
+    x_img, x_txt, im, tm, regions = setup_pairs()
+    kw = dict(image_mask=im, text_mask=tm, method="sampling", num_samples=20)
+    a = region_interaction(img, txt, x_img, x_txt, regions, seed=7, **kw)
+    b = region_interaction(img, txt, x_img, x_txt, regions, seed=7, max_batch=5, **kw)
+    c = region_interaction(img, txt, x_img, x_txt, regions, seed=8, **kw)
+    torch.testing.assert_close(a.value, b.value)
+    assert not torch.equal(a.value, c.value)
+
+
+def test_float32_tokens_give_float32():
+    img, txt = towers()
+    img, txt = img.float(), txt.float()
+    x_img, x_txt, im, tm, regions = setup_pairs()
+    est = region_interaction(img, txt, x_img.float(), x_txt.float(), regions, image_mask=im,
+                             text_mask=tm, method="sampling", num_samples=4, seed=1)
+    assert est.value.dtype == torch.float32 and bool(torch.isfinite(est.value).all())
+
+
+def test_errors():
+    img, txt = towers()
+    x_img, x_txt, im, tm, regions = setup_pairs()
+    empty = regions.clone()
+    empty[0, 1] = False
+    with pytest.raises(ValueError, match="regions"):
+        region_interaction(img, txt, x_img, x_txt, empty, image_mask=im, text_mask=tm)
+    with pytest.raises(ValueError, match="padded"):
+        region_interaction(img, txt, x_img, x_txt, regions, image_mask=torch.zeros_like(im), text_mask=tm)
+    with pytest.raises(ValueError, match="regions"):
+        region_interaction(img, txt, x_img, x_txt, regions[:, :, :5])
+    bad = x_txt.clone()
+    bad[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="text_tokens"):
+        region_interaction(img, txt, x_img, bad, regions)
+    with pytest.raises(ValueError, match="baseline"):
+        region_interaction(img, txt, x_img, x_txt, regions, baseline="blur")
+    with pytest.raises(ValueError, match="method"):
+        region_interaction(img, txt, x_img, x_txt, regions, method="kernelshap")
+    with pytest.raises(ValueError, match="num_samples"):
+        region_interaction(img, txt, x_img, x_txt, regions, method="sampling", num_samples=-3)
+    with pytest.raises(ValueError, match="text_tokens"):
+        region_interaction(img, txt, x_img, x_txt[:1], regions)
+    with pytest.raises(TypeError, match="regions"):
+        region_interaction(img, txt, x_img, x_txt, regions.long())

@@ -1,0 +1,318 @@
+"""Run configuration: one ``RunConfig`` with model, loss, data, train and eval sections.
+
+Configs are data (``loupe_core/configs/<name>.json``, each holding only what differs from the
+defaults, optionally ``"extends": "<other name>"``). ``load_config`` takes a config name or a
+JSON path and applies ``key=value`` overrides with dotted keys (``train.steps=6``,
+``loss.tsa_weight=0.5``); values are type-checked against the field's annotation, an unknown key
+or a value of the wrong type is a ``ValueError`` naming the key. ``save_config`` writes the
+resolved config (every field) as JSON beside the run.
+
+The ``model`` and ``loss`` sections are ``loupe_core.model.config.ModelConfig`` /
+``LossConfig``; ``data``, ``train`` and ``eval`` are defined here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+@dataclass
+class DataConfig:
+    """Where the training pairs and the held-out evaluation split come from.
+
+    ``dataset="shapesworld"``: generated on first use into ``root`` (None: the package's cache
+    directory) by ``loupe_core.data.prepare_shapesworld``. ``dataset="webdataset"``: ``train_shards``
+    is a brace-expanded shard pattern, ``eval_paths`` the evaluation files (docs/CONTRACTS.md s4).
+    """
+
+    dataset: Literal["shapesworld", "webdataset"] = "shapesworld"
+    root: Optional[str] = None
+    train_size: int = 4000
+    eval_size: int = 200
+    image_size: int = 64
+    seed: int = 0
+    train_shards: Optional[str] = None
+    eval_paths: Optional[dict] = None
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule, batch and bookkeeping (spec section 6).
+
+    ``batch_size`` is the global batch (all ranks, all micro-batches); ``accum_steps`` splits it
+    into micro-batches per rank (cached-feature accumulation). ``steps`` optimiser steps in all;
+    ``steps=0`` means ``epochs`` full passes over the training set.
+    """
+
+    seed: int = 0
+    steps: int = 0
+    epochs: int = 1
+    batch_size: int = 32
+    accum_steps: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: Literal["onecycle", "constant"] = "onecycle"
+    pct_start: float = 0.1
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    cycle_momentum: bool = True
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+    grad_clip: float = 0.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "auto"
+    log_every: int = 1
+    ckpt_every: int = 0
+    keep_checkpoints: int = 2
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Zero-shot evaluation on the held-out split: every ``every`` steps (0: only at the end)."""
+
+    every: int = 0
+    final: bool = True
+    tasks: tuple[str, ...] = ("retrieval", "grounding")
+    batch_size: int = 64
+    report: bool = True
+
+
+def _model_sections():
+    from loupe_core.model.config import LossConfig, ModelConfig
+
+    return ModelConfig, LossConfig
+
+
+@dataclass
+class RunConfig:
+    """The whole run: ``name`` plus the five sections."""
+
+    name: str = "default"
+    model: Any = None
+    loss: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        model_cls, loss_cls = _model_sections()
+        if self.model is None:
+            self.model = model_cls()
+        if self.loss is None:
+            self.loss = loss_cls()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **{s: _to_plain(getattr(self, s)) for s in SECTIONS}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        return _build(cls, d, "")
+
+
+SECTIONS = ("model", "loss", "data", "train", "eval")
+
+
+def _section_classes() -> dict:
+    model_cls, loss_cls = _model_sections()
+    return {"model": model_cls, "loss": loss_cls, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def _field_types(cls) -> dict:
+    if cls is RunConfig:
+        return {"name": str, **_section_classes()}
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _to_plain(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _convert(value, hint, key: str):
+    """``value`` (a JSON value) checked and converted to ``hint``; ValueError naming ``key``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+
+    def fail():
+        return ValueError(f"config key {key!r}: expected {_type_name(hint)}, got {value!r}")
+
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ValueError:
+                pass
+        raise fail()
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ValueError(f"config key {key!r}: expected one of {list(args)}, got {value!r}")
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise fail()
+        return _build(hint, value, key + ".")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail()
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise fail()
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise fail()
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise fail()
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ValueError(f"config key {key!r}: expected {len(args)} values, got {value!r}")
+            return tuple(_convert(v, a, key) for v, a in zip(value, args))
+        elem = args[0] if args else Any
+        items = [_convert(v, elem, key) for v in value]
+        return tuple(items) if (origin is tuple or hint is tuple) else items
+    if origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise fail()
+    if isinstance(hint, type) and isinstance(value, hint):
+        return value
+    raise fail()
+
+
+def _build(cls, d: dict, prefix: str):
+    """Instance of dataclass ``cls`` from the (partial) dict ``d``; missing fields keep defaults."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {prefix.rstrip('.') or 'root'!r}: expected an object, got {d!r}")
+    types_ = _field_types(cls)
+    unknown = sorted(set(d) - set(types_))
+    if unknown:
+        raise ValueError(f"unknown config key {prefix + unknown[0]!r}; valid keys here: {sorted(types_)}")
+    kwargs = {k: _convert(v, types_[k], prefix + k) for k, v in d.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config section {prefix.rstrip('.') or 'root'!r}: {exc}") from exc
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def list_configs() -> list[str]:
+    """Names of the configs shipped in ``loupe_core/configs``."""
+    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
+
+
+def _read_config_dict(name_or_path: str, seen: tuple = ()) -> dict:
+    is_path = name_or_path.endswith(".json") or os.sep in name_or_path
+    path = name_or_path if is_path else os.path.join(CONFIG_DIR, name_or_path + ".json")
+    if not os.path.isfile(path):
+        raise ValueError(f"config {name_or_path!r}: no such file or named config (named configs: {list_configs()})")
+    if path in seen:
+        raise ValueError(f"config {name_or_path!r}: 'extends' loops through {list(seen)}")
+    with open(path) as fh:
+        try:
+            d = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config {path!r}: invalid JSON ({exc})") from exc
+    if not isinstance(d, dict):
+        raise ValueError(f"config {path!r}: the top level must be a JSON object")
+    parent = d.pop("extends", None)
+    if parent is not None:
+        d = _merge(_read_config_dict(parent, seen + (path,)), d)
+    d.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    return d
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"a.b=value"`` -> (``"a.b"``, value converted to that field's type)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    cls = RunConfig
+    for i, part in enumerate(parts):
+        types_ = _field_types(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in types_:
+            where = ".".join(parts[:i]) or "the config"
+            raise ValueError(f"unknown config key {key!r}: {where} has no field {part!r} (valid: {sorted(types_)})")
+        hint = types_[part]
+        cls = hint
+    if dataclasses.is_dataclass(hint):
+        raise ValueError(f"config key {key!r} is a section; set its fields (e.g. {key}.<field>=...)")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # a bare string such as schedule=constant
+    try:
+        return key, _convert(value, hint, key)
+    except ValueError:
+        if not isinstance(value, str):  # e.g. name=123 for a str field: keep the text
+            return key, _convert(raw, hint, key)
+        raise
+
+
+def apply_overrides(cfg: RunConfig, overrides) -> RunConfig:
+    """A new config with the ``key=value`` strings applied (type-checked; unknown key: ValueError)."""
+    d = cfg.to_dict()
+    for text in overrides:
+        key, value = parse_override(text)
+        node = d
+        *head, last = key.split(".")
+        for part in head:
+            node = node[part]
+        node[last] = _to_plain(value)
+    return RunConfig.from_dict(d)
+
+
+def load_config(name_or_path: str = "default", overrides=()) -> RunConfig:
+    """The named config (``loupe_core/configs/<name>.json``) or a JSON file, with overrides."""
+    return apply_overrides(RunConfig.from_dict(_read_config_dict(name_or_path)), overrides)
+
+
+def save_config(cfg: RunConfig, path: str) -> None:
+    """Write the resolved config (every field) as JSON."""
+    with open(path, "w") as fh:
+        json.dump(cfg.to_dict(), fh, indent=2, sort_keys=False)
+        fh.write("\n")

@@ -1,0 +1,123 @@
+"""Process group set-up and the few collectives the trainer needs.
+
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), :func:`init_distributed`
+joins the ``env://`` process group: gloo on the CPU, nccl on GPUs. Otherwise everything here is
+the identity for one process. The global batch is split by :func:`shard_bounds` so that N
+processes (times the accumulation micro-batches) see exactly the global batch one process sees,
+in the same order: rank r holds rows ``[r*G/N, (r+1)*G/N)``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"``: the local GPU when there is one, else the CPU; otherwise ``torch.device(name)``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("train.device='cuda' but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"train.device={name!r} is not a device ({exc})") from exc
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """Join the torchrun process group if launched by torchrun, else a one-process context."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world <= 1:
+        return DistContext(device=dev)
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend=backend, init_method="env://")
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=dev)
+
+
+def shutdown(ctx: DistContext) -> None:
+    """Leave the process group (no-op for one process)."""
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard_bounds(global_batch: int, world_size: int, rank: int, accum_steps: int) -> list[tuple[int, int]]:
+    """Row ranges ``[(start, stop)]`` of this rank's micro-batches within the global batch.
+
+    The global batch must divide into ``world_size * accum_steps`` equal micro-batches.
+    """
+    parts = world_size * accum_steps
+    if global_batch % parts:
+        raise ValueError(f"train.batch_size={global_batch} must be divisible by world size x train.accum_steps "
+                         f"= {world_size} x {accum_steps}")
+    micro = global_batch // parts
+    base = rank * accum_steps * micro
+    return [(base + m * micro, base + (m + 1) * micro) for m in range(accum_steps)]
+
+
+def all_gather_cat(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Concatenate every rank's ``t`` [n, ...] along dim 0 in rank order (no gradient)."""
+    if not ctx.distributed:
+        return t
+    parts = [torch.empty_like(t) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def all_reduce_mean(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Mean of ``t`` over ranks (returns a new tensor)."""
+    t = t.clone()
+    if ctx.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= ctx.world_size
+    return t
+
+
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True when ``flag`` is True on any rank (so that all ranks stop together)."""
+    if not ctx.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def gather_objects(obj, ctx: DistContext) -> list:
+    """Every rank's picklable ``obj``, in rank order (one-element list for one process)."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out

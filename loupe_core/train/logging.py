@@ -1,0 +1,85 @@
+"""Run logs: every logged value to JSONL, CSV and TensorBoard.
+
+One record per logged step: ``{"step": int, "<name>": float, ...}`` with names such as
+``loss``, ``loss/cmc``, ``log/unsil_share``, ``train/lr``, ``train/samples_per_s``,
+``eval/<metric>``. ``metrics.jsonl`` is the history (one JSON object per line); ``metrics.csv``
+holds the same records as a table (one column per name, rewritten when a new name appears);
+``tb/`` holds TensorBoard event files. On resume the records after the checkpoint's step are
+dropped, so the history of a resumed run is the uninterrupted one's.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+
+class MetricLogger:
+    """Writes records to ``<run_dir>/metrics.{jsonl,csv}`` and ``<run_dir>/tb`` (main rank only).
+
+    ``resume_step``: the step of the checkpoint a resumed run starts from (records after it are
+    dropped); None for a fresh run (any old history is replaced).
+    """
+
+    def __init__(self, run_dir: str, *, enabled: bool = True, tensorboard: bool = True, resume_step=None):
+        self.enabled = enabled
+        self.jsonl_path = os.path.join(run_dir, "metrics.jsonl")
+        self.csv_path = os.path.join(run_dir, "metrics.csv")
+        self.records: list[dict] = []
+        self._columns: list[str] = []
+        self._writer = None
+        if not enabled:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        if resume_step is not None and os.path.exists(self.jsonl_path):
+            with open(self.jsonl_path) as fh:
+                self.records = [r for r in map(json.loads, filter(str.strip, fh)) if r["step"] <= resume_step]
+        with open(self.jsonl_path, "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in self.records)
+        self._rewrite_csv()
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if resume_step is None else resume_step + 1
+            self._writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=purge)
+
+    def log(self, step: int, values: dict) -> None:
+        """Record ``values`` (name -> number) at ``step``."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _number(v) for k, v in values.items()}}
+        self.records.append(record)
+        with open(self.jsonl_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if set(record) - set(self._columns):
+            self._rewrite_csv()
+        else:
+            with open(self.csv_path, "a", newline="") as fh:
+                csv.DictWriter(fh, self._columns).writerow(record)
+        if self._writer is not None:
+            for name, value in record.items():
+                if name != "step" and value is not None:
+                    self._writer.add_scalar(name, value, step)
+
+    def _rewrite_csv(self) -> None:
+        columns = ["step"]
+        for r in self.records:
+            columns += [k for k in r if k not in columns]
+        self._columns = columns
+        with open(self.csv_path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, columns)
+            writer.writeheader()
+            writer.writerows(self.records)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+
+
+def _number(v):
+    """A JSON-safe float (None for NaN / inf, which JSON cannot hold)."""
+    v = float(v.item() if hasattr(v, "item") else v)
+    return v if math.isfinite(v) else None

@@ -1,0 +1,284 @@
+"""The training loop: AdamW + OneCycle, cached-feature gradient accumulation, DDP, exact resume.
+
+One optimiser step consumes one global batch of ``train.batch_size`` pairs, split over the
+ranks and into ``train.accum_steps`` micro-batches per rank (``sampler.StepBatchSampler``).
+
+Gradient accumulation that is right for a contrastive loss (OpenCLIP's ``accum_freq``): with
+more than one micro-batch, a no-grad pass ``model(micro, embed_only=True)`` first embeds every
+micro-batch of every rank (all-gathered) into a ``ContrastiveBank`` [G, d]; each micro-batch
+is then run with the bank, its live rows replacing the cached ones, so its L_CMC is the full
+G x G loss and its gradient is exactly that micro-batch's share of the full-batch gradient.
+With W ranks (DDP averages gradients over ranks) and A micro-batches, a micro-batch therefore
+back-propagates ``W * L_CMC + (L_total - L_CMC) / A``: the CMC shares add up to the full-batch
+CMC gradient and the per-sample-mean terms (TSA, FSA, UNSIL) average. With one micro-batch per
+rank no bank is used: the model gathers features across ranks itself (L_CMC local loss).
+
+Logged values per step: every term and the total, averaged over micro-batches and ranks (the
+global batch's loss); the model's diagnostic logs (rank 0's, averaged over its micro-batches);
+learning rate, beta1, samples/s. A NaN or inf in any term stops training (all ranks) with
+``TrainingDiverged`` naming the step and the term, before the optimiser step: the last
+checkpoint on disk is the last good state.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from loupe_core.config import RunConfig, save_config
+from loupe_core.train import checkpoint as ckpt
+from loupe_core.train.distributed import (DistContext, all_gather_cat, all_reduce_mean, any_rank, barrier,
+                                          gather_objects, init_distributed)
+from loupe_core.train.logging import MetricLogger
+from loupe_core.train.sampler import StepBatchSampler
+from loupe_core.train.schedule import build_optimizer, build_scheduler
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN or inf loss; the message names the step, the term and the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    model: the trained (unwrapped) model; step: optimiser steps completed in all;
+    losses: the global-batch total loss of each step run by this call; checkpoint: the last
+    checkpoint written (None if none); history_path: the run's ``metrics.jsonl``.
+    """
+
+    model: torch.nn.Module
+    run_dir: str
+    step: int
+    total_steps: int
+    losses: list
+    checkpoint: Optional[str]
+    history_path: str
+
+
+def total_steps_for(cfg: RunConfig, dataset_size: int) -> int:
+    """``train.steps`` if set, else ``train.epochs`` full passes of whole global batches."""
+    per_epoch = dataset_size // cfg.train.batch_size
+    if per_epoch < 1:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the training set ({dataset_size} pairs)")
+    return cfg.train.steps if cfg.train.steps > 0 else cfg.train.epochs * per_epoch
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _autocast(cfg, device: torch.device):
+    precision = cfg.train.precision
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision='fp16' needs a CUDA device (use 'bf16' or 'fp32' on the CPU)")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _first_non_finite(out) -> Optional[tuple]:
+    for name, value in list(out.terms.items()) + [("total", out.total)]:
+        if not torch.isfinite(value.detach()).all():
+            return name, float(value.detach().float())
+    return None
+
+
+class _StepRunner:
+    """Runs one optimiser step's forward/backward over this rank's micro-batches."""
+
+    def __init__(self, cfg: RunConfig, module, ddp, ctx: DistContext, bank_cls):
+        self.cfg, self.module, self.ddp, self.ctx, self.bank_cls = cfg, module, ddp, ctx, bank_cls
+        self.accum = cfg.train.accum_steps
+        self.use_bank = self.accum > 1 and cfg.loss.cmc
+
+    def _bank_embeddings(self, micros):
+        with torch.no_grad(), _autocast(self.cfg, self.ctx.device):
+            embs = [self.module(mb, embed_only=True) for mb in micros]
+        img = all_gather_cat(torch.cat([e[0] for e in embs]).float(), self.ctx)
+        txt = all_gather_cat(torch.cat([e[1] for e in embs]).float(), self.ctx)
+        return img, txt
+
+    def run(self, micros, step: int, total: int):
+        """(term means over micro-batches and ranks, this rank's log means), gradients accumulated.
+
+        On a non-finite term anywhere: (None, (term, value) on the rank that saw it else None),
+        before any backward of that micro-batch.
+        """
+        bank_rows = self._bank_embeddings(micros) if self.use_bank else None
+        sums, logs, offset = {}, {}, self.ctx.rank * sum(_batch_size(mb) for mb in micros)
+        W, A = self.ctx.world_size, self.accum
+        for m, mb in enumerate(micros):
+            bank = self.bank_cls(bank_rows[0], bank_rows[1], offset) if self.use_bank else None
+            offset += _batch_size(mb)
+            last = m == A - 1
+            sync = contextlib.nullcontext() if (last or not self.ctx.distributed) else self.ddp.no_sync()
+            with sync:
+                with _autocast(self.cfg, self.ctx.device):
+                    out = self.ddp(mb, step=step, total_steps=total, bank=bank)
+                bad = _first_non_finite(out)
+                if any_rank(bad is not None, self.ctx):
+                    return None, bad
+                cmc = out.terms["cmc"] if self.use_bank else 0.0
+                (W * cmc + (out.total - cmc) / A).backward()
+            for name, value in list(out.terms.items()) + [("total", out.total)]:
+                sums[name] = sums.get(name, 0.0) + value.detach().float() / A
+            for name, value in out.logs.items():
+                logs[name] = logs.get(name, 0.0) + float(value) / A
+        names = sorted(sums)
+        means = all_reduce_mean(torch.stack([sums[n] for n in names]), self.ctx).tolist()
+        return dict(zip(names, means)), logs
+
+
+def _batch_size(batch) -> int:
+    return int(batch["input_ids"].shape[0])
+
+
+def _default_bank_cls():
+    from loupe_core.losses import ContrastiveBank
+
+    return ContrastiveBank
+
+
+def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate_fn, *,
+          resume: Optional[str] = None, ctx: Optional[DistContext] = None,
+          evaluate_fn: Optional[Callable[[torch.nn.Module], dict]] = None,
+          stop_at: Optional[int] = None) -> TrainResult:
+    """Train ``model`` on the map-style ``dataset`` (batches made by ``collate_fn``).
+
+    model: a ``LoupeModel`` (docs/CONTRACTS.md s5), built with the run's seed already set.
+    resume: a checkpoint path (see ``checkpoint.resolve_resume``): continues exactly, the same
+      data order, RNG streams, optimiser, schedule and scaler state.
+    evaluate_fn: called with the unwrapped model every ``eval.every`` steps (0: never here),
+      returns metrics to log; it runs with the RNG state saved and restored, so it does not
+      change the training run.
+    stop_at: stop after this many completed steps, with a checkpoint (a time-limited job).
+    """
+    ctx = ctx or init_distributed(cfg.train.device)
+    tc = cfg.train
+    total = total_steps_for(cfg, len(dataset))
+    model.to(ctx.device)
+    optimizer = build_optimizer(model, tc)
+    scheduler = build_scheduler(optimizer, tc, total)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=tc.precision == "fp16")
+    start = 0
+    if resume is not None:
+        start = _load_state(resume, model, optimizer, scheduler, scaler, ctx, total)
+    if ctx.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(cfg, os.path.join(run_dir, "config.json"))
+    ddp = model
+    if ctx.distributed:
+        ddp = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+                                      find_unused_parameters=True)
+    sampler = StepBatchSampler(len(dataset), tc.batch_size, seed=tc.seed, start_step=start, total_steps=total,
+                               world_size=ctx.world_size, rank=ctx.rank, accum_steps=tc.accum_steps)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn,
+                                         num_workers=cfg.data.num_workers, pin_memory=ctx.device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(tc.seed))
+    logger = MetricLogger(run_dir, enabled=ctx.is_main, tensorboard=tc.tensorboard,
+                          resume_step=start if resume is not None else None)
+    runner = _StepRunner(cfg, model, ddp, ctx, _default_bank_cls())
+    end = total if stop_at is None else min(total, stop_at)
+    losses, last_ckpt = [], None
+    bar = _progress(ctx.is_main and tc.progress, total, start)
+    model.train()
+    batches = iter(loader)
+    try:
+        for step in range(start, end):
+            t0 = time.perf_counter()
+            micros = [_to_device(next(batches), ctx.device) for _ in range(tc.accum_steps)]
+            means, logs = runner.run(micros, step, total)
+            if means is None:  # logs holds (term, value) of this rank's non-finite term, or None
+                name, value = logs or ("(on another rank)", float("nan"))
+                raise TrainingDiverged(
+                    f"non-finite loss at step {step + 1}: term {name!r} = {value}; training stopped before "
+                    f"the optimiser step. Last good checkpoint: {ckpt.latest_checkpoint(run_dir) or 'none'}")
+            if tc.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            lr, beta1 = optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["betas"][0]
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            losses.append(means["total"])
+            sps = tc.batch_size / max(time.perf_counter() - t0, 1e-9)
+            if done % tc.log_every == 0 or done == end:
+                record = {"loss": means["total"], **{f"loss/{k}": v for k, v in means.items() if k != "total"},
+                          **{f"log/{k}": v for k, v in logs.items()},
+                          "train/lr": lr, "train/beta1": beta1, "train/samples_per_s": sps}
+                logger.log(done, record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{means['total']:.4f}", samples_per_s=f"{sps:.1f}")
+            if evaluate_fn is not None and cfg.eval.every > 0 and done % cfg.eval.every == 0:
+                metrics = _evaluate_keeping_rng(evaluate_fn, model, ctx)
+                logger.log(done, {f"eval/{k}": v for k, v in metrics.items()})
+            if (tc.ckpt_every > 0 and done % tc.ckpt_every == 0) or done == end:
+                last_ckpt = _save_state(cfg, run_dir, done, total, model, optimizer, scheduler, scaler, ctx)
+    finally:
+        bar.close()
+        logger.close()
+    return TrainResult(model=model, run_dir=run_dir, step=max(start, end), total_steps=total, losses=losses,
+                       checkpoint=last_ckpt or ckpt.latest_checkpoint(run_dir), history_path=logger.jsonl_path)
+
+
+def _progress(enabled: bool, total: int, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, desc="pretrain", unit="step", dynamic_ncols=True)
+
+
+def _evaluate_keeping_rng(evaluate_fn, model, ctx: DistContext) -> dict:
+    """Run ``evaluate_fn(model)`` on the main rank in eval mode; RNG and train mode restored."""
+    metrics = {}
+    if ctx.is_main:
+        rng = ckpt.capture_rng_state()
+        model.eval()
+        try:
+            metrics = evaluate_fn(model)
+        finally:
+            model.train()
+            ckpt.restore_rng_state(rng)
+    barrier(ctx)
+    return metrics
+
+
+def _save_state(cfg, run_dir, step, total, model, optimizer, scheduler, scaler, ctx) -> str:
+    rngs = gather_objects(ckpt.capture_rng_state(), ctx)
+    path = ckpt.checkpoint_path(run_dir, step)
+    if ctx.is_main:
+        ckpt.save_checkpoint(path, {
+            "step": step, "total_steps": total, "world_size": ctx.world_size,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "rng": rngs, "config": cfg.to_dict(),
+        })
+        ckpt.prune_checkpoints(run_dir, cfg.train.keep_checkpoints)
+    barrier(ctx)
+    return path
+
+
+def _load_state(path, model, optimizer, scheduler, scaler, ctx, total) -> int:
+    state = ckpt.load_checkpoint(path)
+    if state["total_steps"] != total:
+        raise ValueError(f"--resume {path!r}: the checkpoint's run has {state['total_steps']} steps in all, this "
+                         f"config {total}; the schedule cannot be stretched (keep train.steps / train.epochs)")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    rngs = state["rng"]
+    ckpt.restore_rng_state(rngs[ctx.rank] if ctx.rank < len(rngs) else rngs[0])
+    return int(state["step"])

@@ -1,0 +1,124 @@
+"""The training loop: learning, exact resume, cached-feature accumulation, NaN stop."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from _trainer_helpers import PairData, PairModel, collate, pair_config
+from loupe_core.train import checkpoint as ckpt
+from loupe_core.train.distributed import DistContext
+from loupe_core.train.trainer import TrainingDiverged, _StepRunner, train
+from loupe_core.losses import ContrastiveBank
+
+
+def _fresh(seed=0, **kw):
+    torch.manual_seed(seed)
+    return PairModel(**kw)
+
+
+def test_loss_falls_on_a_fixed_batch(tmp_path):
+    cfg = pair_config(steps=25, schedule="constant", lr=1e-2, batch_size=8)
+    res = train(cfg, str(tmp_path), _fresh(dropout=0.0), PairData(8), collate)
+    assert all(math.isfinite(x) for x in res.losses)
+    assert res.losses[-1] < 0.7 * res.losses[0]
+    records = [json.loads(line) for line in open(res.history_path)]
+    assert [r["step"] for r in records] == list(range(1, 26))
+    assert {"loss", "loss/cmc", "loss/local", "log/scale", "train/lr", "train/samples_per_s"} <= set(records[0])
+    assert os.path.exists(os.path.join(tmp_path, "metrics.csv"))
+    saved = json.load(open(os.path.join(tmp_path, "config.json")))
+    assert saved["train"]["steps"] == 25 and saved["train"]["lr"] == 1e-2
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    cfg = pair_config(steps=6, batch_size=8, ckpt_every=1)
+    data = PairData(20)  # 2 steps per epoch: the resume crosses an epoch boundary
+    full = train(cfg, str(tmp_path / "full"), _fresh(), data, collate)
+    first = train(cfg, str(tmp_path / "cut"), _fresh(), data, collate, stop_at=3)
+    assert first.step == 3 and len(first.losses) == 3
+    resume = ckpt.resolve_resume("latest", str(tmp_path / "cut"))
+    assert resume.endswith("step_00000003.pt")
+    second = train(cfg, str(tmp_path / "cut"), _fresh(seed=123), data, collate, resume=resume)
+    resumed = first.losses + second.losses
+    assert len(resumed) == 6
+    for a, b in zip(full.losses, resumed):
+        assert abs(a - b) <= 1e-6 * abs(a)
+    for p, q in zip(full.model.parameters(), second.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=0)
+    history = [json.loads(line)["step"] for line in open(second.history_path)]
+    assert history == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_accumulation_matches_the_full_batch(local):
+    """accum 2 x half batch == one full batch: the loss and every gradient, to 1e-5."""
+    data = PairData(8)
+    full_batch = collate([data[i] for i in range(8)])
+    halves = [collate([data[i] for i in range(4)]), collate([data[i] for i in range(4, 8)])]
+    results = []
+    for accum, micros in ((1, [full_batch]), (2, halves)):
+        cfg = pair_config(accum_steps=accum)
+        model = _fresh(local=local, dropout=0.0)
+        runner = _StepRunner(cfg, model, model, DistContext(), ContrastiveBank)
+        means, _ = runner.run(micros, step=0, total=1)
+        results.append((means, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (m1, g1), (m2, g2) = results
+    assert runner.use_bank
+    for name in m1:
+        assert abs(m1[name] - m2[name]) <= 1e-5 * abs(m1[name]), name
+    for name in g1:
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-5, atol=1e-7)
+
+
+def test_accumulation_gradient_equals_float64_full_batch_loss():
+    """The independent reference: autograd of the plain full-batch CLIP loss in float64."""
+    data = PairData(8)
+    batch = collate([data[i] for i in range(8)])
+    model = _fresh(local=False, dropout=0.0)
+    ref = _fresh(local=False, dropout=0.0).double()
+    img, txt = ref.embed({**batch, "images": batch["images"].double()})
+    logits = ref.logit_scale.exp() * img @ txt.t()
+    labels = torch.arange(8)
+    loss = 0.5 * (torch.nn.functional.cross_entropy(logits, labels)
+                  + torch.nn.functional.cross_entropy(logits.t(), labels))
+    loss.backward()
+    cfg = pair_config(accum_steps=4)
+    micros = [collate([data[i] for i in range(j, j + 2)]) for j in range(0, 8, 2)]
+    means, _ = _StepRunner(cfg, model, model, DistContext(), ContrastiveBank).run(micros, step=0, total=1)
+    assert abs(means["cmc"] - loss.item()) <= 1e-5 * loss.item()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad.float(), rtol=1e-4, atol=1e-6)
+
+
+def test_nan_loss_stops_naming_step_and_term(tmp_path):
+    cfg = pair_config(steps=6, ckpt_every=1)
+    with pytest.raises(TrainingDiverged, match=r"step 3: term 'cmc'.*step_00000002\.pt"):
+        train(cfg, str(tmp_path), _fresh(nan_at=3), PairData(16), collate)
+    last = ckpt.latest_checkpoint(str(tmp_path))
+    state = ckpt.load_checkpoint(last)
+    assert state["step"] == 2
+    fresh = PairModel()
+    fresh.load_state_dict(state["model"])
+    assert all(torch.isfinite(p).all() for p in fresh.parameters())
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert steps == [1, 2]
+
+
+def test_resume_with_a_different_schedule_length_is_refused(tmp_path):
+    cfg = pair_config(steps=4)
+    train(cfg, str(tmp_path), _fresh(), PairData(16), collate, stop_at=2)
+    longer = pair_config(steps=8)
+    with pytest.raises(ValueError, match="schedule cannot be stretched"):
+        train(longer, str(tmp_path), _fresh(), PairData(16), collate,
+              resume=ckpt.latest_checkpoint(str(tmp_path)))
+
+
+def test_onecycle_schedule_follows_spec_section_6(tmp_path):
+    cfg = pair_config(steps=40, lr=2e-4)
+    res = train(cfg, str(tmp_path), _fresh(), PairData(16), collate)
+    records = [json.loads(line) for line in open(res.history_path)]
+    lrs = [r["train/lr"] for r in records]
+    betas = [r["train/beta1"] for r in records]
+    assert max(lrs) == pytest.approx(2e-4) and lrs[0] == pytest.approx(2e-4 / 25)
+    assert max(betas) == pytest.approx(0.95) and min(betas) == pytest.approx(0.85, abs=1e-3)

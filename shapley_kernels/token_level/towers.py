@@ -13,7 +13,6 @@ Switches (plain attributes, set after construction):
   attention = "auto" (default) | "sdpa" | "triton": "auto" uses the Triton bitmask kernel for
       masked inference on a CUDA device when triton is importable, SDPA otherwise.
 """
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -27,8 +26,9 @@ DROP_IMPLS = ("pack", "mask")
 ATTENTION_IMPLS = ("auto", "sdpa", "triton")
 
 
-def _triton_ready(device: torch.device) -> bool:
-    if device.type != "cuda":
+def _triton_ready(q: torch.Tensor) -> bool:
+    """Whether the "auto" attention may use the Triton kernel for ``q`` (CUDA, no grad, 16/32-bit)."""
+    if q.device.type != "cuda" or q.requires_grad or q.dtype == torch.float64:
         return False
     try:
         import triton  # noqa: F401
@@ -37,21 +37,29 @@ def _triton_ready(device: torch.device) -> bool:
     return True
 
 
-def attend(q, k, v, key_mask: Optional[torch.Tensor], dropout_p: float, impl: str) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hd)) v over the keys ``key_mask`` allows.
+def sdpa_attention(q, k, v, key_mask: Optional[torch.Tensor], dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd)) v over the keys ``key_mask`` allows, with PyTorch SDPA.
 
     q, k, v: float[c, heads, L, hd]; key_mask: bool[c, L] (True = may be attended) or None.
-    Returns float[c, heads, L, hd]. impl: "sdpa", "triton" or "auto" (see module docstring).
+    Returns float[c, heads, L, hd]. The reference for the Triton kernel.
+    """
+    attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+
+
+def attend(q, k, v, key_mask: Optional[torch.Tensor], dropout_p: float, impl: str) -> torch.Tensor:
+    """Attention with the implementation ``impl`` ("sdpa", "triton" or "auto", module docstring).
+
+    Shapes as ``sdpa_attention``.
     """
     use_triton = impl == "triton" or (
-        impl == "auto" and key_mask is not None and dropout_p == 0.0 and _triton_ready(q.device)
+        impl == "auto" and key_mask is not None and dropout_p == 0.0 and _triton_ready(q)
     )
     if use_triton:
         from ._triton_attention import bitmask_attention
 
         return bitmask_attention(q, k, v, key_mask)
-    attn_mask = None if key_mask is None else key_mask[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    return sdpa_attention(q, k, v, key_mask, dropout_p)
 
 
 class _Block(nn.Module):

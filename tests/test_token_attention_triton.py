@@ -1,0 +1,66 @@
+"""The Triton bitmask attention kernel against SDPA with the equivalent boolean mask.
+
+Runs under TRITON_INTERPRET=1 on the CPU (set before triton is imported) or on a CUDA device.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+triton = pytest.importorskip("triton", reason="triton is an optional dependency")
+
+from shapley_kernels.token_level._triton_attention import bitmask_attention  # noqa: E402
+from shapley_kernels.token_level.towers import TransformerTower, sdpa_attention  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def qkv(c, h, L, hd, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(c, h, L, hd, generator=gen).to(DEVICE) for _ in range(3)]
+
+
+@pytest.mark.parametrize("L,hd", [(16, 16), (19, 12)])
+def test_kernel_matches_sdpa_with_bool_mask(L, hd):
+    q, k, v = qkv(2, 1, L, hd, seed=L)
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.rand(2, L, generator=gen) < 0.5
+    mask[:, 0] = True
+    mask[1, 1:] = False  # a row that may attend one key only
+    mask = mask.to(DEVICE)
+    got = bitmask_attention(q, k, v, mask)
+    torch.testing.assert_close(got, sdpa_attention(q, k, v, mask), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bitmask_attention(q, k, v), sdpa_attention(q, k, v, None), rtol=1e-4, atol=1e-4)
+
+
+def test_bits_past_the_first_word_and_huge_logits():
+    q, k, v = qkv(1, 2, 70, 16, seed=2)
+    q = q * 40.0  # logits in the thousands: the online softmax must stay finite
+    mask = torch.zeros(1, 70, dtype=torch.bool, device=DEVICE)
+    mask[0, [0, 63, 64, 69]] = True
+    got = bitmask_attention(q, k, v, mask)
+    assert bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got, sdpa_attention(q, k, v, mask), rtol=1e-4, atol=1e-4)
+
+
+def test_tower_with_triton_attention_matches_sdpa():
+    torch.manual_seed(0)
+    tower = TransformerTower(dim=32, depth=1, heads=2, max_tokens=15, out_dim=4).to(DEVICE).eval()
+    tower.drop_impl = "mask"
+    x = torch.randn(2, 15, 32, device=DEVICE)
+    keep = torch.tensor([[1, 0] * 7 + [1], [0] * 15], dtype=torch.bool, device=DEVICE)
+    with torch.inference_mode():
+        ref = tower(x, keep)
+        tower.attention = "triton"
+        got = tower(x, keep)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_rejects_training_and_float64():
+    q, k, v = qkv(1, 1, 16, 16, seed=3)
+    with pytest.raises(ValueError, match="forward-only"):
+        bitmask_attention(q.requires_grad_(), k, v)
+    with pytest.raises(TypeError, match="float16"):
+        bitmask_attention(q.detach().double(), k.double(), v.double())

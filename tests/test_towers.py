@@ -102,3 +102,20 @@ def test_bad_input_raises():
         tower(torch.randn(2, 3, 16, dtype=torch.float64), torch.ones(2, 3))
     with pytest.raises(ValueError, match="heads"):
         TransformerTower(dim=10, depth=1, heads=3, max_tokens=4, out_dim=2)
+
+
+def test_plan_buckets_covers_every_row_with_its_kept_positions():
+    from shapley_kernels.token_level.packing import plan_buckets
+
+    gen = torch.Generator().manual_seed(4)
+    keep = torch.rand(70, 9, generator=gen) < torch.rand(70, 1, generator=gen)
+    buckets = plan_buckets(keep, num_buckets=4, min_rows=8)
+    assert 1 < len(buckets) <= 4
+    rows = torch.cat([b.rows for b in buckets])
+    assert sorted(rows.tolist()) == list(range(70))
+    for b in buckets:
+        valid = torch.ones_like(b.index, dtype=torch.bool) if b.valid is None else b.valid
+        for r, idx, ok in zip(b.rows, b.index, valid):
+            assert idx[ok].tolist() == keep[r].nonzero().flatten().tolist()
+    same = plan_buckets(torch.ones(64, 5, dtype=torch.bool))
+    assert len(same) == 1 and same[0].valid is None

@@ -38,12 +38,19 @@ def plan_buckets(keep: torch.Tensor, num_buckets: int = 8, min_rows: int = 16) -
     # kept positions first, in their original order (stable sort on "dropped")
     positions = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
     groups = max(1, min(num_buckets, C // max(1, min_rows)))
-    bounds = [round(g * C / groups) for g in range(groups + 1)]
     sorted_counts = counts[order].tolist()
+    bounds = [0]
+    for g in range(1, groups + 1):
+        hi = round(g * C / groups)
+        # merge into the previous group when that pads its rows by at most 10%
+        if hi <= bounds[-1]:
+            continue
+        if len(bounds) > 1 and (sorted_counts[hi - 1] + 1) <= 1.1 * (sorted_counts[bounds[-1] - 1] + 1):
+            bounds[-1] = hi
+        else:
+            bounds.append(hi)
     buckets = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        if hi <= lo:
-            continue
         rows = order[lo:hi]
         n_max = int(sorted_counts[hi - 1])
         index = positions[rows, :n_max]

@@ -182,6 +182,10 @@ class TransformerTower(nn.Module):
         present). Returns (cls_out float[C, dim], token_out float[C, N, dim]); rows of dropped
         tokens in token_out are 0.
         """
+        return self._encode(tokens, keep, with_tokens=True)
+
+    def _encode(self, tokens, keep, with_tokens: bool):
+        """encode(); with_tokens=False skips the token outputs (returns None for them)."""
         self._check(tokens, keep)
         C, N, _ = tokens.shape
         positions = torch.arange(N, device=tokens.device)
@@ -192,11 +196,12 @@ class TransformerTower(nn.Module):
             h = self._run(tokens, positions, keep)
             return h[:, 0], h[:, 1:] * keep[..., None]
         cls_out = tokens.new_zeros(C, self.dim)
-        token_out = tokens.new_zeros(C, N, self.dim)
+        token_out = tokens.new_zeros(C, N, self.dim) if with_tokens else None
         for bucket in plan_buckets(keep):
             h = self._run(gather_tokens(tokens, bucket), bucket.index, bucket.valid)
             cls_out[bucket.rows] = h[:, 0]
-            scatter_tokens(h[:, 1:], bucket, token_out)
+            if with_tokens:
+                scatter_tokens(h[:, 1:], bucket, token_out)
         return cls_out, token_out
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
@@ -206,4 +211,4 @@ class TransformerTower(nn.Module):
     def forward(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Global embedding project(final [CLS]): tokens float[C, N, dim], keep bool[C, N] or
         None -> float[C, out_dim] (not normalised)."""
-        return self.project(self.encode(tokens, keep)[0])
+        return self.project(self._encode(tokens, keep, with_tokens=False)[0])

@@ -1,0 +1,61 @@
+"""Coalition evaluations per second of the token-level engine (pytest-benchmark, CPU).
+
+Run: python -m pytest benchmarks/bench_token_engine.py --benchmark-only -q
+     (add --benchmark-json=out.json to keep the numbers; extra_info holds evals_per_s).
+
+Towers at 50% keep (every coalition row keeps a uniformly drawn half of the tokens):
+  image: ViT-S/16-like, 196 patches, dim 384, 6 heads, depth reduced to 2 (full: 12);
+  text:  BERT-Small-like (spec section 6), 60 tokens, hidden 512, 8 heads, depth 2 (full: 4).
+Reduced depth and coalition counts (BATCH rows per call) keep one benchmark to seconds on a
+2-core CPU; relative speeds are what matter (layers are identical, so cost scales with depth).
+Modes: "naive" (one coalition per forward, zero baseline), "zero" (batched, zeroed tokens,
+full attention) and "drop" (batched, kept tokens packed). Full-size GPU runs:
+benchmarks/gpu_token_bench.py.
+"""
+import pytest
+import torch
+
+from shapley_kernels.token_level import TransformerTower
+
+BATCH = 32
+TOWERS = {
+    "vit_s16": dict(dim=384, depth=2, heads=6, tokens=196),
+    "bert_small": dict(dim=512, depth=2, heads=8, tokens=60, norm_first=False, layer_norm_eps=1e-12),
+}
+
+
+def half_keep(C, N, gen):
+    """bool[C, N]: each row keeps exactly N // 2 tokens, drawn uniformly."""
+    order = torch.rand(C, N, generator=gen).argsort(dim=1)
+    return order < N // 2
+
+
+def workload(name):
+    cfg = dict(TOWERS[name])
+    tokens = cfg.pop("tokens")
+    torch.manual_seed(0)
+    tower = TransformerTower(max_tokens=tokens, out_dim=256, **cfg).eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(BATCH, tokens, cfg["dim"], generator=gen)
+    return tower, x, half_keep(BATCH, tokens, gen)
+
+
+def run_mode(tower, x, keep, mode):
+    with torch.inference_mode():
+        if mode == "naive":
+            return torch.cat([tower(x[i:i + 1] * keep[i:i + 1, :, None]) for i in range(len(x))])
+        if mode == "zero":
+            return tower(x * keep[..., None])
+        return tower(x, keep)
+
+
+@pytest.mark.parametrize("mode", ["naive", "zero", "drop"])
+@pytest.mark.parametrize("name", list(TOWERS))
+def test_coalition_throughput(benchmark, name, mode):
+    tower, x, keep = workload(name)
+    torch.set_num_threads(2)
+    out = benchmark.pedantic(run_mode, args=(tower, x, keep, mode), rounds=3, iterations=1,
+                             warmup_rounds=1)
+    assert out.shape == (BATCH, 256) and bool(torch.isfinite(out).all())
+    benchmark.extra_info["coalitions_per_call"] = BATCH
+    benchmark.extra_info["evals_per_s"] = BATCH / benchmark.stats.stats.mean

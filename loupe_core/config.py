@@ -28,15 +28,15 @@ class DataConfig:
     """Where the training pairs and the held-out evaluation split come from.
 
     ``dataset="shapesworld"``: generated on first use into ``root`` (None: the package's cache
-    directory) by ``loupe_core.data.prepare_shapesworld``. ``dataset="webdataset"``: ``train_shards``
-    is a brace-expanded shard pattern, ``eval_paths`` the evaluation files (docs/CONTRACTS.md s4).
+    directory) by ``loupe_core.data.prepare_shapesworld``, rendered at ``model.image_size``.
+    ``dataset="webdataset"``: ``train_shards`` is a brace-expanded shard pattern, ``eval_paths``
+    the evaluation files (docs/CONTRACTS.md s4).
     """
 
     dataset: Literal["shapesworld", "webdataset"] = "shapesworld"
     root: Optional[str] = None
     train_size: int = 4000
     eval_size: int = 200
-    image_size: int = 64
     seed: int = 0
     train_shards: Optional[str] = None
     eval_paths: Optional[dict] = None
@@ -49,7 +49,10 @@ class TrainConfig:
 
     ``batch_size`` is the global batch (all ranks, all micro-batches); ``accum_steps`` splits it
     into micro-batches per rank (cached-feature accumulation). ``steps`` optimiser steps in all;
-    ``steps=0`` means ``epochs`` full passes over the training set.
+    ``steps=0`` means ``epochs`` full passes over the training set. ``precision``: "bf16"
+    autocast (GPU or CPU), "fp16" autocast with a gradient scaler (GPU only), or "fp32".
+    ``ckpt_every``: a checkpoint every this many steps (0: only at the end), the newest
+    ``keep_checkpoints`` kept (0: all).
     """
 
     seed: int = 0
@@ -258,9 +261,9 @@ def _read_config_dict(name_or_path: str, seen: tuple = ()) -> dict:
     if not isinstance(d, dict):
         raise ValueError(f"config {path!r}: the top level must be a JSON object")
     parent = d.pop("extends", None)
+    d.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     if parent is not None:
         d = _merge(_read_config_dict(parent, seen + (path,)), d)
-    d.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     return d
 
 

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from loupe_core.config import RunConfig, save_config
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.distributed import (DistContext, all_gather_cat, all_reduce_mean, any_rank, barrier,
-                                          gather_objects, init_distributed)
+                                          gather_objects, init_distributed, shard_bounds)
 from loupe_core.train.logging import MetricLogger
 from loupe_core.train.sampler import StepBatchSampler
 from loupe_core.train.schedule import build_optimizer, build_scheduler
@@ -61,12 +61,49 @@ class TrainResult:
     history_path: str
 
 
-def total_steps_for(cfg: RunConfig, dataset_size: int) -> int:
+def _length(dataset) -> Optional[int]:
+    return None if isinstance(dataset, torch.utils.data.IterableDataset) else len(dataset)
+
+
+def _batches(cfg: RunConfig, dataset, collate_fn, ctx: DistContext, start: int, total: int):
+    """Iterator over this rank's micro-batches from step ``start`` on.
+
+    Map-style data: ``StepBatchSampler`` (order a pure function of seed and epoch). Streaming
+    data (an IterableDataset that yields this rank's own samples, in an order fixed by its
+    seed): micro-batches of ``batch_size / (world * accum)``; a resumed run replays the stream
+    up to its position.
+    """
+    tc = cfg.train
+    common = dict(collate_fn=collate_fn, num_workers=cfg.data.num_workers, pin_memory=ctx.device.type == "cuda",
+                  generator=torch.Generator().manual_seed(tc.seed))
+    if _length(dataset) is not None:
+        sampler = StepBatchSampler(len(dataset), tc.batch_size, seed=tc.seed, start_step=start, total_steps=total,
+                                   world_size=ctx.world_size, rank=ctx.rank, accum_steps=tc.accum_steps)
+        return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common))
+    micro = shard_bounds(tc.batch_size, ctx.world_size, ctx.rank, tc.accum_steps)[0]
+    stream = iter(torch.utils.data.DataLoader(dataset, batch_size=micro[1] - micro[0], drop_last=True, **common))
+    for _ in range(start * tc.accum_steps):
+        next(stream)
+    return stream
+
+
+def _next_batch(batches, step: int):
+    try:
+        return next(batches)
+    except StopIteration:
+        raise ValueError(f"the training data ran out at step {step + 1}; a stream must repeat its epochs") from None
+
+
+def total_steps_for(cfg: RunConfig, dataset_size: Optional[int]) -> int:
     """``train.steps`` if set, else ``train.epochs`` full passes of whole global batches."""
+    if cfg.train.steps > 0:
+        return cfg.train.steps
+    if dataset_size is None:
+        raise ValueError("train.steps must be set (> 0) for streaming training data, which has no length")
     per_epoch = dataset_size // cfg.train.batch_size
     if per_epoch < 1:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the training set ({dataset_size} pairs)")
-    return cfg.train.steps if cfg.train.steps > 0 else cfg.train.epochs * per_epoch
+    return cfg.train.epochs * per_epoch
 
 
 def _to_device(batch, device: torch.device):
@@ -166,7 +203,7 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
     """
     ctx = ctx or init_distributed(cfg.train.device)
     tc = cfg.train
-    total = total_steps_for(cfg, len(dataset))
+    total = total_steps_for(cfg, _length(dataset))
     model.to(ctx.device)
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, total)
@@ -181,11 +218,7 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
     if ctx.distributed:
         ddp = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
                                       find_unused_parameters=True)
-    sampler = StepBatchSampler(len(dataset), tc.batch_size, seed=tc.seed, start_step=start, total_steps=total,
-                               world_size=ctx.world_size, rank=ctx.rank, accum_steps=tc.accum_steps)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn,
-                                         num_workers=cfg.data.num_workers, pin_memory=ctx.device.type == "cuda",
-                                         generator=torch.Generator().manual_seed(tc.seed))
+    batches = _batches(cfg, dataset, collate_fn, ctx, start, total)
     logger = MetricLogger(run_dir, enabled=ctx.is_main, tensorboard=tc.tensorboard,
                           resume_step=start if resume is not None else None)
     runner = _StepRunner(cfg, model, ddp, ctx, _default_bank_cls())
@@ -193,11 +226,10 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
     losses, last_ckpt = [], None
     bar = _progress(ctx.is_main and tc.progress, total, start)
     model.train()
-    batches = iter(loader)
     try:
         for step in range(start, end):
             t0 = time.perf_counter()
-            micros = [_to_device(next(batches), ctx.device) for _ in range(tc.accum_steps)]
+            micros = [_to_device(_next_batch(batches, step), ctx.device) for _ in range(tc.accum_steps)]
             means, logs = runner.run(micros, step, total)
             if means is None:  # logs holds (term, value) of this rank's non-finite term, or None
                 name, value = logs or ("(on another rank)", float("nan"))

@@ -7,3 +7,5 @@ backend_status. Everything with a leading underscore is private.
 """
 from ._backends import available_backends, backend_status
 from ._estimate import Estimate
+from .estimators import shapley_values, interaction_index, coalition_interaction, choose_method, EXACT_MAX_PLAYERS
+from .diagnostics import instability

@@ -1,0 +1,113 @@
+"""Triton backend of the alignment game (docs/CONTRACTS.md section 1): game, exact, sampling.
+
+Kernels: ``_triton_kernels.py``. Inputs are validated by the dispatcher; ``A`` float32 or float64
+[B, K, M] contiguous, masks bool[B, K] / bool[B, M]. Outputs have A's dtype and device.
+
+- ``exact``: the factorised SII (docs/alignment_exact.md): for each direction one program per
+  (matrix, chunk of subsets), the matrix tile in registers, subsets enumerated on chip as
+  bitmasks; chunk partials are summed in a fixed order (deterministic). float64 A accumulates in
+  float64, float32 A in float32.
+- ``sampling``: one program per (matrix, region, phrase), counter-based Philox4x32-10 on chip
+  (same seed, same result however the grid is laid out), q ~ U(0,1) keep-probability form.
+- ``game``: v2 of given coalitions, one program per (matrix, block of coalitions).
+
+Launch sizes are chosen here (no autotuning: it fails under TRITON_INTERPRET=1); on a GPU the
+number of programs aims at a few per streaming multiprocessor.
+"""
+from typing import Tuple
+
+import torch
+import triton
+
+from . import _triton_kernels as kernels
+from ._device_prep import (compact, direction_coefficients, mean_and_stderr, present_pairs,
+                           scatter_back, split_seed)
+
+# Elements of the largest per-step register tensor ([block, rows, cols]) of each kernel.
+_TILE_ELEMENTS = 4096
+
+
+def _pow2(n: int) -> int:
+    return max(2, triton.next_power_of_2(max(1, n)))
+
+
+def _block(rows_p2: int, cols_p2: int) -> int:
+    """Items per step so that a [block, rows, cols] tensor holds about _TILE_ELEMENTS elements."""
+    return max(1, _TILE_ELEMENTS // (rows_p2 * cols_p2))
+
+
+def _target_programs(device: torch.device) -> int:
+    """Programs worth launching: 4 per SM on a GPU; 1 under the interpreter (60 ms per program)."""
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def _chunks(batch: int, work: int, step: int, device: torch.device) -> int:
+    """Split each matrix's ``work`` items into chunks of whole steps: enough programs in all."""
+    want = -(-_target_programs(device) // max(1, batch))
+    return max(1, min(want, -(-work // (64 * step))))
+
+
+def game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
+         phrase_mask: torch.Tensor) -> torch.Tensor:
+    """v2(S) for every coalition: float[B, C] from A float[B, K, M], coalitions bool[B, C, K + M]."""
+    B, K, M = A.shape
+    C = coalitions.shape[1]
+    out = torch.empty(B, C, dtype=A.dtype, device=A.device)
+    KP, MP = _pow2(K), _pow2(M)
+    BC = _block(KP, MP)
+    n_chunks = _chunks(B, C, BC, A.device)
+    per_prog = -(-C // (n_chunks * BC)) * BC
+    kernels.game_kernel[(B, -(-C // per_prog))](
+        A, region_mask.view(torch.uint8), phrase_mask.view(torch.uint8),
+        coalitions.contiguous().view(torch.uint8), out, C, K, M, per_prog, KP=KP, MP=MP, BC=BC)
+    return out
+
+
+def _exact_direction(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """One direction of the factorised exact SII of a compacted A float[B, R, C]: float[B, R, C].
+
+    Rows are the owners (their softmax over columns is taken); the column subsets are enumerated.
+    """
+    B, R, C = A.shape
+    coef = direction_coefficients(rows, cols, C, A.dtype)
+    RP, CP = _pow2(R), _pow2(C)
+    BS = _block(RP, CP)
+    n_sub = 1 << int(cols.max())
+    n_chunks = _chunks(B, n_sub, BS, A.device)
+    per_prog = -(-n_sub // (n_chunks * BS)) * BS
+    n_chunks = -(-n_sub // per_prog)
+    partial = torch.empty(B, n_chunks, R, C, dtype=A.dtype, device=A.device)
+    kernels.exact_direction_kernel[(B, n_chunks)](A, rows, cols, coef, partial, R, C, per_prog,
+                                                  RP=RP, CP=CP, BS=BS)
+    return partial.sum(1)
+
+
+def exact(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
+    """Exact pairwise SII of every (region, phrase) in v2: float[B, K, M] (0 at padding)."""
+    c = compact(A, region_mask, phrase_mask)
+    by_rows = _exact_direction(c.A, c.rows, c.cols)
+    by_cols = _exact_direction(c.A.transpose(1, 2).contiguous(), c.cols, c.rows).transpose(1, 2)
+    value = ((by_rows + by_cols) * 0.5).masked_fill(~present_pairs(c), 0.0)
+    return scatter_back(value, c)
+
+
+def sampling(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
+             num_samples: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Monte Carlo SII of every (region, phrase): (value, stderr), each float[B, K, M].
+
+    num_samples samples per pair; stderr = sample std / sqrt(num_samples) (0 for one sample).
+    """
+    c = compact(A, region_mask, phrase_mask)
+    B, K, M = A.shape
+    total = torch.empty(B, K, M, dtype=torch.float64, device=A.device)
+    total_sq = torch.empty_like(total)
+    KP, MP = _pow2(K), _pow2(M)
+    k0, k1 = split_seed(seed)
+    kernels.sampling_kernel[(B * K * M,)](c.A, c.rows, c.cols, total, total_sq, K, M, num_samples,
+                                          k0, k1, RP=KP, CP=MP, BN=_block(KP, MP))
+    mean, stderr = mean_and_stderr(total, total_sq, num_samples)
+    present = present_pairs(c)
+    return (scatter_back(mean.masked_fill(~present, 0.0).to(A.dtype), c),
+            scatter_back(stderr.masked_fill(~present, 0.0).to(A.dtype), c))

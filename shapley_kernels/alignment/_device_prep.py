@@ -1,10 +1,12 @@
-"""Host-side preparation shared by the device backends (triton, cuda) of the alignment game.
+"""Host-side driving shared by the device backends (triton, cuda) of the alignment game.
 
-The device kernels see every matrix with its present players first (compaction), so they only
-need the present counts; results come back to the original player order with ``scatter_back``.
-Shapes: ``A`` float[B, K, M], ``region_mask`` bool[B, K], ``phrase_mask`` bool[B, M].
+The device kernels see every matrix with its present players first and trimmed to the largest
+present counts (``compact``), so they only need the present counts K'_b, M'_b; results go back
+to the original player order and shape with ``scatter_back``. ``exact_from_directions`` and
+``sampling_from_sums`` hold the host logic both backends share; a backend supplies the kernel
+launches. Shapes: ``A`` float[B, K, M], ``region_mask`` bool[B, K], ``phrase_mask`` bool[B, M].
 """
-from typing import NamedTuple, Tuple
+from typing import Callable, NamedTuple, Tuple
 
 import torch
 
@@ -12,9 +14,10 @@ from ._torch_backend import factor_weights
 
 
 class Compacted(NamedTuple):
-    """A with each matrix's present regions / phrases moved to the front (stable order).
+    """A with each matrix's present regions / phrases moved to the front (stable order), trimmed.
 
-    A:       float[B, K, M] contiguous (entries past the present counts are 0).
+    A:       float[B, k, m] contiguous, k / m the largest present counts (entries past a matrix's
+             own counts are 0).
     rows:    int32[B] present regions K'_b;  cols: int32[B] present phrases M'_b.
     r_order: long[B, K] original region index of each compact row; p_order: long[B, M] likewise.
     """
@@ -26,23 +29,36 @@ class Compacted(NamedTuple):
     p_order: torch.Tensor
 
 
+def present_pairs(rows: torch.Tensor, cols: torch.Tensor, k: int, m: int) -> torch.Tensor:
+    """bool[B, k, m] in compact order: True where both the region and the phrase exist."""
+    r = torch.arange(k, device=rows.device) < rows[:, None].long()
+    c = torch.arange(m, device=cols.device) < cols[:, None].long()
+    return r[:, :, None] & c[:, None, :]
+
+
 def compact(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor) -> Compacted:
-    """Move present players first; padded entries of the result are 0."""
+    """Move present players first and trim to the largest present counts; padded entries are 0."""
     B, K, M = A.shape
     r_order = torch.argsort((~region_mask).to(torch.int8), dim=1, stable=True)
     p_order = torch.argsort((~phrase_mask).to(torch.int8), dim=1, stable=True)
-    Ac = A.gather(1, r_order[:, :, None].expand(B, K, M)).gather(2, p_order[:, None, :].expand(B, K, M))
-    c = Compacted(Ac, region_mask.sum(1, dtype=torch.int32), phrase_mask.sum(1, dtype=torch.int32),
-                  r_order, p_order)
-    return c._replace(A=Ac.masked_fill(~present_pairs(c), 0.0).contiguous())
+    rows = region_mask.sum(1, dtype=torch.int32)
+    cols = phrase_mask.sum(1, dtype=torch.int32)
+    k = int(rows.max()) if B else 0
+    m = int(cols.max()) if B else 0
+    Ac = A.gather(1, r_order[:, :k, None].expand(B, k, M)).gather(2, p_order[:, None, :m].expand(B, k, m))
+    Ac = Ac.masked_fill(~present_pairs(rows, cols, k, m), 0.0).contiguous()
+    return Compacted(Ac, rows, cols, r_order, p_order)
 
 
 def scatter_back(values: torch.Tensor, c: Compacted) -> torch.Tensor:
-    """Inverse of the compaction for a per-pair result: float[B, K, M] in compact order -> original order."""
-    B, K, M = values.shape
+    """Per-pair result float[B, k, m] in compact order -> float[B, K, M] in original order (0 at padding)."""
+    B, k, m = values.shape
+    K, M = c.r_order.shape[1], c.p_order.shape[1]
+    full = values.new_zeros(B, K, M)
+    full[:, :k, :m] = values.masked_fill(~present_pairs(c.rows, c.cols, k, m), 0.0)
     r_inv = torch.argsort(c.r_order, dim=1)
     p_inv = torch.argsort(c.p_order, dim=1)
-    return values.gather(1, r_inv[:, :, None].expand(B, K, M)).gather(2, p_inv[:, None, :].expand(B, K, M))
+    return full.gather(1, r_inv[:, :, None].expand(B, K, M)).gather(2, p_inv[:, None, :].expand(B, K, M))
 
 
 def direction_coefficients(owners: torch.Tensor, elements: torch.Tensor, width: int,
@@ -55,33 +71,50 @@ def direction_coefficients(owners: torch.Tensor, elements: torch.Tensor, width: 
     owner i and element j: sign * (r_i(U) c(u) - Tot(U) b(u)), with u = |U| - 1, sign = +1 if
     j is in U, else u = |U|, sign = -1 (Tot(U) = sum over owners of r_i(U)).
     """
-    n_max = int(max(int(owners.max()), int(elements.max()), width)) if owners.numel() else width
+    n_max = max(int(owners.max()), int(elements.max()), width)
     table = factor_weights(n_max).to(owners.device)                # [2, n+1, n+1, n+1]
     coef = table[:, owners.long(), elements.long(), : width + 1]    # [2, B, width+1]
     return coef.transpose(0, 1).to(dtype).contiguous()
 
 
-def split_seed(seed: int) -> Tuple[int, int]:
-    """The two 32-bit Philox key words (low, high) of a seed (any Python int, taken mod 2^64)."""
-    seed &= (1 << 64) - 1
-    return seed & 0xFFFFFFFF, seed >> 32
+# direction(A float[B, R, C], rows int32[B], cols int32[B], coef float[B, 2, C + 1]) -> float[B, R, C]
+DirectionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def mean_and_stderr(total: torch.Tensor, total_sq: torch.Tensor, num_samples: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Sample mean and its standard error from per-target sums of delta and delta^2 (float64).
+def exact_from_directions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
+                          direction: DirectionFn) -> torch.Tensor:
+    """Exact SII float[B, K, M] = (rows direction + columns direction) / 2, back in original order.
 
+    ``direction`` runs one direction of the factorised exact SII on a compacted matrix: rows are
+    the owners (softmax over columns), column subsets are enumerated (docs/alignment_exact.md).
+    """
+    c = compact(A, region_mask, phrase_mask)
+    _, k, m = c.A.shape
+    by_rows = direction(c.A, c.rows, c.cols, direction_coefficients(c.rows, c.cols, m, A.dtype))
+    by_cols = direction(c.A.transpose(1, 2).contiguous(), c.cols, c.rows,
+                        direction_coefficients(c.cols, c.rows, k, A.dtype)).transpose(1, 2)
+    return scatter_back((by_rows + by_cols) * 0.5, c)
+
+
+# sums(A float[B, R, C], rows int32[B], cols int32[B], num_samples, key0, key1)
+#   -> (sum of deltas, sum of squared deltas), each float64[B, R, C]
+SumsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int], Tuple[torch.Tensor, torch.Tensor]]
+
+
+def sampling_from_sums(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
+                       num_samples: int, seed: int, sums: SumsFn) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(value, stderr) float[B, K, M] in A's dtype from per-pair Monte Carlo sums on the device.
+
+    The seed (any Python int, taken mod 2^64) becomes the Philox key (low word, high word).
     stderr = sample standard deviation (ddof 1) / sqrt(num_samples); 0 for a single sample.
     """
+    c = compact(A, region_mask, phrase_mask)
+    seed &= (1 << 64) - 1
+    total, total_sq = sums(c.A, c.rows, c.cols, num_samples, seed & 0xFFFFFFFF, seed >> 32)
     mean = total / num_samples
     if num_samples == 1:
-        return mean, torch.zeros_like(mean)
-    var = ((total_sq - num_samples * mean * mean) / (num_samples - 1)).clamp_min(0.0)
-    return mean, (var / num_samples).sqrt()
-
-
-def present_pairs(c: Compacted) -> torch.Tensor:
-    """bool[B, K, M] in compact order: True where both the region and the phrase exist."""
-    B, K, M = c.A.shape
-    rows = torch.arange(K, device=c.A.device) < c.rows[:, None].long()
-    cols = torch.arange(M, device=c.A.device) < c.cols[:, None].long()
-    return rows[:, :, None] & cols[:, None, :]
+        stderr = torch.zeros_like(mean)
+    else:
+        var = ((total_sq - num_samples * mean * mean) / (num_samples - 1)).clamp_min(0.0)
+        stderr = (var / num_samples).sqrt()
+    return scatter_back(mean.to(A.dtype), c), scatter_back(stderr.to(A.dtype), c)

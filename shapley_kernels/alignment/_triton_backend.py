@@ -20,8 +20,7 @@ import torch
 import triton
 
 from . import _triton_kernels as kernels
-from ._device_prep import (compact, direction_coefficients, mean_and_stderr, present_pairs,
-                           scatter_back, split_seed)
+from ._device_prep import exact_from_directions, sampling_from_sums
 
 # Elements of the largest per-step register tensor ([block, rows, cols]) of each kernel.
 _TILE_ELEMENTS = 4096
@@ -65,16 +64,15 @@ def game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
     return out
 
 
-def _exact_direction(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def _exact_direction(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """One direction of the factorised exact SII of a compacted A float[B, R, C]: float[B, R, C].
 
     Rows are the owners (their softmax over columns is taken); the column subsets are enumerated.
     """
     B, R, C = A.shape
-    coef = direction_coefficients(rows, cols, C, A.dtype)
     RP, CP = _pow2(R), _pow2(C)
     BS = _block(RP, CP)
-    n_sub = 1 << int(cols.max())
+    n_sub = 1 << C
     n_chunks = _chunks(B, n_sub, BS, A.device)
     per_prog = -(-n_sub // (n_chunks * BS)) * BS
     n_chunks = -(-n_sub // per_prog)
@@ -84,13 +82,21 @@ def _exact_direction(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) ->
     return partial.sum(1)
 
 
+def _sampling_sums(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_samples: int,
+                   k0: int, k1: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair sums of delta and delta^2, float64[B, R, C], of a compacted A float[B, R, C]."""
+    B, R, C = A.shape
+    total = torch.empty(B, R, C, dtype=torch.float64, device=A.device)
+    total_sq = torch.empty_like(total)
+    RP, CP = _pow2(R), _pow2(C)
+    kernels.sampling_kernel[(B * R * C,)](A, rows, cols, total, total_sq, R, C, num_samples, k0, k1,
+                                          RP=RP, CP=CP, BN=_block(RP, CP))
+    return total, total_sq
+
+
 def exact(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
     """Exact pairwise SII of every (region, phrase) in v2: float[B, K, M] (0 at padding)."""
-    c = compact(A, region_mask, phrase_mask)
-    by_rows = _exact_direction(c.A, c.rows, c.cols)
-    by_cols = _exact_direction(c.A.transpose(1, 2).contiguous(), c.cols, c.rows).transpose(1, 2)
-    value = ((by_rows + by_cols) * 0.5).masked_fill(~present_pairs(c), 0.0)
-    return scatter_back(value, c)
+    return exact_from_directions(A, region_mask, phrase_mask, _exact_direction)
 
 
 def sampling(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
@@ -99,15 +105,4 @@ def sampling(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tens
 
     num_samples samples per pair; stderr = sample std / sqrt(num_samples) (0 for one sample).
     """
-    c = compact(A, region_mask, phrase_mask)
-    B, K, M = A.shape
-    total = torch.empty(B, K, M, dtype=torch.float64, device=A.device)
-    total_sq = torch.empty_like(total)
-    KP, MP = _pow2(K), _pow2(M)
-    k0, k1 = split_seed(seed)
-    kernels.sampling_kernel[(B * K * M,)](c.A, c.rows, c.cols, total, total_sq, K, M, num_samples,
-                                          k0, k1, RP=KP, CP=MP, BN=_block(KP, MP))
-    mean, stderr = mean_and_stderr(total, total_sq, num_samples)
-    present = present_pairs(c)
-    return (scatter_back(mean.masked_fill(~present, 0.0).to(A.dtype), c),
-            scatter_back(stderr.masked_fill(~present, 0.0).to(A.dtype), c))
+    return sampling_from_sums(A, region_mask, phrase_mask, num_samples, seed, _sampling_sums)

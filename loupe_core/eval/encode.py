@@ -1,0 +1,94 @@
+"""Batched, gradient-free encoding shared by the evaluators (CONTRACTS s5 model methods).
+
+Every function runs the model under ``torch.inference_mode`` in eval mode (its train flag is
+restored afterwards), in batches of ``batch_size`` with a tqdm progress bar, and returns
+L2-normalised embeddings on the CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from loupe_core.data.images import normalize_image
+
+
+def check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return batch_size
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """``model.eval()`` under ``torch.inference_mode``; the model's train flag is restored on exit."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def batches(n: int, batch_size: int, *, progress: bool, desc: str) -> Iterator[slice]:
+    """Slices of ``range(n)`` in steps of ``batch_size``, with a progress bar."""
+    check_batch_size(batch_size)
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        yield slice(start, min(start + batch_size, n))
+
+
+def tokenize(tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """texts -> (input_ids long[T, L] padded with 0, text_mask bool[T, L]); L >= 1.
+
+    A text without any token keeps one padding position marked absent (the tower's [CLS]
+    alone then encodes it), so no text is silently dropped.
+    """
+    ids = [tokenizer.encode(t)[0] for t in texts]
+    length = max([1] + [len(i) for i in ids])
+    input_ids = torch.zeros(len(ids), length, dtype=torch.long)
+    text_mask = torch.zeros(len(ids), length, dtype=torch.bool)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        text_mask[row, : len(seq)] = True
+    return input_ids, text_mask
+
+
+def image_tensor(images, device) -> torch.Tensor:
+    """uint8 ``[B, S, S, 3]`` (numpy or tensor) or already normalised float ``[B, 3, S, S]`` -> model input."""
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+        return normalize_image(images).to(device)
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+        return normalize_image(images.cpu().numpy()).to(device)
+    return torch.as_tensor(images, dtype=torch.float32).to(device)
+
+
+def encode_text_list(model, tokenizer, texts: Sequence[str], *, device="cpu", batch_size: int = 64,
+                     progress: bool = True, desc: str = "texts") -> torch.Tensor:
+    """Global text embeddings float[T, d] of ``texts`` (L2-normalised)."""
+    out = []
+    with evaluating(model):
+        for sl in batches(len(texts), batch_size, progress=progress, desc=desc):
+            ids, mask = tokenize(tokenizer, texts[sl])
+            out.append(model.encode_texts(ids.to(device), mask.to(device)).global_emb.float().cpu())
+    if not out:
+        raise ValueError("texts must hold at least one text")
+    return torch.cat(out)
+
+
+def encode_image_array(model, images, *, device="cpu", batch_size: int = 64, progress: bool = True,
+                       desc: str = "images") -> torch.Tensor:
+    """Global image embeddings float[N, d] of uint8 images ``[N, S, S, 3]`` (L2-normalised)."""
+    out = []
+    with evaluating(model):
+        for sl in batches(len(images), batch_size, progress=progress, desc=desc):
+            out.append(model.encode_images(image_tensor(images[sl], device)).global_emb.float().cpu())
+    if not out:
+        raise ValueError("images must hold at least one image")
+    return torch.cat(out)

@@ -1,0 +1,89 @@
+"""Zero-shot visual grounding (spec section 7): top-1 region per referring expression, acc@IoU 0.5.
+
+Tensor level: :func:`paired_box_iou` and :func:`grounding_accuracy`. Model level:
+:func:`evaluate_grounding` scores the region head's top-K regions of each image by cosine
+similarity of region embedding and expression embedding (global text [CLS]).
+"""
+from __future__ import annotations
+
+import torch
+
+from shapley_kernels._checks import check_finite, check_tensor
+
+from .encode import batches, encode_text_list, evaluating, image_tensor
+
+IOU_THRESHOLD = 0.5
+
+
+def paired_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU float[...] of matching xyxy boxes a float[..., 4] and b float[..., 4] (0 when both are empty)."""
+    check_tensor("a", a, dtype_kind="float")
+    check_tensor("b", b, dtype_kind="float")
+    if a.shape != b.shape or a.shape[-1:] != (4,):
+        raise ValueError(f"a and b must have the same shape [..., 4], got {list(a.shape)} and {list(b.shape)}")
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(dim=-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(dim=-1)
+    union = area_a + area_b - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
+
+
+def grounding_accuracy(region_boxes: torch.Tensor, region_scores: torch.Tensor, gt_boxes: torch.Tensor,
+                       iou_threshold: float = IOU_THRESHOLD) -> float:
+    """Percentage of expressions whose top-scoring region has IoU >= ``iou_threshold`` with the truth.
+
+    region_boxes float[R, K, 4] xyxy candidate regions of each expression's image; region_scores
+    float[R, K] (first region wins ties); gt_boxes float[R, 4] xyxy, same coordinates.
+    """
+    check_tensor("region_boxes", region_boxes, dims=3, dtype_kind="float")
+    check_tensor("region_scores", region_scores, dims=2, dtype_kind="float")
+    check_tensor("gt_boxes", gt_boxes, dims=2, dtype_kind="float")
+    for name, x in (("region_boxes", region_boxes), ("region_scores", region_scores), ("gt_boxes", gt_boxes)):
+        check_finite(name, x)
+    R, K = region_scores.shape
+    if R == 0 or K == 0:
+        raise ValueError(f"region_scores needs at least one expression and one region, got shape [{R}, {K}]")
+    if region_boxes.shape != (R, K, 4):
+        raise ValueError(f"region_boxes must have shape [{R}, {K}, 4], got {list(region_boxes.shape)}")
+    if gt_boxes.shape != (R, 4):
+        raise ValueError(f"gt_boxes must have shape [{R}, 4], got {list(gt_boxes.shape)}")
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    best = region_scores.argmax(dim=1)
+    chosen = region_boxes[torch.arange(R), best]
+    iou = paired_box_iou(chosen.double(), gt_boxes.double())
+    return 100.0 * float((iou >= iou_threshold).double().mean())
+
+
+def region_proposals(model, images, *, top_k: int, device="cpu", batch_size: int = 64,
+                     progress: bool = True, desc: str = "regions"):
+    """(boxes float[N, K, 4] xyxy model-input pixels, region embeddings float[N, K, d], scores float[N, K])."""
+    boxes, emb, scores = [], [], []
+    with evaluating(model):
+        for sl in batches(len(images), batch_size, progress=progress, desc=desc):
+            regions = model.propose_regions(model.encode_images(image_tensor(images[sl], device)), top_k)
+            boxes.append(regions.boxes.float().cpu())
+            emb.append(regions.emb.float().cpu())
+            scores.append(regions.scores.float().cpu())
+    if not boxes:
+        raise ValueError("images must hold at least one image")
+    return torch.cat(boxes), torch.cat(emb), torch.cat(scores)
+
+
+def evaluate_grounding(model, split, tokenizer, *, top_k: int, device="cpu", batch_size: int = 64,
+                       progress: bool = True) -> dict:
+    """Model level: ``{"acc@0.5": percent}`` on a grounding split.
+
+    split: images uint8 ``[N, S, S, 3]``, ``expressions`` (texts), ``expression_image`` (image
+    index of each) and ``boxes`` float[R, 4] xyxy in the model-input pixels.
+    """
+    boxes, emb, _ = region_proposals(model, split.images, top_k=top_k, device=device, batch_size=batch_size,
+                                     progress=progress, desc="grounding regions")
+    txt = encode_text_list(model, tokenizer, list(split.expressions), device=device, batch_size=batch_size,
+                           progress=progress, desc="referring expressions")
+    owner = torch.as_tensor(split.expression_image, dtype=torch.long)
+    scores = (emb[owner] @ txt[:, :, None]).squeeze(2)
+    gt = torch.as_tensor(split.boxes, dtype=torch.float32)
+    return {"acc@0.5": grounding_accuracy(boxes[owner], scores, gt)}

@@ -5,7 +5,9 @@ from math import comb
 import pytest
 import torch
 
-from shapley_kernels.token_level import TransformerTower, dual_encoder_game, region_interaction
+from reference import brute_coalition_interaction, table_value_fn
+from shapley_kernels.token_level import (TransformerTower, choose_region_method, dual_encoder_game,
+                                         region_interaction)
 
 
 def towers():
@@ -16,7 +18,13 @@ def towers():
     return img, txt
 
 
-def eq7_enumeration(game, n, region):
+def value_fn_of(game, n):
+    """The game's full value table (one batched call), as a frozenset -> float function."""
+    rows = ((torch.arange(2 ** n)[:, None] >> torch.arange(n)) & 1).bool()
+    return table_value_fn(game(rows))
+
+
+def eq7_enumeration(value_fn, n, region):
     """Eq. 7 exactly: sum over S subset X\\R of w(|S|) [v(S u R) - sum_x v(S u {x}) + (n_R - 1) v(S)],
     w(c) = 1 / ((m + 1) C(m, c)), m = n - n_R."""
     others = [p for p in range(n) if p not in region]
@@ -24,13 +32,10 @@ def eq7_enumeration(game, n, region):
     total = 0.0
     for c in range(m + 1):
         for subset in itertools.combinations(others, c):
-            rows = [set(subset) | set(region)] + [set(subset) | {x} for x in region] + [set(subset)]
-            coal = torch.zeros(len(rows), n, dtype=torch.bool)
-            for r, members in enumerate(rows):
-                coal[r, list(members)] = True
-            v = game(coal)
-            term = v[0] - v[1:-1].sum() + (len(region) - 1) * v[-1]
-            total += float(term) / ((m + 1) * comb(m, c))
+            s = frozenset(subset)
+            term = (value_fn(s | set(region)) - sum(value_fn(s | {x}) for x in region)
+                    + (len(region) - 1) * value_fn(s))
+            total += term / ((m + 1) * comb(m, c))
     return total
 
 
@@ -58,8 +63,9 @@ def enumerated(img, txt, x_img, x_txt, image_mask, text_mask, regions, baseline)
         game = dual_encoder_game(img, txt, x_img[b], x_txt[b], baseline=baseline,
                                  image_mask=image_mask[b], text_mask=text_mask[b])
         players = regions[b][:, image_mask[b]]
+        value_fn = value_fn_of(game, game.n_players)
         for k in range(regions.shape[1]):
-            want[b, k] = eq7_enumeration(game, game.n_players, players[k].nonzero().flatten().tolist())
+            want[b, k] = eq7_enumeration(value_fn, game.n_players, players[k].nonzero().flatten().tolist())
     return want
 
 
@@ -76,6 +82,37 @@ def test_sampling_agrees_with_enumeration(baseline):
     assert est.value[0, 2] == 0 and est.stderr[0, 2] == 0  # one-patch region: Eq. 7 gives 0
     sizes = regions.sum(-1)
     assert est.evaluations.tolist() == (3000 * (sizes + 2).sum(1)).tolist()
+
+
+@pytest.mark.parametrize("baseline", ["zero", "drop"])
+def test_exact_equals_brute_force_eq4_and_eq7(baseline):
+    img, txt = towers()
+    x_img, x_txt, im, tm, regions = setup_pairs()
+    est = region_interaction(img, txt, x_img, x_txt, regions, image_mask=im, text_mask=tm,
+                             baseline=baseline, method="exact")
+    assert bool((est.stderr == 0).all()) and est.value[0, 2] == 0
+    torch.testing.assert_close(est.value, enumerated(img, txt, x_img, x_txt, im, tm, regions, baseline))
+    for b in range(2):
+        game = dual_encoder_game(img, txt, x_img[b], x_txt[b], baseline=baseline,
+                                 image_mask=im[b], text_mask=tm[b])
+        n = game.n_players
+        assert est.evaluations[b] == 2 ** n
+        value_fn = value_fn_of(game, n)
+        for k in range(3):
+            members = regions[b, k][im[b]].nonzero().flatten().tolist()
+            want = brute_coalition_interaction(value_fn, n, members) if len(members) > 1 else 0.0
+            assert abs(float(est.value[b, k]) - want) < 1e-10
+
+
+def test_auto_method_choice():
+    assert choose_region_method(9, [2, 3], 500) == "exact"  # 512 <= 500 * 9
+    assert choose_region_method(9, [2], 10) == "sampling"  # 512 > 40
+    assert choose_region_method(40, [2], 10 ** 12) == "sampling"  # beyond the exact limit
+    img, txt = towers()
+    x_img, x_txt, im, tm, regions = setup_pairs()
+    auto = region_interaction(img, txt, x_img, x_txt, regions, image_mask=im, text_mask=tm)
+    exact = region_interaction(img, txt, x_img, x_txt, regions, image_mask=im, text_mask=tm, method="exact")
+    torch.testing.assert_close(auto.value, exact.value)
 
 
 def test_seed_reproducible_and_seed_matters():

@@ -26,13 +26,12 @@ METHODS = ("auto", "exact", "sampling")
 
 
 def choose_region_method(n_players: int, region_sizes, num_samples: int) -> str:
-    """What ``method="auto"`` does for one pair: "exact" when n_players is within
-    ``estimators.EXACT_MAX_PLAYERS`` and the 2^n_players evaluations of enumeration cost no more
-    than sampling's num_samples * sum_k (n_R_k + 2); otherwise "sampling"."""
-    from ..estimators import EXACT_MAX_PLAYERS
+    """What ``method="auto"`` does for one pair: ``estimators.choose_method`` with the game
+    evaluations sampling would spend, num_samples * sum_k (n_R_k + 2): "exact" when n_players
+    is within ``estimators.EXACT_MAX_PLAYERS`` and 2^n_players is no more, else "sampling"."""
+    from ..estimators import choose_method
 
-    sampling_cost = num_samples * sum(int(s) + 2 for s in region_sizes)
-    return "exact" if n_players <= EXACT_MAX_PLAYERS and 2 ** n_players <= sampling_cost else "sampling"
+    return choose_method(n_players, num_samples * sum(int(s) + 2 for s in region_sizes))
 
 
 def _check_mask(name, mask, B, N, device):

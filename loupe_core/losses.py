@@ -80,9 +80,14 @@ def cmc_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
     if bank is not None:
         all_img = _with_live_rows(bank.img, img, bank.offset)
         all_txt = _with_live_rows(bank.txt, txt, bank.offset)
-        logits = logit_scale * all_img @ all_txt.t()
-        labels = torch.arange(logits.shape[0], device=img.device)
-        return _symmetric_ce(logits, logits.t(), labels)
+        # The scale carries gradient only in the live rows of each direction, so that the
+        # micro-batches' gradients with respect to it add up to the full-batch gradient.
+        live = torch.zeros(all_img.shape[0], 1, dtype=torch.bool, device=img.device)
+        live[bank.offset:bank.offset + img.shape[0]] = True
+        scale = torch.where(live, logit_scale, logit_scale.detach())
+        sim = all_img @ all_txt.t()
+        labels = torch.arange(sim.shape[0], device=img.device)
+        return _symmetric_ce(scale * sim, scale * sim.t(), labels)
     world = _distributed_world()
     if world is None:
         logits = logit_scale * img @ txt.t()

@@ -59,7 +59,7 @@ class _DictMixin:
 
 
 def _default_anchors() -> List[List[float]]:
-    return [[1.0, 1.0], [2.0, 2.0], [2.0, 1.0], [1.0, 2.0], [3.0, 3.0]]
+    return [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [2.0, 1.0], [1.0, 2.0]]
 
 
 @dataclass

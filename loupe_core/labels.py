@@ -1,0 +1,169 @@
+"""Shapley labels for L_TSA and L_FSA: token level (spec Eq. 7), semantic level (spec Eq. 10).
+
+Sources per level: "exact", "sampling", "hybrid" (spec section 5). Labels are constants: they
+are computed without gradient, with the towers in eval mode (no dropout in the game), on
+detached inputs.
+
+Hybrid, per target: during warm-up every target is sampled and UNSIL trains on it; afterwards
+UNSIL predicts (I^, sigma), p ~ U(0, 1), and p > sigma uses I^ (times the level's running std)
+while p <= sigma samples I*, uses it and trains UNSIL on it.
+"""
+import contextlib
+import time
+from typing import Callable, NamedTuple, Optional
+
+import torch
+
+import shapley_kernels as sk
+from .losses import unsil_loss
+from .unsil import Unsil, UnsilInputs
+
+SAMPLE_SEED_STRIDE = 1_000_003  # seed of step t, stream s: t * stride + s (streams below)
+STREAMS = {"token": 0, "semantic": 1, "token_probe": 2, "semantic_probe": 3}
+
+
+def step_seed(step: int, stream: str) -> int:
+    """Deterministic per-step seed of a label stream (same step, same labels; resume-safe)."""
+    return int(step) * SAMPLE_SEED_STRIDE + STREAMS[stream]
+
+
+@contextlib.contextmanager
+def inference_mode(*modules):
+    """No grad and eval mode (no dropout) for ``modules``; their train/eval flags are restored."""
+    flags = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in zip(modules, flags):
+            m.train(flag)
+
+
+# ---------------------------------------------------------------- token level (Eq. 7)
+def token_interactions(image_tower, text_tower, image_tokens, text_tokens, text_mask, regions, *,
+                       method: str, baseline: str, num_samples: int, seed: int) -> torch.Tensor:
+    """I([R_k]) float[P, K] for the candidate regions of P pairs.
+
+    image_tokens float[P, N_I, D_I], text_tokens float[P, L, D_T] (the towers' ``embed_tokens``),
+    text_mask bool[P, L], regions bool[P, K, N_I]; method "exact" or "sampling".
+    """
+    with inference_mode(image_tower, text_tower):
+        est = sk.region_interaction(image_tower, text_tower, image_tokens.detach(), text_tokens.detach(),
+                                    regions, text_mask=text_mask, baseline=baseline, method=method,
+                                    num_samples=num_samples, seed=seed)
+    return est.value
+
+
+def token_target_interactions(image_tower, text_tower, image_tokens, text_tokens, text_mask, regions,
+                              targets: torch.Tensor, *, baseline: str, num_samples: int, seed: int,
+                              method: str = "sampling") -> torch.Tensor:
+    """I([R]) float[T] of selected targets only: targets LongTensor[T, 2] of (pair, region).
+
+    Each target becomes its own one-region pair, so the cost follows the targets asked for.
+    """
+    if targets.shape[0] == 0:
+        return image_tokens.new_zeros(0)
+    b, k = targets[:, 0], targets[:, 1]
+    value = token_interactions(image_tower, text_tower, image_tokens[b], text_tokens[b], text_mask[b],
+                               regions[b, k][:, None, :], method=method, baseline=baseline,
+                               num_samples=num_samples, seed=seed)
+    return value[:, 0]
+
+
+# ---------------------------------------------------------------- semantic level (Eq. 10)
+def semantic_interactions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor, *,
+                          method: str, num_samples: int, seed: int) -> torch.Tensor:
+    """I([H_ij]) float[B, K, M] in game v2 of the detached A float[B, K, M]; 0 for padding and
+    for captions without a phrase. method "exact" or "sampling"."""
+    out = torch.zeros_like(A, dtype=A.dtype).detach()
+    rows = phrase_mask.any(dim=1) & region_mask.any(dim=1)
+    if bool(rows.any()):
+        out[rows] = sk.region_phrase_interaction(
+            A.detach()[rows].contiguous(), region_mask[rows], phrase_mask[rows], method=method,
+            num_samples=num_samples if method == "sampling" else None, seed=seed).to(A.dtype)
+    return out
+
+
+def semantic_target_interactions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
+                                 targets: torch.Tensor, *, num_samples: int, seed: int) -> torch.Tensor:
+    """Sampled I([H_ij]) float[T] of selected targets only: targets LongTensor[T, 3] of (b, i, j).
+
+    Per matrix b, the game v2 over its present regions and phrases goes through
+    ``shapley_kernels.interaction_index`` with just the requested pairs.
+    """
+    out = A.new_zeros(targets.shape[0]).detach()
+    A = A.detach()
+    for b in targets[:, 0].unique().tolist():
+        rows = (targets[:, 0] == b).nonzero().squeeze(1)
+        regions = region_mask[b].nonzero().squeeze(1)
+        phrases = phrase_mask[b].nonzero().squeeze(1)
+        sub = A[b][regions][:, phrases].contiguous()[None]
+        K, M = sub.shape[1], sub.shape[2]
+        pos_i = torch.full((A.shape[1],), -1, dtype=torch.long, device=A.device)
+        pos_i[regions] = torch.arange(K, device=A.device)
+        pos_j = torch.full((A.shape[2],), -1, dtype=torch.long, device=A.device)
+        pos_j[phrases] = torch.arange(M, device=A.device)
+        pairs = torch.stack([pos_i[targets[rows, 1]], K + pos_j[targets[rows, 2]]], dim=1)
+
+        def game(coalitions, sub=sub):
+            return sk.alignment_game(sub, coalitions[None])[0]
+
+        out[rows] = sk.interaction_index(game, K + M, pairs, method="sampling", num_samples=num_samples,
+                                         seed=seed + b).to(out.dtype)
+    return out
+
+
+# ---------------------------------------------------------------- hybrid strategy (section 5)
+def hybrid_decision(sigma: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """bool[T], True where the target must be sampled: p ~ U(0, 1) per target, p <= sigma."""
+    p = torch.rand(sigma.shape, generator=generator, device=sigma.device, dtype=sigma.dtype)
+    return p <= sigma.detach()
+
+
+class LevelLabels(NamedTuple):
+    """One level's labels for one step.
+
+    values: float[T] raw-scale interactions used as labels; sampled: bool[T] (came from
+    sampling, not from UNSIL); unsil_loss: scalar (0 with graph when nothing trained);
+    logs: name -> float.
+    """
+
+    values: torch.Tensor
+    sampled: torch.Tensor
+    unsil_loss: torch.Tensor
+    logs: dict
+
+
+def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
+                  sample: Callable[[torch.Tensor, int], torch.Tensor], *, warmup: bool, lam: float,
+                  probe_size: int, step: int) -> LevelLabels:
+    """Hybrid labels of T targets at ``level`` ("token" or "semantic").
+
+    inputs: the detached UNSIL inputs of the T targets; ``sample(index LongTensor[n], seed)``
+    returns sampled raw interactions float[n] of those targets. Logs (``level`` suffix):
+    unsil_share (share of labels from UNSIL), unsil_probe_error (mean |I^ - I*| in units of the
+    level's running std, against fresh samples on ``probe_size`` random targets), label_time (s, sampling and UNSIL, probe excluded).
+    """
+    start = time.perf_counter()
+    T = inputs.query.shape[0]
+    if T == 0:
+        empty = inputs.query.new_zeros(0)
+        return LevelLabels(empty, empty.bool(), inputs.query.new_zeros(()), {f"unsil_share_{level}": 0.0})
+    estimate, sigma = unsil(inputs)
+    need = torch.ones(T, dtype=torch.bool, device=estimate.device) if warmup else hybrid_decision(sigma)
+    index = need.nonzero().squeeze(1)
+    sampled = sample(index, step_seed(step, level)).to(estimate.dtype) if index.numel() else estimate.new_zeros(0)
+    unsil.observe(sampled)
+    scale = unsil.scale()
+    values = estimate.detach() * scale
+    values[index] = sampled
+    loss = unsil_loss(estimate[index], sigma[index], sampled / scale, lam)
+    logs = {f"unsil_share_{level}": 1.0 - float(need.float().mean()) if T else 0.0,
+            f"label_time_{level}": time.perf_counter() - start}
+    if probe_size > 0 and T > 0:
+        probe = torch.randperm(T, device=estimate.device)[:probe_size]
+        fresh = sample(probe, step_seed(step, f"{level}_probe")).to(estimate.dtype)
+        logs[f"unsil_probe_error_{level}"] = float((estimate.detach()[probe] - fresh / scale).abs().mean())
+    return LevelLabels(values, need, loss, logs)

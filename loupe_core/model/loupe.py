@@ -1,0 +1,276 @@
+"""The LOUPE model: dual encoder + region head + losses (docs/CONTRACTS.md section 5).
+
+Training: ``model(batch, step=, total_steps=, bank=)`` returns ``LossOutput`` with the enabled
+terms of L = L_CMC + L_TSA + L_FSA (+ L_UNSIL). Inference: ``model(batch, embed_only=True)``,
+``encode_images``, ``encode_texts``, ``propose_regions``, ``phrase_embeddings``; every
+embedding they return is L2-normalised.
+"""
+import math
+import time
+from typing import NamedTuple, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import labels as lab
+from ..losses import ContrastiveBank, LossOutput, cmc_loss, fsa_loss, tsa_loss
+from ..unsil import Unsil, UnsilInputs
+from .config import LossConfig, ModelConfig
+from .region_head import Geometry, RegionHead, cells_in_boxes
+from .towers import TextTower, build_image_tower
+
+BATCH_KEYS = ("images", "input_ids", "text_mask")
+PHRASE_KEYS = ("phrase_tokens", "phrase_mask")
+
+
+class ImageFeatures(NamedTuple):
+    """global_emb float[B, d]; patch_emb float[B, N_I, d] (final grid, row-major); grid (gh, gw);
+    patch_size: pixels per final cell."""
+
+    global_emb: torch.Tensor
+    patch_emb: torch.Tensor
+    grid: Tuple[int, int]
+    patch_size: float
+
+
+class TextFeatures(NamedTuple):
+    """global_emb float[B, d]; token_emb float[B, L, d] (0 at padding)."""
+
+    global_emb: torch.Tensor
+    token_emb: torch.Tensor
+
+
+class Regions(NamedTuple):
+    """boxes float[B, K, 4] xyxy pixels; scores float[B, K] = p(R); patch_masks bool[B, K, N_I];
+    emb float[B, K, d]."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    patch_masks: torch.Tensor
+    emb: torch.Tensor
+
+
+def masked_mean_embedding(masks: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """L2-normalised mean of emb float[B, N, d] over masks bool[B, K, N] -> float[B, K, d] (0 if empty)."""
+    weights = masks.to(emb.dtype)
+    pooled = weights @ emb / weights.sum(dim=2, keepdim=True).clamp(min=1.0)
+    return F.normalize(pooled, dim=-1)
+
+
+def _as_config(cls, value):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls.from_dict(value)
+    raise TypeError(f"expected {cls.__name__} or dict, got {type(value).__name__}")
+
+
+class LoupeModel(nn.Module):
+    """LOUPE dual encoder. ``LoupeModel(model_config, loss_config)``: dataclasses or plain dicts."""
+
+    def __init__(self, model_config: Union[ModelConfig, dict, None] = None,
+                 loss_config: Union[LossConfig, dict, None] = None):
+        super().__init__()
+        self.config = cfg = _as_config(ModelConfig, model_config)
+        self.loss_config = lcfg = _as_config(LossConfig, loss_config)
+        if lcfg.token_baseline == "drop" and cfg.image_tower == "swin" and lcfg.tsa:
+            raise ValueError("token_baseline='drop' is not defined for the Swin image tower; use 'zero'")
+        self.image_tower = build_image_tower(cfg)
+        self.text_tower = TextTower(cfg)
+        init = math.log(cfg.logit_scale_init)
+        self.logit_scale = nn.Parameter(torch.tensor(init))
+        self.region_logit_scale = nn.Parameter(torch.tensor(init))
+        self.region_head = RegionHead(cfg.embed_dim, cfg.anchors)
+        d, n_final = cfg.embed_dim, self.image_tower.final_grid[0] * self.image_tower.final_grid[1]
+        shapes = {"token": (d, 1 + n_final + cfg.text_max_tokens),
+                  "semantic": (2 * d, 3 + cfg.top_k + cfg.text_max_tokens)}
+        self.unsil = nn.ModuleDict({
+            level: Unsil(lcfg.unsil_arch, shapes[level][0], d, lcfg.unsil_hidden, shapes[level][1])
+            for level in lcfg.hybrid_levels()})
+
+    # ------------------------------------------------------------------ scales
+    def _scale(self, parameter: torch.Tensor) -> torch.Tensor:
+        return parameter.exp().clamp(max=self.config.logit_scale_max)
+
+    # ------------------------------------------------------------------ encoders
+    def _encode_image_tokens(self, images):
+        tokens = self.image_tower.embed_tokens(images)
+        cls, final = self.image_tower.encode(tokens)
+        feats = ImageFeatures(F.normalize(self.image_tower.project(cls), dim=-1),
+                              F.normalize(self.image_tower.project(final), dim=-1),
+                              self.image_tower.final_grid, self.image_tower.final_cell)
+        return tokens, feats
+
+    def _encode_text_tokens(self, input_ids, text_mask):
+        if not isinstance(text_mask, torch.Tensor) or text_mask.dtype != torch.bool or text_mask.shape != input_ids.shape:
+            raise ValueError(f"text_mask must be a bool tensor of input_ids' shape {list(input_ids.shape)}")
+        tokens = self.text_tower.embed_tokens(input_ids)
+        cls, final = self.text_tower.encode(tokens, text_mask)
+        token_emb = F.normalize(self.text_tower.project(final), dim=-1) * text_mask[..., None]
+        return tokens, TextFeatures(F.normalize(self.text_tower.project(cls), dim=-1), token_emb)
+
+    def encode_images(self, images: torch.Tensor) -> ImageFeatures:
+        """images float[B, 3, S, S] -> ImageFeatures (global and final patch embeddings)."""
+        return self._encode_image_tokens(images)[1]
+
+    def encode_texts(self, input_ids: torch.Tensor, text_mask: torch.Tensor) -> TextFeatures:
+        """input_ids long[B, L], text_mask bool[B, L] -> TextFeatures."""
+        return self._encode_text_tokens(input_ids, text_mask)[1]
+
+    def phrase_embeddings(self, text_feats: TextFeatures, phrase_tokens: torch.Tensor) -> torch.Tensor:
+        """Mean of each phrase's token embeddings, L2-normalised: phrase_tokens bool[B, M, L] -> float[B, M, d]."""
+        B, L = text_feats.token_emb.shape[:2]
+        if phrase_tokens.dtype != torch.bool or phrase_tokens.dim() != 3 or phrase_tokens.shape[0] != B \
+                or phrase_tokens.shape[2] != L:
+            raise ValueError(f"phrase_tokens must be bool[{B}, M, {L}], got {phrase_tokens.dtype} "
+                             f"{list(phrase_tokens.shape)}")
+        return masked_mean_embedding(phrase_tokens, text_feats.token_emb)
+
+    # ------------------------------------------------------------------ regions
+    def _geometry(self, feats: ImageFeatures) -> Geometry:
+        return self.region_head.geometry(feats.grid, feats.patch_size, feats.patch_emb.device,
+                                         feats.patch_emb.dtype)
+
+    def _regions(self, feats: ImageFeatures, logits, geometry, index) -> Regions:
+        masks = geometry.masks[index]
+        return Regions(geometry.boxes[index], torch.sigmoid(logits.gather(1, index)), masks,
+                       masked_mean_embedding(masks, feats.patch_emb))
+
+    def propose_regions(self, image_feats: ImageFeatures, top_k: int) -> Regions:
+        """The top_k candidate regions per image after NMS, best first (no random candidates)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
+            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        logits = self.region_head(image_feats.patch_emb)
+        geometry = self._geometry(image_feats)
+        index = self.region_head.select(logits, geometry, top_k, 0, self.config.nms_iou)
+        return self._regions(image_feats, logits, geometry, index)
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: dict, step: int = 0, total_steps: int = 1,
+                bank: Optional[ContrastiveBank] = None, embed_only: bool = False):
+        """Training: LossOutput(total, terms, logs). ``embed_only``: (img_global, txt_global) float[b, d]."""
+        needed = BATCH_KEYS + (PHRASE_KEYS if self.loss_config.fsa and not embed_only else ())
+        for key in needed:
+            if key not in batch:
+                raise ValueError(f"batch is missing {key!r} (needs {list(needed)})")
+        image_tokens, img = self._encode_image_tokens(batch["images"])
+        text_tokens, txt = self._encode_text_tokens(batch["input_ids"], batch["text_mask"])
+        if embed_only:
+            return img.global_emb, txt.global_emb
+        lcfg = self.loss_config
+        warmup = step < lcfg.warmup_fraction * total_steps
+        terms, logs, unsil_terms = {}, {}, []
+        if lcfg.cmc:
+            terms["cmc"] = cmc_loss(img.global_emb, txt.global_emb, self._scale(self.logit_scale), bank)
+        if lcfg.tsa or lcfg.fsa:
+            logits = self.region_head(img.patch_emb)
+            geometry = self._geometry(img)
+            index = self.region_head.select(logits.detach(), geometry, self.config.top_k,
+                                            self.config.num_random if lcfg.tsa else 0, self.config.nms_iou)
+        if lcfg.tsa:
+            P = min(index.shape[0], lcfg.pairs_per_step)
+            values, unsil_term, level_logs = self._token_labels(
+                image_tokens[:P], text_tokens[:P], batch["text_mask"][:P], img.patch_emb[:P], txt.token_emb[:P],
+                geometry, index[:P], step, warmup)
+            unsil_terms.append(unsil_term)
+            logs.update(level_logs)
+            terms["tsa"] = tsa_loss(logits.gather(1, index)[:P], values, torch.ones_like(values, dtype=torch.bool))
+        if lcfg.fsa:
+            top = index[:, : min(self.config.top_k, index.shape[1])]
+            regions = self._regions(img, logits, geometry, top)
+            phrases = self.phrase_embeddings(txt, batch["phrase_tokens"])
+            A = self._scale(self.region_logit_scale) * regions.emb @ phrases.transpose(1, 2)
+            region_mask = torch.ones(A.shape[:2], dtype=torch.bool, device=A.device)
+            values, unsil_term, level_logs = self._semantic_labels(
+                A, region_mask, batch["phrase_mask"], img.global_emb, txt.global_emb, regions.emb, phrases,
+                step, warmup)
+            unsil_terms.append(unsil_term)
+            logs.update(level_logs)
+            terms["fsa"] = fsa_loss(A, values, region_mask, batch["phrase_mask"])
+        if self.unsil:
+            terms["unsil"] = sum(term for term in unsil_terms if term is not None)
+        logs["logit_scale"] = float(self._scale(self.logit_scale.detach()))
+        logs["region_logit_scale"] = float(self._scale(self.region_logit_scale.detach()))
+        total = sum(terms.values())
+        return LossOutput(total, terms, logs)
+
+    def _token_labels(self, image_tokens, text_tokens, text_mask, patch_emb, token_emb, geometry, index,
+                      step, warmup):
+        """Token-level labels float[P, K'] of the candidates ``index`` LongTensor[P, K'] of P pairs.
+
+        Returns (values, L_UNSIL of the level or None where the source is not hybrid, logs)."""
+        lcfg, tower = self.loss_config, self.image_tower
+        final_masks = geometry.masks[index]
+        if tower.token_grid == tower.final_grid:
+            token_masks = final_masks
+        else:
+            token_masks = cells_in_boxes(geometry.boxes[index], tower.token_grid, tower.token_cell)
+        common = dict(baseline=lcfg.token_baseline, num_samples=lcfg.token_num_samples)
+        towers = (self.image_tower, self.text_tower)
+        if lcfg.token_source != "hybrid":
+            start = time.perf_counter()
+            values = lab.token_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,
+                                            method=lcfg.token_source, seed=lab.step_seed(step, "token"), **common)
+            return values.to(patch_emb.dtype), None, {"label_time_token": time.perf_counter() - start}
+        # a one-patch region's interaction is 0 exactly (Eq. 7 cancels): no sampling, no UNSIL target
+        P, K = index.shape
+        flat = (token_masks.sum(dim=2) >= 2).reshape(-1).nonzero().squeeze(1)
+        pair, region = flat // K, flat % K
+        final_masks = final_masks.reshape(P * K, -1)[flat]
+        inputs = UnsilInputs(masked_mean_embedding(final_masks[:, None], patch_emb[pair])[:, 0].detach(),
+                             patch_emb[pair].detach(),
+                             torch.ones(patch_emb.shape[:2], dtype=torch.bool, device=index.device)[pair],
+                             final_masks, token_emb[pair].detach(), text_mask[pair], torch.zeros_like(text_mask[pair]))
+
+        def sample(which, seed):
+            if which.numel() == flat.numel():
+                full = lab.token_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,
+                                              method="sampling", seed=seed, **common)
+                return full.reshape(-1)[flat[which]]
+            return lab.token_target_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,
+                                                 torch.stack([pair[which], region[which]], dim=1), seed=seed,
+                                                 **common)
+
+        out = lab.hybrid_labels("token", self.unsil["token"], inputs, sample, warmup=warmup,
+                                lam=lcfg.unsil_lambda, probe_size=lcfg.probe_size, step=step)
+        values = patch_emb.new_zeros(P * K)
+        values[flat] = out.values.to(values.dtype)
+        return values.reshape(P, K), out.unsil_loss, out.logs
+
+    def _semantic_labels(self, A, region_mask, phrase_mask, img_global, txt_global, region_emb, phrase_emb,
+                         step, warmup):
+        """Semantic-level labels float[B, K, M] on the detached A: (values, L_UNSIL or None, logs)."""
+        lcfg = self.loss_config
+        if lcfg.semantic_source != "hybrid":
+            start = time.perf_counter()
+            values = lab.semantic_interactions(A, region_mask, phrase_mask, method=lcfg.semantic_source,
+                                               num_samples=lcfg.semantic_num_samples,
+                                               seed=lab.step_seed(step, "semantic"))
+            return values, None, {"label_time_semantic": time.perf_counter() - start}
+        targets = (region_mask[:, :, None] & phrase_mask[:, None, :]).nonzero()
+        b, i, j = targets.unbind(1)
+        K, M = A.shape[1], A.shape[2]
+        ones = torch.ones(A.shape[0], 1, dtype=torch.bool, device=A.device)
+        seq_a = torch.cat([img_global[:, None], region_emb], dim=1).detach()
+        seq_b = torch.cat([txt_global[:, None], phrase_emb], dim=1).detach()
+        inputs = UnsilInputs(torch.cat([region_emb[b, i], phrase_emb[b, j]], dim=1).detach(),
+                             seq_a[b], torch.cat([ones, region_mask], dim=1)[b],
+                             F.one_hot(i + 1, K + 1).bool(), seq_b[b], torch.cat([ones, phrase_mask], dim=1)[b],
+                             F.one_hot(j + 1, M + 1).bool())
+
+        def sample(which, seed):
+            if which.numel() == targets.shape[0]:
+                full = lab.semantic_interactions(A, region_mask, phrase_mask, method="sampling",
+                                                 num_samples=lcfg.semantic_num_samples, seed=seed)
+                return full[b, i, j][which]
+            return lab.semantic_target_interactions(A, region_mask, phrase_mask, targets[which],
+                                                    num_samples=lcfg.semantic_num_samples, seed=seed)
+
+        out = lab.hybrid_labels("semantic", self.unsil["semantic"], inputs, sample, warmup=warmup,
+                                lam=lcfg.unsil_lambda, probe_size=lcfg.probe_size, step=step)
+        values = torch.zeros_like(A).detach()
+        values[b, i, j] = out.values.to(A.dtype)
+        return values, out.unsil_loss, out.logs

@@ -1,0 +1,136 @@
+"""Region head: YOLOv3-style anchor candidates with one confidence logit each (spec section 3).
+
+A candidate is a (cell, anchor) pair of the final patch grid: a box of the anchor's shape
+(width, height in cells) centred on the cell's centre, clipped to the image. Its region R is
+the set of cells whose centres fall in the (half-open) box, which always holds the centre cell.
+Candidates are indexed ``cell * A + anchor`` with cells in row-major order. The geometry
+depends only on the grid, so it is computed once per (grid, cell size, device, dtype).
+"""
+from typing import List, NamedTuple, Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+class Geometry(NamedTuple):
+    """Static candidate geometry of one grid.
+
+    boxes: float[P, 4] xyxy pixels (P = gh * gw * A); masks: bool[P, gh * gw] cells of each
+    region; iou: float[P, P] pairwise box IoU (for NMS).
+    """
+
+    boxes: torch.Tensor
+    masks: torch.Tensor
+    iou: torch.Tensor
+
+
+def cell_centres(grid: Tuple[int, int], cell: float, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Pixel centres float[gh * gw, 2] (x, y) of a grid of square cells of ``cell`` pixels."""
+    gh, gw = grid
+    ys = (torch.arange(gh, device=device, dtype=dtype) + 0.5) * cell
+    xs = (torch.arange(gw, device=device, dtype=dtype) + 0.5) * cell
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+
+
+def anchor_boxes(grid: Tuple[int, int], cell: float, anchors: Sequence[Sequence[float]], *,
+                 device=None, dtype=torch.float32) -> torch.Tensor:
+    """Boxes float[gh * gw * A, 4] xyxy pixels, anchor (w, h) in cells, centred on each cell, clipped."""
+    centres = cell_centres(grid, cell, device=device, dtype=dtype)
+    half = torch.as_tensor(anchors, device=device, dtype=dtype) * (cell / 2.0)
+    lo = (centres[:, None, :] - half[None]).reshape(-1, 2)
+    hi = (centres[:, None, :] + half[None]).reshape(-1, 2)
+    limit = torch.tensor([grid[1] * cell, grid[0] * cell], device=device, dtype=dtype)
+    return torch.cat([lo.clamp(min=0.0), torch.minimum(hi, limit)], dim=1)
+
+
+def cells_in_boxes(boxes: torch.Tensor, grid: Tuple[int, int], cell: float) -> torch.Tensor:
+    """bool[..., gh * gw]: which cell centres of ``grid`` lie in each box float[..., 4].
+
+    Boxes are half-open, [x0, x1) x [y0, y1), so a box of w x h cells aligned to the grid holds
+    exactly w x h centres (an even-sized anchor takes the centre cell and its upper/left side).
+    """
+    c = cell_centres(grid, cell, device=boxes.device, dtype=boxes.dtype)
+    x, y = c[:, 0], c[:, 1]
+    b = boxes[..., None, :]
+    return (x >= b[..., 0]) & (x < b[..., 2]) & (y >= b[..., 1]) & (y < b[..., 3])
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU float[P, Q] of xyxy boxes a float[P, 4] and b float[Q, 4]."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(dim=1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(dim=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-12)
+
+
+def greedy_nms(scores: torch.Tensor, iou: torch.Tensor, top_k: int, threshold: float) -> torch.Tensor:
+    """Indices LongTensor[min(top_k, P)] of the best boxes after greedy NMS.
+
+    scores float[P], iou float[P, P]. Where fewer than top_k boxes survive suppression, the
+    best suppressed ones fill the list, so every image gets the same number of regions.
+    """
+    order = torch.argsort(scores, descending=True, stable=True)
+    k = min(top_k, scores.numel())
+    suppressed = torch.zeros_like(scores, dtype=torch.bool)
+    kept: List[int] = []
+    overlaps = (iou > threshold).cpu()
+    for idx in order.tolist():
+        if not suppressed[idx]:
+            kept.append(idx)
+            if len(kept) == k:
+                break
+            suppressed |= overlaps[idx].to(suppressed.device)
+    if len(kept) < k:
+        chosen = set(kept)
+        kept += [i for i in order.tolist() if i not in chosen][: k - len(kept)]
+    return torch.tensor(kept, dtype=torch.long, device=scores.device)
+
+
+class RegionHead(nn.Module):
+    """Confidence logits float[B, N * A] from the final patch embeddings float[B, N, d].
+
+    ``select(logits, geometry, top_k, num_random, nms_iou)`` picks per image the top_k candidates
+    after NMS and ``num_random`` (cell, anchor) pairs drawn uniformly from the rest (contrast
+    candidates, spec section 3 **[choice]**), using torch's global generator.
+    """
+
+    def __init__(self, embed_dim: int, anchors: Sequence[Sequence[float]]):
+        super().__init__()
+        self.anchors = [list(a) for a in anchors]
+        self.net = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim), nn.GELU(),
+                                 nn.Linear(embed_dim, len(self.anchors)))
+        self._cache = {}
+
+    def forward(self, patch_emb: torch.Tensor) -> torch.Tensor:
+        """patch_emb float[B, N, d] -> confidence logits float[B, N * A]."""
+        return self.net(patch_emb).flatten(1)
+
+    def geometry(self, grid: Tuple[int, int], cell: float, device, dtype) -> Geometry:
+        """The candidates' boxes, cell masks and IoU for this grid (cached)."""
+        key = (tuple(grid), float(cell), str(device), dtype)
+        if key not in self._cache:
+            boxes = anchor_boxes(grid, cell, self.anchors, device=device, dtype=dtype)
+            masks = cells_in_boxes(boxes, grid, cell)
+            centre = torch.arange(grid[0] * grid[1], device=device).repeat_interleave(len(self.anchors))
+            masks[torch.arange(masks.shape[0], device=device), centre] = True  # always the centre cell
+            self._cache[key] = Geometry(boxes, masks, box_iou(boxes, boxes))
+        return self._cache[key]
+
+    @torch.no_grad()
+    def select(self, logits: torch.Tensor, geometry: Geometry, top_k: int, num_random: int,
+               nms_iou: float) -> torch.Tensor:
+        """LongTensor[B, K + R] candidate indices: K = min(top_k, P) after NMS, then R random others."""
+        B, P = logits.shape
+        rows = []
+        for b in range(B):
+            top = greedy_nms(logits[b], geometry.iou, top_k, nms_iou)
+            rest = torch.ones(P, dtype=torch.bool, device=logits.device)
+            rest[top] = False
+            others = rest.nonzero().squeeze(1)
+            extra = others[torch.randperm(others.numel(), device=logits.device)[: num_random]]
+            rows.append(torch.cat([top, extra]))
+        width = min(len(r) for r in rows)
+        return torch.stack([r[:width] for r in rows])

@@ -1,0 +1,157 @@
+"""Image and text towers of the LOUPE dual encoder.
+
+Each tower splits into ``embed_tokens`` (raw input -> token embeddings before position
+embeddings: the players of the token-level game, ``image_tokens`` / ``text_tokens`` of
+``shapley_kernels.region_interaction``) and the coalition-encoder protocol of api.md
+(``forward(tokens, keep) -> float[C, embed_dim]``), so the towers themselves are the encoders
+handed to the token-level engine.
+
+- ``VitImageTower``: convolutional patch embedding + pre-LN ``TransformerTower``.
+- ``SwinImageTower``: timm's Swin (optional dependency, imported lazily); no [CLS] token, the
+  global representation is the mean of the final tokens; zero baseline only.
+- ``TextTower``: word embedding + BERT-style post-LN ``TransformerTower`` (eps 1e-12).
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from shapley_kernels.token_level import TransformerTower
+
+
+def _check_images(images: torch.Tensor, size: int) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != size or images.shape[3] != size:
+        raise ValueError(f"images must have shape [B, 3, {size}, {size}], got {list(images.shape)}")
+
+
+class VitImageTower(nn.Module):
+    """Patches -> pre-LN transformer. Token grid = final grid = (S/p, S/p) cells of p pixels."""
+
+    supports_drop = True
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.image_size = cfg.image_size
+        side = cfg.image_size // cfg.patch_size
+        self.token_grid = self.final_grid = (side, side)
+        self.token_cell = self.final_cell = float(cfg.patch_size)
+        self.patch_embed = nn.Conv2d(3, cfg.image_dim, cfg.patch_size, stride=cfg.patch_size)
+        self.tower = TransformerTower(dim=cfg.image_dim, depth=cfg.image_depth, heads=cfg.image_heads,
+                                      max_tokens=side * side, out_dim=cfg.embed_dim, norm_first=True,
+                                      dropout=cfg.image_dropout, layer_norm_eps=1e-6)
+
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """images float[B, 3, S, S] -> patch tokens float[B, N_I, image_dim] (row-major cells)."""
+        _check_images(images, self.image_size)
+        return self.patch_embed(images).flatten(2).transpose(1, 2)
+
+    def encode(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """tokens float[C, N_I, dim] -> (cls float[C, dim], final tokens float[C, N_I, dim])."""
+        return self.tower.encode(tokens, keep)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """float[..., dim] -> float[..., embed_dim]."""
+        return self.tower.project(h)
+
+    def forward(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Coalition encoder: float[C, N_I, dim], keep bool[C, N_I] -> float[C, embed_dim]."""
+        return self.tower(tokens, keep)
+
+
+class SwinImageTower(nn.Module):
+    """timm Swin: token grid = patch-embedding grid; final grid 2^(stages-1) times coarser.
+
+    Windowed attention cannot drop tokens: ``supports_drop = False`` and a keep mask with an
+    absent token is a ValueError (the engine's zero baseline passes all-True masks).
+    """
+
+    supports_drop = False
+
+    def __init__(self, cfg):
+        super().__init__()
+        try:
+            import timm
+        except ImportError as exc:
+            raise ValueError("image_tower='swin' needs the optional package timm "
+                             "(pip install timm, with a torchvision matching your torch); "
+                             "use image_tower='vit' otherwise") from exc
+        self.image_size = cfg.image_size
+        self.swin = timm.create_model(cfg.swin_name, pretrained=False, num_classes=0, img_size=cfg.image_size)
+        with torch.no_grad():
+            probe = self.swin.patch_embed(torch.zeros(1, 3, cfg.image_size, cfg.image_size))
+        self._nhwc = probe.dim() == 4
+        side = probe.shape[1] if self._nhwc else int(round(probe.shape[1] ** 0.5))
+        stride = cfg.image_size // side
+        stages = len(self.swin.layers)
+        self.token_grid, self.token_cell = (side, side), float(stride)
+        final = side // 2 ** (stages - 1)
+        self.final_grid, self.final_cell = (final, final), float(stride * 2 ** (stages - 1))
+        self.proj = nn.Linear(self.swin.num_features, cfg.embed_dim, bias=False)
+
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """images float[B, 3, S, S] -> patch-embedding tokens float[B, N_tok, C0]."""
+        _check_images(images, self.image_size)
+        return self.swin.patch_embed(images).flatten(1, -2)
+
+    def encode(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """tokens float[C, N_tok, C0] -> (mean of final tokens float[C, Cf], final tokens float[C, N_f, Cf])."""
+        if keep is not None and not bool(keep.all()):
+            raise ValueError("the Swin image tower cannot drop tokens (keep must be all True); "
+                             "use the zero baseline")
+        x = tokens.reshape(tokens.shape[0], *self.token_grid, -1) if self._nhwc else tokens
+        if getattr(self.swin, "absolute_pos_embed", None) is not None:
+            x = x + self.swin.absolute_pos_embed
+        x = self.swin.norm(self.swin.layers(self.swin.pos_drop(x)))
+        x = x.flatten(1, -2)
+        return x.mean(dim=1), x
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        return self.proj(h)
+
+    def forward(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.project(self.encode(tokens, keep)[0])
+
+
+class TextTower(nn.Module):
+    """WordPiece ids -> BERT-style post-LN transformer (the tower owns [CLS] and positions)."""
+
+    supports_drop = True
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.max_tokens = cfg.text_max_tokens
+        self.word_embed = nn.Embedding(cfg.text_vocab_size, cfg.text_dim, padding_idx=0)
+        nn.init.trunc_normal_(self.word_embed.weight, std=0.02, a=-0.04, b=0.04)
+        with torch.no_grad():
+            self.word_embed.weight[0].zero_()
+        self.tower = TransformerTower(dim=cfg.text_dim, depth=cfg.text_depth, heads=cfg.text_heads,
+                                      max_tokens=cfg.text_max_tokens, out_dim=cfg.embed_dim, norm_first=False,
+                                      dropout=cfg.text_dropout, layer_norm_eps=1e-12)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids long[B, L] (L <= text_max_tokens) -> word embeddings float[B, L, text_dim]."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long or input_ids.dim() != 2:
+            raise TypeError("input_ids must be a LongTensor[B, L]")
+        if input_ids.shape[1] > self.max_tokens:
+            raise ValueError(f"input_ids has {input_ids.shape[1]} tokens, more than text_max_tokens={self.max_tokens}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.word_embed.num_embeddings):
+            raise ValueError(f"input_ids must lie in [0, {self.word_embed.num_embeddings})")
+        return self.word_embed(input_ids)
+
+    def encode(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """tokens float[C, L, dim], keep bool[C, L] -> (cls float[C, dim], tokens float[C, L, dim])."""
+        return self.tower.encode(tokens, keep)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        return self.tower.project(h)
+
+    def forward(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Coalition encoder: float[C, L, dim], keep bool[C, L] -> float[C, embed_dim]."""
+        return self.tower(tokens, keep)
+
+
+def build_image_tower(cfg) -> nn.Module:
+    """The image tower named by ``cfg.image_tower`` ("vit" or "swin")."""
+    return VitImageTower(cfg) if cfg.image_tower == "vit" else SwinImageTower(cfg)

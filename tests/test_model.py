@@ -1,0 +1,213 @@
+"""LoupeModel: configs, region head geometry, every loss combination trains, edge cases."""
+import itertools
+import sys
+
+import pytest
+import torch
+
+from loupe_core.losses import cmc_loss
+from loupe_core.model import ContrastiveBank, LossConfig, LoupeModel, ModelConfig
+from loupe_core.model.region_head import anchor_boxes, box_iou, cells_in_boxes, greedy_nms
+
+TINY = dict(image_size=32, patch_size=8, image_dim=32, image_depth=1, image_heads=2, text_vocab_size=64,
+            text_dim=32, text_depth=1, text_heads=2, text_max_tokens=12, text_dropout=0.0, embed_dim=32,
+            anchors=[[1, 1], [2, 2], [3, 2]], top_k=2, num_random=1)
+FAST = dict(token_num_samples=3, semantic_num_samples=20, pairs_per_step=2, probe_size=2)
+
+
+def make_batch(B=4, L=8, M=3, seed=0, dtype=torch.float32):
+    """A fixed random batch in the CONTRACTS section 3 format (vocab 64)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([L, L - 3, L - 1, 4, L, 5][:B])
+    text_mask = torch.arange(L)[None, :] < lengths[:, None]
+    input_ids = torch.randint(1, 64, (B, L), generator=g) * text_mask
+    phrase_tokens = torch.zeros(B, M, L, dtype=torch.bool)
+    phrase_mask = torch.zeros(B, M, dtype=torch.bool)
+    for b in range(B):
+        for m in range(min(M, 1 + b % M)):
+            phrase_tokens[b, m, 2 * m:2 * m + 2] = True
+            phrase_mask[b, m] = True
+    return dict(images=torch.randn(B, 3, 32, 32, generator=g, dtype=dtype), input_ids=input_ids,
+                text_mask=text_mask, phrase_tokens=phrase_tokens, phrase_mask=phrase_mask,
+                captions=["c"] * B, keys=[str(b) for b in range(B)])
+
+
+# ------------------------------------------------------------------------------ configs
+def test_configs_round_trip_and_reject_unknown_keys():
+    cfg = ModelConfig.from_dict(TINY)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    lcfg = LossConfig.from_dict(dict(tsa=True, fsa=True, unsil=True, token_source="hybrid"))
+    assert LossConfig.from_dict(lcfg.to_dict()) == lcfg and lcfg.hybrid_levels() == ["token"]
+    with pytest.raises(ValueError, match="'image_szie'"):
+        ModelConfig.from_dict({"image_szie": 32})
+    with pytest.raises(ValueError, match="unsil"):
+        LossConfig(tsa=True, token_source="hybrid")
+    with pytest.raises(ValueError, match="hybrid"):
+        LossConfig(unsil=True)
+    with pytest.raises(ValueError, match="patch_size"):
+        ModelConfig(image_size=30, patch_size=8)
+    with pytest.raises(ValueError, match="token_source"):
+        LossConfig(token_source="magic")
+    with pytest.raises(ValueError, match="anchors"):
+        ModelConfig(anchors=[[1, 0]])
+
+
+def test_swin_without_timm_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
+    with pytest.raises(ValueError, match="timm"):
+        LoupeModel(dict(TINY, image_tower="swin"))
+
+
+# ------------------------------------------------------------------------------ region head
+def test_candidate_geometry_matches_the_box_definition():
+    model = LoupeModel(TINY)
+    geo = model.region_head.geometry((4, 4), 8.0, torch.device("cpu"), torch.float32)
+    anchors = TINY["anchors"]
+    assert geo.boxes.shape == (16 * 3, 4) and geo.masks.shape == (16 * 3, 16)
+    for cell, a in itertools.product(range(16), range(3)):
+        r, c = divmod(cell, 4)
+        cx, cy = (c + 0.5) * 8, (r + 0.5) * 8
+        w, h = anchors[a][0] * 8, anchors[a][1] * 8
+        x0, y0, x1, y1 = max(cx - w / 2, 0), max(cy - h / 2, 0), min(cx + w / 2, 32), min(cy + h / 2, 32)
+        assert geo.boxes[cell * 3 + a].tolist() == [x0, y0, x1, y1]
+        want = [x0 <= (cc + 0.5) * 8 < x1 and y0 <= (rr + 0.5) * 8 < y1 for rr in range(4) for cc in range(4)]
+        assert geo.masks[cell * 3 + a].tolist() == want
+        assert geo.masks[cell * 3 + a, cell]  # always the centre cell
+    assert geo.masks[0::3].sum(1).eq(1).all()  # a 1x1 anchor is exactly its cell
+    torch.testing.assert_close(geo.iou, box_iou(geo.boxes, geo.boxes))
+    assert torch.equal(cells_in_boxes(geo.boxes, (4, 4), 8.0), geo.masks)
+
+
+def test_greedy_nms_against_brute_force():
+    g = torch.Generator().manual_seed(0)
+    boxes = anchor_boxes((4, 4), 8.0, [[1, 1], [2, 2], [3, 3]])
+    iou = box_iou(boxes, boxes)
+    for _ in range(5):
+        scores = torch.randn(boxes.shape[0], generator=g)
+        kept = greedy_nms(scores, iou, 4, 0.35).tolist()
+        want = []
+        for i in sorted(range(len(scores)), key=lambda i: -float(scores[i])):
+            if all(float(iou[i, j]) <= 0.35 for j in want):
+                want.append(i)
+        assert kept == want[:4]
+    # fewer survivors than top_k: the best suppressed fill the list
+    scores = torch.arange(boxes.shape[0], dtype=torch.float32)
+    assert len(greedy_nms(scores, iou, boxes.shape[0], 0.0)) == boxes.shape[0]
+
+
+def test_propose_regions_consistent_with_contract():
+    torch.manual_seed(0)
+    model = LoupeModel(TINY).eval()
+    batch = make_batch()
+    feats = model.encode_images(batch["images"])
+    regions = model.propose_regions(feats, top_k=3)
+    assert regions.boxes.shape == (4, 3, 4) and regions.patch_masks.shape == (4, 3, 16)
+    assert regions.emb.shape == (4, 3, 32)
+    torch.testing.assert_close(regions.emb.norm(dim=-1), torch.ones(4, 3))
+    assert torch.equal(regions.patch_masks, cells_in_boxes(regions.boxes, feats.grid, feats.patch_size)
+                       | regions.patch_masks)
+    assert (regions.scores[:, :-1] >= regions.scores[:, 1:]).all()  # best first
+    txt = model.encode_texts(batch["input_ids"], batch["text_mask"])
+    phrases = model.phrase_embeddings(txt, batch["phrase_tokens"])
+    want = torch.nn.functional.normalize(
+        (batch["phrase_tokens"][1, 0].float() @ txt.token_emb[1]) / batch["phrase_tokens"][1, 0].sum(), dim=0)
+    torch.testing.assert_close(phrases[1, 0], want)
+    img, tx = model(batch, embed_only=True)
+    torch.testing.assert_close(img, feats.global_emb)
+    torch.testing.assert_close(tx, txt.global_emb)
+
+
+# ------------------------------------------------------------------------------ training
+COMBOS = {
+    "cmc": dict(),
+    "cmc+tsa": dict(tsa=True),
+    "cmc+tsa+fsa(sampling)": dict(tsa=True, fsa=True, semantic_source="sampling"),
+    "cmc+tsa+fsa+unsil(hybrid)": dict(tsa=True, fsa=True, unsil=True, token_source="hybrid",
+                                      semantic_source="hybrid", warmup_fraction=0.3),
+    "cmc+tsa+fsa(exact)": dict(tsa=True, fsa=True, semantic_source="exact"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMBOS))
+def test_every_loss_combination_trains(name):
+    torch.manual_seed(0)
+    model = LoupeModel(TINY, dict(FAST, **COMBOS[name]))
+    batch = make_batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses, steps = [], 20
+    for step in range(steps):
+        out = model(batch, step=step, total_steps=steps)
+        assert set(out.terms) == {k for k in ("cmc", "tsa", "fsa", "unsil") if k in name}
+        assert all(torch.isfinite(t) for t in out.terms.values())
+        opt.zero_grad()
+        out.total.backward()
+        opt.step()
+        losses.append(out.total.item() - out.terms.get("unsil", torch.zeros(())).item())
+    assert sum(losses[-3:]) < sum(losses[:3]), losses  # L_UNSIL (noisy targets) is checked in test_unsil
+    if "unsil" in name:
+        assert {"unsil_share_token", "unsil_share_semantic", "unsil_probe_error_token",
+                "label_time_token", "label_time_semantic"} <= set(out.logs)
+
+
+def test_bank_loss_equals_plain_full_batch_loss():
+    torch.manual_seed(0)
+    model = LoupeModel(TINY)
+    batch = make_batch()
+    with torch.no_grad():
+        img, txt = model(batch, embed_only=True)
+    plain = model(batch).total
+    banked = model(batch, bank=ContrastiveBank(img, txt, 0)).total
+    assert banked.item() == pytest.approx(plain.item(), rel=1e-6)
+    half = {k: v[:2] for k, v in batch.items()}
+    part = model(half, bank=ContrastiveBank(img, txt, 0)).total
+    assert part.item() == pytest.approx(cmc_loss(img, txt, model.logit_scale.exp()).item(), rel=1e-5)
+
+
+def test_bad_batch_without_phrases_and_flat_images_is_finite():
+    torch.manual_seed(0)
+    model = LoupeModel(TINY, dict(FAST, tsa=True, fsa=True))
+    batch = make_batch()
+    batch["phrase_mask"][:] = False
+    batch["phrase_tokens"][:] = False
+    batch["images"] = torch.full_like(batch["images"], 0.7)
+    out = model(batch)
+    out.total.backward()
+    assert torch.isfinite(out.total) and out.terms["fsa"].item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_float64_forward():
+    torch.manual_seed(0)
+    model = LoupeModel(TINY, dict(FAST, tsa=True, fsa=True)).double()
+    out = model(make_batch(dtype=torch.float64))
+    assert out.total.dtype == torch.float64 and torch.isfinite(out.total)
+    out.total.backward()
+
+
+def test_hybrid_decisions_follow_sigma_and_warmup():
+    torch.manual_seed(0)
+    model = LoupeModel(TINY, dict(FAST, tsa=True, unsil=True, token_source="hybrid", probe_size=0))
+    batch = make_batch()
+    head = model.unsil["token"].net.sigma_head[-1]
+    share = lambda step: model(batch, step=step, total_steps=10).logs["unsil_share_token"]  # noqa: E731
+    assert share(0) == 0.0  # warm-up: every target sampled
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-50.0)  # sigma -> 0: always UNSIL
+    assert share(5) == 1.0
+    with torch.no_grad():
+        head.bias.fill_(50.0)  # sigma -> 1: always sampled
+    assert share(5) == 0.0
+
+
+def test_bad_inputs_name_the_problem():
+    model = LoupeModel(TINY, dict(fsa=True))
+    batch = make_batch()
+    with pytest.raises(ValueError, match="phrase_mask"):
+        model({k: v for k, v in batch.items() if k != "phrase_mask"})
+    with pytest.raises(ValueError, match="images"):
+        model(dict(batch, images=torch.zeros(4, 3, 16, 16)))
+    with pytest.raises(ValueError, match="text_mask"):
+        model(dict(batch, text_mask=batch["text_mask"].long()))
+    with pytest.raises(ValueError, match="top_k"):
+        model.propose_regions(model.encode_images(batch["images"]), 0)

@@ -7,6 +7,7 @@ backend_status. Everything with a leading underscore is private.
 """
 from ._backends import available_backends, backend_status
 from ._estimate import Estimate
+from .alignment import alignment_game, region_phrase_interaction
 from .estimators import shapley_values, interaction_index, coalition_interaction, choose_method, EXACT_MAX_PLAYERS
 from .diagnostics import instability
 from .token_level import dual_encoder_game, region_interaction, TransformerTower

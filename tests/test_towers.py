@@ -119,3 +119,17 @@ def test_plan_buckets_covers_every_row_with_its_kept_positions():
             assert idx[ok].tolist() == keep[r].nonzero().flatten().tolist()
     same = plan_buckets(torch.ones(64, 5, dtype=torch.bool))
     assert len(same) == 1 and same[0].valid is None
+
+
+def test_pack_bits_matches_powers_of_two():
+    from shapley_kernels.token_level.packing import pack_bits
+
+    gen = torch.Generator().manual_seed(6)
+    mask = torch.rand(37, 130, generator=gen) < 0.5
+    words = pack_bits(mask, rows_per_step=8)
+    assert words.shape == (37, 3)
+    for r in range(37):
+        for w in range(3):
+            cols = mask[r, 64 * w:64 * w + 64].nonzero().flatten().tolist()
+            want = sum(1 << c for c in cols)
+            assert int(words[r, w]) & (2 ** 64 - 1) == want

@@ -81,12 +81,17 @@ def scatter_tokens(packed: torch.Tensor, bucket: Bucket, out: torch.Tensor) -> N
         out[rows[bucket.valid], bucket.index[bucket.valid]] = packed[bucket.valid]
 
 
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+def pack_bits(mask: torch.Tensor, rows_per_step: int = 1 << 14) -> torch.Tensor:
     """Pack bool[C, N] into int64 words LongTensor[C, ceil(N / 64)]: bit j of word w is column
-    64 w + j (bit 63 is the sign bit). Used to deduplicate coalitions and by the Triton kernel."""
+    64 w + j (bit 63 is the sign bit). Used to deduplicate coalitions and by the Triton kernel.
+    Works through ``rows_per_step`` rows at a time to bound the int64 temporary."""
     C, N = mask.shape
     W = max(1, -(-N // 64))
-    padded = mask.new_zeros(C, W * 64)
-    padded[:, :N] = mask
     shifts = torch.arange(64, device=mask.device, dtype=torch.int64)
-    return (padded.view(C, W, 64).to(torch.int64) << shifts).sum(dim=-1)
+    words = torch.empty(C, W, dtype=torch.int64, device=mask.device)
+    for lo in range(0, C, rows_per_step):
+        part = mask[lo:lo + rows_per_step]
+        padded = part.new_zeros(part.shape[0], W * 64)
+        padded[:, :N] = part
+        words[lo:lo + rows_per_step] = (padded.view(-1, W, 64).to(torch.int64) << shifts).sum(dim=-1)
+    return words

@@ -61,6 +61,19 @@ def scatter_back(values: torch.Tensor, c: Compacted) -> torch.Tensor:
     return full.gather(1, r_inv[:, :, None].expand(B, K, M)).gather(2, p_inv[:, None, :].expand(B, K, M))
 
 
+def chunk_size(batch: int, work: int, step: int, device: torch.device) -> int:
+    """Items per program (a multiple of ``step``) when each of ``batch`` matrices has ``work`` items.
+
+    Aims at 4 programs per streaming multiprocessor on a GPU, with at least 64 steps per program;
+    elsewhere (Triton's interpreter, ~60 ms per program) one program per matrix.
+    """
+    programs = 1
+    if device.type == "cuda":
+        programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    chunks = max(1, min(-(-programs // max(1, batch)), -(-work // (64 * step))))
+    return max(step, -(-work // (chunks * step)) * step)
+
+
 def direction_coefficients(owners: torch.Tensor, elements: torch.Tensor, width: int,
                            dtype: torch.dtype) -> torch.Tensor:
     """Factorised-exact weights of one direction, ``dtype``[B, 2, width + 1] (contiguous).

@@ -20,7 +20,7 @@ import torch
 import triton
 
 from . import _triton_kernels as kernels
-from ._device_prep import exact_from_directions, sampling_from_sums
+from ._device_prep import chunk_size, exact_from_directions, sampling_from_sums
 
 # Elements of the largest per-step register tensor ([block, rows, cols]) of each kernel.
 _TILE_ELEMENTS = 4096
@@ -35,19 +35,6 @@ def _block(rows_p2: int, cols_p2: int) -> int:
     return max(1, _TILE_ELEMENTS // (rows_p2 * cols_p2))
 
 
-def _target_programs(device: torch.device) -> int:
-    """Programs worth launching: 4 per SM on a GPU; 1 under the interpreter (60 ms per program)."""
-    if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
-
-
-def _chunks(batch: int, work: int, step: int, device: torch.device) -> int:
-    """Split each matrix's ``work`` items into chunks of whole steps: enough programs in all."""
-    want = -(-_target_programs(device) // max(1, batch))
-    return max(1, min(want, -(-work // (64 * step))))
-
-
 def game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
          phrase_mask: torch.Tensor) -> torch.Tensor:
     """v2(S) for every coalition: float[B, C] from A float[B, K, M], coalitions bool[B, C, K + M]."""
@@ -56,8 +43,7 @@ def game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
     out = torch.empty(B, C, dtype=A.dtype, device=A.device)
     KP, MP = _pow2(K), _pow2(M)
     BC = _block(KP, MP)
-    n_chunks = _chunks(B, C, BC, A.device)
-    per_prog = -(-C // (n_chunks * BC)) * BC
+    per_prog = chunk_size(B, C, BC, A.device)
     kernels.game_kernel[(B, -(-C // per_prog))](
         A, region_mask.view(torch.uint8), phrase_mask.view(torch.uint8),
         coalitions.contiguous().view(torch.uint8), out, C, K, M, per_prog, KP=KP, MP=MP, BC=BC)
@@ -72,10 +58,8 @@ def _exact_direction(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, co
     B, R, C = A.shape
     RP, CP = _pow2(R), _pow2(C)
     BS = _block(RP, CP)
-    n_sub = 1 << C
-    n_chunks = _chunks(B, n_sub, BS, A.device)
-    per_prog = -(-n_sub // (n_chunks * BS)) * BS
-    n_chunks = -(-n_sub // per_prog)
+    per_prog = chunk_size(B, 1 << C, BS, A.device)
+    n_chunks = -(-(1 << C) // per_prog)
     partial = torch.empty(B, n_chunks, R, C, dtype=A.dtype, device=A.device)
     kernels.exact_direction_kernel[(B, n_chunks)](A, rows, cols, coef, partial, R, C, per_prog,
                                                   RP=RP, CP=CP, BS=BS)

@@ -1,0 +1,61 @@
+"""CUDA backend of the alignment game (docs/CONTRACTS.md section 1): game, exact, sampling.
+
+Kernels: csrc/alignment_cuda.cu, bound as ``shapley_kernels._cuda`` by
+csrc/alignment_cuda_binding.cpp (built by setup.py only with a CUDA toolkit and a CUDA build of
+torch). Inputs are validated by the dispatcher, which routes here only for CUDA tensors when the
+extension loaded; ``A`` float32 or float64 [B, K, M] contiguous, masks bool[B, K] / bool[B, M].
+
+- ``exact``: factorised SII, one block per (matrix, chunk of subsets), present counts per side
+  at most 20 (the dispatcher's EXACT_LIMIT); chunk partials summed in a fixed order.
+- ``sampling``: one block per (matrix, region, phrase), Philox4x32-10 on chip with the same
+  counters as the Triton kernels (same seed: the same coalitions on both backends); present
+  counts per side at most 64.
+- ``game``: one thread per (matrix, coalition).
+"""
+from typing import Tuple
+
+import torch
+
+from .._backends import load_extension
+from ._device_prep import chunk_size, exact_from_directions, sampling_from_sums
+
+_EXACT_STEP = 128  # kExactSubsets in csrc/alignment_cuda.cu: subsets per step of a block
+
+
+def _ext():
+    ext = load_extension("_cuda")
+    if ext is None:
+        raise RuntimeError("the CUDA extension shapley_kernels._cuda is not built; see backend_status()")
+    return ext
+
+
+def game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
+         phrase_mask: torch.Tensor) -> torch.Tensor:
+    """v2(S) for every coalition: float[B, C] from A float[B, K, M], coalitions bool[B, C, K + M]."""
+    return _ext().game(A, coalitions.contiguous(), region_mask.contiguous(), phrase_mask.contiguous())
+
+
+def _exact_direction(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """One direction of the factorised exact SII of a compacted A float[B, R, C]: float[B, R, C]."""
+    per_chunk = chunk_size(A.shape[0], 1 << A.shape[2], _EXACT_STEP, A.device)
+    return _ext().exact_direction(A, rows, cols, coef, per_chunk).sum(1)
+
+
+def _sampling_sums(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_samples: int,
+                   k0: int, k1: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair sums of delta and delta^2, float64[B, R, C], of a compacted A float[B, R, C]."""
+    return _ext().sampling(A, rows, cols, num_samples, k0, k1)
+
+
+def exact(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
+    """Exact pairwise SII of every (region, phrase) in v2: float[B, K, M] (0 at padding)."""
+    return exact_from_directions(A, region_mask, phrase_mask, _exact_direction)
+
+
+def sampling(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
+             num_samples: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Monte Carlo SII of every (region, phrase): (value, stderr), each float[B, K, M].
+
+    num_samples samples per pair; stderr = sample std / sqrt(num_samples) (0 for one sample).
+    """
+    return sampling_from_sums(A, region_mask, phrase_mask, num_samples, seed, _sampling_sums)

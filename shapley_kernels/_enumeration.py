@@ -7,23 +7,25 @@ weight of one S is
 
     w_k(|S|) = 1 / ((n - k + 1) * C(n - k, |S|))
 
-(k = 1: |S|!(n-|S|-1)!/n!, Eq. 3; k = 2: |S|!(n-|S|-2)!/(n-1)!, Eq. 9-10). A table row U
-(bit p set <=> player p present) then splits into S = U \\ T and m = |U n T| present target
-members, and contributes w_k(|S|) * g_k(m) * v(U) with
+(k = 1: |S|!(n-|S|-1)!/n!, Eq. 3; k = 2: |S|!(n-|S|-2)!/(n-1)!, Eq. 9-10), and the index is
+sum_S w_k(|S|) * delta_T(S) with
 
-    Shapley     (k = 1):  g(1) = +1, g(0) = -1                         [v(S+i) - v(S)]
-    interaction (Eq. 7):  g(k) = +1, g(1) = -1, g(0) = k - 1, else 0   [v(S+T) - sum_x v(S+x) + (k-1) v(S)]
+    Shapley     (k = 1):  delta(S) = v(S + i) - v(S)
+    interaction (Eq. 7):  delta(S) = v(S + T) - sum_{x in T} v(S + x) + (k - 1) v(S)
 
-(for k = 2 the interaction row is exactly Eq. 10's v(S+ij) - v(S+i) - v(S+j) + v(S)). Rows
-with some but not all of T present for 1 < m < k get weight 0. Everything is index arithmetic
-over the table: no Python loop over coalitions, only over tiles that bound memory.
+(for k = 2 the interaction is exactly Eq. 10's v(S+ij) - v(S+i) - v(S+j) + v(S)).
+
+The table float64[2^n] (row U: bit p set <=> player p present) is viewed, per target, as
+[2^(n-1-p1), 2, 2^(p1-1-p2), 2, ..., 2, 2^pk] for the members p1 > ... > pk: each size-2
+dimension is one member's bit, the blocks between them are the other players' bits in order.
+Fixing the k member dimensions to one presence pattern leaves a strided view over all
+S subset N\\T whose flattened index has |S| set bits: each pattern is one slice, weighted by
+w_k at the popcount of the flat index.
+No Python loop runs over coalitions; one runs over targets, each costing (k+2) 2^(n-k) reads.
 """
 from math import comb
 
 import torch
-
-# int64 elements per tile of (targets x table rows): bounds temporary memory to ~100 MB.
-_TILE_ELEMENTS = 2 ** 21
 
 
 def all_coalitions(start: int, stop: int, n: int, device) -> torch.Tensor:
@@ -55,27 +57,20 @@ def popcounts(n: int, device) -> torch.Tensor:
     return count
 
 
-def size_weights(n: int, device) -> torch.Tensor:
-    """w_k(s) = 1 / ((n-k+1) C(n-k, s)) for k, s in 0..n (0 where s > n - k): float64[n+1, n+1]."""
-    w = torch.zeros(n + 1, n + 1, dtype=torch.float64)
-    for k in range(1, n + 1):
-        for s in range(n - k + 1):
-            w[k, s] = 1.0 / ((n - k + 1) * comb(n - k, s))
-    return w.to(device)
+def subset_weights(n: int, k: int, device) -> torch.Tensor:
+    """w_k(|S|) for every S subset of the n - k non-target players, in flat-index order
+    (|S| = popcount of the index): float64[2^(n-k)]."""
+    by_size = torch.tensor([1.0 / ((n - k + 1) * comb(n - k, s)) for s in range(n - k + 1)],
+                           dtype=torch.float64, device=device)
+    return by_size[popcounts(n - k, device)]
 
 
-def member_coefficients(n: int, shapley: bool, device) -> torch.Tensor:
-    """g_k(m) of the module docstring for k, m in 0..n: float64[n+1, n+1]."""
-    g = torch.zeros(n + 1, n + 1, dtype=torch.float64)
-    for k in range(1, n + 1):
-        if shapley:
-            g[k, k] += 1.0
-            g[k, 0] -= 1.0
-        else:
-            g[k, k] += 1.0
-            g[k, 1] -= 1.0
-            g[k, 0] += k - 1.0
-    return g.to(device)
+def _patterns(k: int, shapley: bool):
+    """(presence of each of the k members, coefficient) pairs of delta_T, module docstring."""
+    if shapley:
+        return [((1,), 1.0), ((0,), -1.0)]
+    singles = [(tuple(int(a == b) for b in range(k)), -1.0) for a in range(k)]
+    return [((1,) * k, 1.0), ((0,) * k, k - 1.0)] + singles
 
 
 def exact_indices(table: torch.Tensor, n: int, targets: torch.Tensor, shapley: bool) -> torch.Tensor:
@@ -85,23 +80,20 @@ def exact_indices(table: torch.Tensor, n: int, targets: torch.Tensor, shapley: b
     shapley=True: targets are single players and the result is phi (Eq. 3); otherwise the
     result is the Eq. 7 interaction of each target (Eq. 10 for pairs). Returns float64[T].
     """
-    device = table.device
-    size = 2 ** n
-    bits = 2 ** torch.arange(n, dtype=torch.long, device=device)
-    target_bits = (targets.long() * bits).sum(1)  # [T]
-    k = targets.sum(1).long()  # [T]
-    pop = popcounts(n, device)
-    weights = size_weights(n, device)
-    coefs = member_coefficients(n, shapley, device)
-    out = torch.zeros(targets.shape[0], dtype=torch.float64, device=device)
-    block = min(size, _TILE_ELEMENTS)
-    per_tile = max(1, _TILE_ELEMENTS // block)
-    for start in range(0, size, block):
-        rows = torch.arange(start, min(start + block, size), dtype=torch.long, device=device)
-        values, row_pop = table[rows], pop[rows]
-        for t0 in range(0, targets.shape[0], per_tile):
-            tb, tk = target_bits[t0:t0 + per_tile, None], k[t0:t0 + per_tile, None]
-            m = pop[rows[None, :] & tb]  # present members of the target, [t, rows]
-            s = row_pop[None, :] - m  # |S| = present non-members
-            out[t0:t0 + per_tile] += (weights[tk, s] * coefs[tk, m] * values).sum(1)
+    out = torch.zeros(targets.shape[0], dtype=torch.float64, device=table.device)
+    weights = {}  # k -> subset_weights(n, k)
+    for t, row in enumerate(targets.cpu().tolist()):
+        members = [p for p in range(n - 1, -1, -1) if row[p]]  # descending
+        k = len(members)
+        if k not in weights:
+            weights[k] = subset_weights(n, k, table.device)
+        blocks = [2 ** (hi - 1 - lo) for hi, lo in zip([n] + members, members + [-1])]
+        shape = [blocks[0]] + [size for block in blocks[1:] for size in (2, block)]
+        cube = table.view(shape)  # member j's bit is dimension 2j + 1
+        delta = torch.zeros(blocks, dtype=torch.float64, device=table.device)  # over S
+        for presence, coef in _patterns(k, shapley):
+            index = [slice(None)] * len(shape)
+            index[1::2] = presence
+            delta.add_(cube[tuple(index)], alpha=coef)  # reads the strided slice in place
+        out[t] = torch.dot(delta.view(-1), weights[k])
     return out

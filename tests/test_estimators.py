@@ -75,15 +75,21 @@ def test_exact_huge_values_float32(rng_seed):
     torch.testing.assert_close(phi.double(), _f64(brute_shapley(value_fn, n)), rtol=1e-5, atol=1e31)
 
 
-def test_exact_tiled_like_untiled(rng_seed, monkeypatch):
-    """Tiling over table rows and targets (small tiles forced) changes nothing."""
-    n = 7
+def test_exact_twelve_players_matches_brute_force(rng_seed):
+    """A larger game: many strided dimensions per slice, targets of every kind."""
+    n = 12
     table = random_table(n, _gen(rng_seed))
-    game, pairs = table_game(table), _all_pairs(n)
-    whole = sk.interaction_index(game, n, pairs, method="exact")
-    monkeypatch.setattr(_enumeration, "_TILE_ELEMENTS", 16)
-    torch.testing.assert_close(sk.interaction_index(game, n, pairs, method="exact"), whole,
-                               rtol=1e-12, atol=1e-12)
+    game, value_fn = table_game(table), table_value_fn(table)
+    tol = dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sk.shapley_values(game, n, method="exact"), _f64(brute_shapley(value_fn, n)), **tol)
+    pairs = torch.tensor([[0, 11], [5, 3], [10, 9]])
+    want = _f64([brute_sii(value_fn, n, int(i), int(j)) for i, j in pairs])
+    torch.testing.assert_close(sk.interaction_index(game, n, pairs, method="exact"), want, **tol)
+    members = [1, 4, 7, 11]
+    coalitions = torch.zeros(1, n, dtype=torch.bool)
+    coalitions[0, members] = True
+    want = _f64([brute_coalition_interaction(value_fn, n, members)])
+    torch.testing.assert_close(sk.coalition_interaction(game, n, coalitions, method="exact"), want, **tol)
 
 
 def test_efficiency_and_symmetry(rng_seed):

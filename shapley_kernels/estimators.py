@@ -113,12 +113,12 @@ def _estimate(game, n: int, targets: torch.Tensor, shapley: bool, method, num_sa
                          f"two samples), got {num_samples}")
     generator = _check_seed(seed, device) if method == "sampling" else None
     checked = _CheckedGame(game, max_batch, device)
-    if method == "exact":
+    if targets.shape[0] == 0:  # nothing asked: no game evaluation
+        value = stderr = torch.zeros(0, dtype=torch.float64, device=device)
+    elif method == "exact":
         table = value_table(checked, n, max_batch, device)
         value = exact_indices(table, n, targets, shapley)
         stderr = torch.zeros_like(value)
-    elif targets.shape[0] == 0:
-        value = stderr = torch.zeros(0, dtype=torch.float64, device=device)
     else:
         value, stderr = sampled_indices(checked, targets, num_samples, generator, shapley)
     value, stderr = value.to(checked.dtype), stderr.to(checked.dtype)

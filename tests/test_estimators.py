@@ -297,11 +297,14 @@ def test_device_and_empty_targets(rng_seed):
     n = 4
     game = table_game(random_table(n, _gen(rng_seed)))
     assert sk.shapley_values(game, n, method="exact", device="cpu").device.type == "cpu"
+    game.calls = 0
     for method in ("exact", "sampling"):
-        out = sk.interaction_index(game, n, torch.zeros(0, 2, dtype=torch.long), method=method)
-        assert out.shape == (0,)
+        out = sk.interaction_index(game, n, torch.zeros(0, 2, dtype=torch.long), method=method,
+                                   return_stderr=True)
+        assert out.value.shape == out.stderr.shape == (0,) and out.evaluations == 0
         out = sk.coalition_interaction(game, n, torch.zeros(0, n, dtype=torch.bool), method=method)
         assert out.shape == (0,)
+    assert game.calls == 0
 
 
 def test_q_trick_gives_uniform_sizes(rng_seed):

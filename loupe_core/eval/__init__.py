@@ -1,0 +1,79 @@
+"""Zero-shot evaluation of LOUPE (spec section 7): retrieval, classification, detection, grounding,
+linear probe.
+
+Each task has a tensor-level metric (tested against references written from the definitions)
+and a model-level function that runs the model (CONTRACTS s5 methods) on a split in batches
+under ``torch.inference_mode``. :func:`evaluate` runs several tasks and returns flat metric
+names such as ``retrieval/i2t_r1``, ``grounding/acc@0.5``, ``detection/map@0.5``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from . import splits
+from .classification import evaluate_classification
+from .detection import evaluate_detection
+from .grounding import evaluate_grounding
+from .linear_probe import evaluate_linear_probe
+from .retrieval import evaluate_retrieval
+
+TASKS = ("retrieval", "classification", "detection", "grounding", "linear_probe")
+
+
+def check_tasks(tasks) -> tuple[str, ...]:
+    """Tuple of task names; "all" expands to every task; an unknown name is a ValueError."""
+    if isinstance(tasks, str):
+        tasks = (tasks,)
+    tasks = tuple(tasks)
+    if "all" in tasks:
+        return TASKS
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"tasks must be names from {list(TASKS) + ['all']}, got {list(tasks)}")
+    return tasks
+
+
+def evaluate(model, eval_paths, tokenizer, tasks: Sequence[str] = ("retrieval", "grounding"), device="cpu",
+             batch_size: int = 64, progress: Optional[bool] = None) -> dict[str, float]:
+    """Run ``tasks`` on the evaluation files; returns {"<task>/<metric>": value (percent)}.
+
+    model: a ``LoupeModel`` already on ``device``; eval_paths: ``ShapesWorldPaths``,
+    ``SplitFiles`` or {task: JSON path} (see ``loupe_core.eval.splits``); tokenizer:
+    ``loupe_core.data.Tokenizer``. Regions: the model's ``config.top_k`` per image.
+    """
+    tasks = check_tasks(tasks)
+    files = splits.eval_files(eval_paths)
+    size = model.config.image_size
+    common = dict(device=device, batch_size=batch_size, progress=progress)
+    top_k = model.config.top_k
+    out: dict[str, float] = {}
+
+    def add(task, metrics):
+        out.update({f"{task}/{k}": float(v) for k, v in metrics.items()})
+
+    for task in tasks:
+        if task == "retrieval":
+            add(task, evaluate_retrieval(model, splits.load(task, splits.require(files, task), size), tokenizer,
+                                         **common))
+        elif task == "classification":
+            sets = splits.classification_sets(files)
+            if not sets:
+                raise ValueError(f"eval_paths has no classification file (has {sorted(files)})")
+            for prefix, path in sets.items():
+                result = evaluate_classification(model, splits.load(task, path, size), tokenizer, **common)
+                add(task, {prefix + k: v for k, v in result.items()})
+        elif task == "detection":
+            add(task, evaluate_detection(model, splits.load(task, splits.require(files, task), size), tokenizer,
+                                         top_k=top_k, **common))
+        elif task == "grounding":
+            add(task, evaluate_grounding(model, splits.load(task, splits.require(files, task), size), tokenizer,
+                                         top_k=top_k, **common))
+        else:
+            train = splits.load("classification", splits.require(files, "linear_probe_train"), size)
+            test = splits.load("classification", splits.require(files, "linear_probe_test"), size)
+            add(task, evaluate_linear_probe(model, train, test, **common))
+    return out
+
+
+__all__ = ["TASKS", "evaluate", "check_tasks", "evaluate_retrieval", "evaluate_classification",
+           "evaluate_detection", "evaluate_grounding", "evaluate_linear_probe"]

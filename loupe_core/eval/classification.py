@@ -56,7 +56,7 @@ def zero_shot_accuracy(image_emb: torch.Tensor, class_emb: torch.Tensor, labels:
 
 
 def encode_classes(model, tokenizer, classes, templates, *, device="cpu", batch_size: int = 64,
-                   progress: bool = True) -> torch.Tensor:
+                   progress=None) -> torch.Tensor:
     """Template-ensemble class embeddings float[C, d] (every class name in every template)."""
     prompts = [t.format(c) for c in classes for t in templates]
     emb = encode_text_list(model, tokenizer, prompts, device=device, batch_size=batch_size,
@@ -65,7 +65,7 @@ def encode_classes(model, tokenizer, classes, templates, *, device="cpu", batch_
 
 
 def evaluate_classification(model, split, tokenizer, *, device="cpu", batch_size: int = 64,
-                            progress: bool = True) -> dict:
+                            progress=None) -> dict:
     """Model level: ``{"top1": percent}`` on a classification split (images, labels, classes, templates)."""
     class_emb = encode_classes(model, tokenizer, split.classes, split.templates, device=device,
                                batch_size=batch_size, progress=progress)

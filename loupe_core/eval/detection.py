@@ -118,7 +118,7 @@ def region_detections(boxes: torch.Tensor, region_emb: torch.Tensor, class_emb: 
 
 
 def evaluate_detection(model, split, tokenizer, *, top_k: int, device="cpu", batch_size: int = 64,
-                       progress: bool = True) -> dict:
+                       progress=None) -> dict:
     """Model level: ``{"map@0.3", "map@0.5"}`` on a detection split.
 
     split: images uint8 ``[N, S, S, 3]``, ``image_ids`` (COCO ids of the images, in order),

@@ -7,7 +7,7 @@ L2-normalised embeddings on the CPU.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,21 +36,22 @@ def evaluating(model):
         model.train(was_training)
 
 
-def batches(n: int, batch_size: int, *, progress: bool, desc: str) -> Iterator[slice]:
-    """Slices of ``range(n)`` in steps of ``batch_size``, with a progress bar."""
+def batches(n: int, batch_size: int, *, progress: Optional[bool], desc: str) -> Iterator[slice]:
+    """Slices of ``range(n)`` in steps of ``batch_size``, with a progress bar (None: only on a terminal)."""
     check_batch_size(batch_size)
     starts = range(0, n, batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+    for start in tqdm(starts, desc=desc, disable=None if progress is None else not progress, leave=False):
         yield slice(start, min(start + batch_size, n))
 
 
-def tokenize(tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """texts -> (input_ids long[T, L] padded with 0, text_mask bool[T, L]); L >= 1.
+def tokenize(tokenizer, texts: Sequence[str], max_tokens: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """texts -> (input_ids long[T, L] padded with 0, text_mask bool[T, L]); 1 <= L <= max_tokens.
 
-    A text without any token keeps one padding position marked absent (the tower's [CLS]
-    alone then encodes it), so no text is silently dropped.
+    Texts longer than ``max_tokens`` (the text tower's limit) are cut, as the tokenizer cuts at
+    its own limit. A text without any token keeps one padding position marked absent (the
+    tower's [CLS] alone then encodes it), so no text is silently dropped.
     """
-    ids = [tokenizer.encode(t)[0] for t in texts]
+    ids = [tokenizer.encode(t)[0][:max_tokens] for t in texts]
     length = max([1] + [len(i) for i in ids])
     input_ids = torch.zeros(len(ids), length, dtype=torch.long)
     text_mask = torch.zeros(len(ids), length, dtype=torch.bool)
@@ -70,19 +71,19 @@ def image_tensor(images, device) -> torch.Tensor:
 
 
 def encode_text_list(model, tokenizer, texts: Sequence[str], *, device="cpu", batch_size: int = 64,
-                     progress: bool = True, desc: str = "texts") -> torch.Tensor:
+                     progress: Optional[bool] = None, desc: str = "texts") -> torch.Tensor:
     """Global text embeddings float[T, d] of ``texts`` (L2-normalised)."""
     out = []
     with evaluating(model):
         for sl in batches(len(texts), batch_size, progress=progress, desc=desc):
-            ids, mask = tokenize(tokenizer, texts[sl])
+            ids, mask = tokenize(tokenizer, texts[sl], model.config.text_max_tokens)
             out.append(model.encode_texts(ids.to(device), mask.to(device)).global_emb.float().cpu())
     if not out:
         raise ValueError("texts must hold at least one text")
     return torch.cat(out)
 
 
-def encode_image_array(model, images, *, device="cpu", batch_size: int = 64, progress: bool = True,
+def encode_image_array(model, images, *, device="cpu", batch_size: int = 64, progress: Optional[bool] = None,
                        desc: str = "images") -> torch.Tensor:
     """Global image embeddings float[N, d] of uint8 images ``[N, S, S, 3]`` (L2-normalised)."""
     out = []

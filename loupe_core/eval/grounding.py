@@ -58,7 +58,7 @@ def grounding_accuracy(region_boxes: torch.Tensor, region_scores: torch.Tensor, 
 
 
 def region_proposals(model, images, *, top_k: int, device="cpu", batch_size: int = 64,
-                     progress: bool = True, desc: str = "regions"):
+                     progress=None, desc: str = "regions"):
     """(boxes float[N, K, 4] xyxy model-input pixels, region embeddings float[N, K, d], scores float[N, K])."""
     boxes, emb, scores = [], [], []
     with evaluating(model):
@@ -73,7 +73,7 @@ def region_proposals(model, images, *, top_k: int, device="cpu", batch_size: int
 
 
 def evaluate_grounding(model, split, tokenizer, *, top_k: int, device="cpu", batch_size: int = 64,
-                       progress: bool = True) -> dict:
+                       progress=None) -> dict:
     """Model level: ``{"acc@0.5": percent}`` on a grounding split.
 
     split: images uint8 ``[N, S, S, 3]``, ``expressions`` (texts), ``expression_image`` (image

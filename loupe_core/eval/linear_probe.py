@@ -76,7 +76,7 @@ def linear_probe_accuracy(train_features: torch.Tensor, train_labels: torch.Tens
 
 
 def evaluate_linear_probe(model, train_split, test_split, *, device="cpu", batch_size: int = 64,
-                          progress: bool = True) -> dict:
+                          progress=None) -> dict:
     """Model level: ``{"top1": percent}`` of a probe fitted on ``train_split``'s image [CLS]
     embeddings and tested on ``test_split``'s (classification splits with the same classes)."""
     if list(train_split.classes) != list(test_split.classes):

@@ -69,7 +69,7 @@ def retrieval_recalls(sim: torch.Tensor, text_image: torch.Tensor, ks: Sequence[
 
 
 def evaluate_retrieval(model, split, tokenizer, *, device="cpu", batch_size: int = 64,
-                       progress: bool = True) -> dict:
+                       progress=None) -> dict:
     """Model level: R@1/5/10 both ways on a retrieval split.
 
     split: ``RetrievalSplit`` from ``loupe_core.data.eval_splits.load_retrieval_split`` (uint8

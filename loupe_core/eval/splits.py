@@ -1,0 +1,74 @@
+"""Which evaluation files a run is scored on, and loading them through ``loupe_core.data.eval_splits``.
+
+``eval_paths`` is a ``loupe_core.data.ShapesWorldPaths`` (the ``heldout`` split is scored, and
+the linear probe trains on the ``val`` split's classification images), a ``SplitFiles``, or a
+dict {task: JSON path} for real data (CONTRACTS s4 formats). Task keys: ``retrieval``,
+``detection``, ``grounding``, ``classification`` or ``classification_<name>`` (several
+classification sets), and for the linear probe ``linear_probe_train`` / ``linear_probe_test``
+(classification JSON files with the same classes).
+"""
+from __future__ import annotations
+
+import os
+
+EVAL_SPLIT = "heldout"
+PROBE_TRAIN_SPLIT = "val"
+
+
+def eval_files(eval_paths) -> dict[str, str]:
+    """{task: JSON path} of the evaluation split (see the module docstring)."""
+    from loupe_core.data import ShapesWorldPaths, SplitFiles
+
+    if isinstance(eval_paths, ShapesWorldPaths):
+        files = dict(eval_paths.split(EVAL_SPLIT).eval_files())
+        train = eval_paths.split(PROBE_TRAIN_SPLIT).eval_files()
+        if "classification_shape" in train and "classification_shape" in files:
+            files["linear_probe_train"] = train["classification_shape"]
+            files["linear_probe_test"] = files["classification_shape"]
+        return files
+    if isinstance(eval_paths, SplitFiles):
+        return dict(eval_paths.eval_files())
+    if isinstance(eval_paths, dict):
+        for task, path in eval_paths.items():
+            if not isinstance(path, (str, os.PathLike)):
+                raise TypeError(f"eval_paths[{task!r}] must be a path, got {type(path).__name__}")
+        return {task: os.fspath(path) for task, path in eval_paths.items()}
+    raise TypeError(f"eval_paths must be ShapesWorldPaths, SplitFiles or a dict of task -> JSON path, "
+                    f"got {type(eval_paths).__name__}")
+
+
+def classification_sets(files: dict) -> dict[str, str]:
+    """{metric prefix: path} of the classification files: ``classification_shape`` -> ``shape_``."""
+    out = {}
+    for key, path in files.items():
+        if key == "classification":
+            out[""] = path
+        elif key.startswith("classification_"):
+            out[key[len("classification_"):] + "_"] = path
+    return out
+
+
+def require(files: dict, key: str) -> str:
+    if key not in files:
+        raise ValueError(f"eval_paths has no {key!r} file (has {sorted(files)})")
+    return files[key]
+
+
+def load(task: str, path: str, image_size: int):
+    """The split object of ``task`` ("retrieval", "classification", "detection", "grounding") at ``path``."""
+    from loupe_core.data import eval_splits
+
+    loaders = {"retrieval": eval_splits.load_retrieval_split, "classification": eval_splits.load_classification_split,
+               "detection": eval_splits.load_detection_split, "grounding": eval_splits.load_grounding_split}
+    return loaders[task](path, image_size=image_size)
+
+
+def load_split(eval_paths, task: str, image_size: int):
+    """Load ``task``'s file of ``eval_paths`` (classification: the first classification set)."""
+    files = eval_files(eval_paths)
+    if task == "classification":
+        sets = classification_sets(files)
+        if not sets:
+            raise ValueError(f"eval_paths has no classification file (has {sorted(files)})")
+        return load(task, next(iter(sets.values())), image_size)
+    return load(task, require(files, task), image_size)

@@ -1,0 +1,66 @@
+"""Paper Fig. 5 (right): the region-phrase alignment matrix beside the semantic-level interactions.
+
+Left panel: the row softmax of A over the caption's phrases (what L_FSA trains, spec Eq. 11).
+Right panel: I([H_ij]) of spec Eq. 10 in game v2, from ``shapley_kernels.region_phrase_interaction``
+(exact where K + M is small, as training's default semantic source).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+import shapley_kernels as sk
+
+from .figures import new_figure, save_figure
+from .pair import PairView
+
+
+def plot_alignment_matrices(alignment: torch.Tensor, interaction: torch.Tensor, path: str, *,
+                            phrase_labels: Sequence[str], title: str = "") -> str:
+    """Two heatmaps of float[K, M] (alignment softmax, interaction) with the values written in; PNG."""
+    if alignment.dim() != 2 or alignment.shape != interaction.shape:
+        raise ValueError(f"alignment and interaction must be float[K, M] of one shape, got "
+                         f"{list(alignment.shape)} and {list(interaction.shape)}")
+    K, M = alignment.shape
+    fig = new_figure(2.0 + 1.6 * M, 1.5 + 0.45 * K)
+    for col, (name, mat, cmap) in enumerate((("alignment softmax_j(A)", alignment, "viridis"),
+                                              ("interaction I([H_ij])", interaction, "coolwarm"))):
+        ax = fig.add_subplot(1, 2, col + 1)
+        data = mat.detach().double().cpu().numpy()
+        bound = max(abs(data).max(), 1e-12) if col else None
+        im = ax.imshow(data, cmap=cmap, aspect="auto",
+                       **({"vmin": -bound, "vmax": bound} if col else {"vmin": 0.0, "vmax": 1.0}))
+        for i in range(K):
+            for j in range(M):
+                ax.text(j, i, f"{data[i, j]:.2f}" if col == 0 else f"{data[i, j]:.3f}", ha="center",
+                        va="center", fontsize=6)
+        ax.set_xticks(range(M), [str(p)[:18] for p in phrase_labels] + [""] * (M - len(phrase_labels)),
+                      rotation=40, ha="right", fontsize=7)
+        ax.set_yticks(range(K), [f"region {i}" for i in range(K)], fontsize=7)
+        ax.set_title(name, fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return save_figure(fig, path)
+
+
+def semantic_interactions(view: PairView, *, num_samples: int = 500, seed: int = 0) -> torch.Tensor:
+    """I([H_ij]) float[K, M] of the pair (zeros when the caption has no phrase)."""
+    A = view.A.detach().contiguous()
+    region_mask = torch.ones(A.shape[:2], dtype=torch.bool, device=A.device)
+    phrase_mask = view.batch["phrase_mask"]
+    if not bool(phrase_mask.any()):
+        return torch.zeros(A.shape[1:], dtype=A.dtype)
+    return sk.region_phrase_interaction(A, region_mask, phrase_mask, method="auto", num_samples=num_samples,
+                                        seed=seed)[0].cpu()
+
+
+def alignment_figure(view: PairView, path: str, *, seed: int = 0) -> str:
+    """Fig. 5 (right) for one pair; returns ``path``."""
+    A = view.A[0].detach().double().cpu()
+    present = view.batch["phrase_mask"][0].cpu()
+    softmax = torch.softmax(A.masked_fill(~present[None, :], float("-inf")), dim=1) if bool(present.any()) \
+        else torch.zeros_like(A)
+    return plot_alignment_matrices(softmax, semantic_interactions(view, seed=seed), path,
+                                   phrase_labels=view.phrases, title=view.batch["captions"][0])

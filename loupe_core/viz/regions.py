@@ -1,0 +1,94 @@
+"""Paper Fig. 5 (left): regions drawn on the image with their token-level interaction and confidence.
+
+The region head's top-K regions (solid) and a few (cell, anchor) candidates drawn at random
+(dashed, the paper's contrast) are labelled ``I=<I([R])> p=<p(R)>``, where I([R]) is the
+token-level Shapley interaction of spec Eq. 7 in the pair's game v1, computed by
+``shapley_kernels.region_interaction`` on the model's own towers (through
+``loupe_core.labels.token_interactions``, the function training takes its labels from).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from loupe_core import labels
+from loupe_core.eval.encode import evaluating
+from loupe_core.model.region_head import cells_in_boxes
+
+from .figures import new_figure, save_figure
+from .pair import PairView
+
+
+def plot_regions(image: np.ndarray, boxes: torch.Tensor, confidences: torch.Tensor, interactions: torch.Tensor,
+                 path: str, *, random: Optional[Sequence[bool]] = None, title: str = "") -> str:
+    """Draw boxes float[K, 4] (xyxy pixels) on image uint8 ``[S, S, 3]`` with their labels; write PNG."""
+    from matplotlib.patches import Rectangle
+
+    K = boxes.shape[0]
+    if confidences.shape != (K,) or interactions.shape != (K,):
+        raise ValueError(f"confidences and interactions must have shape [{K}], got "
+                         f"{list(confidences.shape)} and {list(interactions.shape)}")
+    random = [False] * K if random is None else list(random)
+    fig = new_figure(5, 5)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(image, interpolation="nearest")
+    cycle = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:cyan", "tab:olive", "tab:pink"]
+    for k in range(K):
+        x0, y0, x1, y1 = boxes[k].tolist()
+        colour = "white" if random[k] else cycle[k % len(cycle)]
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, ec=colour,
+                               ls="--" if random[k] else "-"))
+        ax.text(x0 + 0.5, y0 + 0.5, f"I={float(interactions[k]):+.2g} p={float(confidences[k]):.2f}",
+                color="black", fontsize=7, va="top", bbox={"fc": colour, "alpha": 0.7, "pad": 1, "lw": 0})
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8, wrap=True)
+    return save_figure(fig, path)
+
+
+def region_candidates(model, view: PairView, num_random: int, seed: int):
+    """Top-K and ``num_random`` random candidates: (boxes float[K', 4], confidences float[K'],
+    final-grid masks bool[K', N_I], random flags list[bool])."""
+    feats = view.image_feats
+    head = model.region_head
+    with evaluating(model):
+        geometry = head.geometry(feats.grid, feats.patch_size, feats.patch_emb.device, feats.patch_emb.dtype)
+        confidence = torch.sigmoid(head(feats.patch_emb))[0]
+    chosen = set()
+    for box in view.regions.boxes[0]:
+        chosen.add(int((geometry.boxes - box).abs().sum(dim=1).argmin()))
+    rest = torch.tensor([i for i in range(geometry.boxes.shape[0]) if i not in chosen], dtype=torch.long)
+    order = torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(seed))
+    extra = rest[order[:num_random]].to(geometry.boxes.device)
+    boxes = torch.cat([view.regions.boxes[0], geometry.boxes[extra]])
+    conf = torch.cat([view.regions.scores[0], confidence[extra]])
+    masks = torch.cat([view.regions.patch_masks[0], geometry.masks[extra]])
+    return boxes, conf, masks, [False] * view.regions.boxes.shape[1] + [True] * extra.numel()
+
+
+def token_region_interactions(model, view: PairView, boxes: torch.Tensor, final_masks: torch.Tensor, *,
+                              num_samples: int, seed: int) -> torch.Tensor:
+    """I([R]) float[K'] of each region (spec Eq. 7) for the pair of ``view`` (towers in eval mode)."""
+    tower = model.image_tower
+    masks = final_masks
+    if tuple(tower.token_grid) != tuple(tower.final_grid):
+        masks = cells_in_boxes(boxes, tower.token_grid, tower.token_cell)
+    batch = view.batch
+    with evaluating(model):
+        image_tokens = tower.embed_tokens(batch["images"])
+        text_tokens = model.text_tower.embed_tokens(batch["input_ids"])
+    values = labels.token_interactions(tower, model.text_tower, image_tokens, text_tokens, batch["text_mask"],
+                                       masks[None], method="auto", baseline=model.loss_config.token_baseline,
+                                       num_samples=num_samples, seed=seed)
+    return values[0].float().cpu()
+
+
+def region_interaction_figure(model, view: PairView, image: np.ndarray, path: str, *, num_random: int = 2,
+                              num_samples: int = 64, seed: int = 0) -> str:
+    """Fig. 5 (left) for one pair: compute the interactions and draw them; returns ``path``."""
+    boxes, conf, masks, random = region_candidates(model, view, num_random, seed)
+    values = token_region_interactions(model, view, boxes, masks, num_samples=num_samples, seed=seed)
+    caption = view.batch["captions"][0]
+    return plot_regions(image, boxes.float().cpu(), conf.float().cpu(), values, path, random=random,
+                        title=f"{caption}\n(solid: top-{view.regions.boxes.shape[1]} regions, dashed: random)")

@@ -1,0 +1,107 @@
+"""Pictures: files are produced, are valid PNGs of nonzero size, and the run's HTML references them.
+
+A real tiny ``LoupeModel`` (untrained) draws the figures; the values in them are checked against
+the engine called directly (``shapley_kernels.region_interaction`` / ``region_phrase_interaction``
+on the same inputs) and the instability against a float64 loop over ordered run pairs.
+"""
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import shapley_kernels as sk
+from loupe_core.data import Tokenizer
+from loupe_core.model import LoupeModel
+from loupe_core.viz import (alignment_figure, inspect_pair, instability_curve, plot_training_curves,
+                            region_interaction_figure)
+from loupe_core.viz.matrices import semantic_interactions
+from loupe_core.viz.regions import region_candidates, token_region_interactions
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CAPTIONS = ["a red circle above a big blue square", "the green triangle", "a small striped star left of a cross"]
+
+
+def assert_png(path):
+    assert os.path.isfile(path) and os.path.getsize(path) > 100
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    assert head[:8] == PNG_MAGIC and head[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", head[16:24])
+    assert width > 10 and height > 10
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.train(CAPTIONS * 3, vocab_size=200)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    m = LoupeModel({"image_size": 16, "patch_size": 4, "image_dim": 16, "image_depth": 1, "image_heads": 2,
+                    "text_vocab_size": tokenizer.vocab_size, "text_dim": 16, "text_depth": 1, "text_heads": 2,
+                    "text_max_tokens": 16, "embed_dim": 16, "top_k": 3, "num_random": 1},
+                   {"token_num_samples": 4})
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+
+
+def test_region_figure_values_come_from_the_engine(model, tokenizer, image, tmp_path):
+    view = inspect_pair(model, tokenizer, image, CAPTIONS[0])
+    boxes, conf, masks, random = region_candidates(model, view, num_random=2, seed=3)
+    assert random == [False] * 3 + [True] * 2 and masks.shape == (5, 16)
+    got = token_region_interactions(model, view, boxes, masks, num_samples=4, seed=5)
+    with torch.no_grad():
+        img_tokens = model.image_tower.embed_tokens(view.batch["images"])
+        txt_tokens = model.text_tower.embed_tokens(view.batch["input_ids"])
+    want = sk.region_interaction(model.image_tower, model.text_tower, img_tokens, txt_tokens, masks[None],
+                                 text_mask=view.batch["text_mask"], method="auto", num_samples=4, seed=5).value[0]
+    torch.testing.assert_close(got, want.float())
+    path = region_interaction_figure(model, view, image, str(tmp_path / "regions.png"), num_samples=4)
+    assert_png(path)
+
+
+def test_alignment_figure_and_semantic_interactions(model, tokenizer, image, tmp_path):
+    view = inspect_pair(model, tokenizer, image, CAPTIONS[0])
+    M = int(view.batch["phrase_mask"].sum())
+    assert M >= 2 and len(view.phrases) == M and view.A.shape == (1, 3, M)
+    got = semantic_interactions(view)
+    want = sk.region_phrase_interaction(view.A.double(), method="exact")[0]
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-4)
+    assert_png(alignment_figure(view, str(tmp_path / "alignment.png")))
+
+
+def test_instability_curve_matches_pairwise_loop(rng_seed):
+    g = torch.Generator().manual_seed(rng_seed)
+    A = 3.0 * torch.randn(1, 3, 2, generator=g, dtype=torch.float64)
+    masks = torch.ones(1, 3, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool)
+    curve = instability_curve(A, *masks, sample_counts=(4, 64), seeds=(0, 1, 2))
+    for n, value in curve.items():
+        runs = [sk.region_phrase_interaction(A, *masks, method="sampling", num_samples=n, seed=s).flatten().tolist()
+                for s in (0, 1, 2)]
+        pairs = [(u, v) for u in range(3) for v in range(3) if u != v]
+        spread = sum(sum(abs(a - b) for a, b in zip(runs[u], runs[v])) / len(runs[u]) for u, v in pairs) / len(pairs)
+        scale = sum(abs(x) for run in runs for x in run) / sum(len(r) for r in runs)
+        assert value == pytest.approx(spread / scale, rel=1e-9)
+    with pytest.raises(ValueError, match="seeds"):
+        instability_curve(A, *masks, seeds=(0,))
+
+
+def test_training_curves_from_jsonl(tmp_path):
+    history = tmp_path / "metrics.jsonl"
+    records = [{"step": s, "loss": 2.0 / s, "loss/cmc": 1.0 / s, "train/lr": 1e-3} for s in range(1, 6)]
+    records.append({"step": 5, "eval/retrieval/i2t_r1": 12.5, "loss": None})
+    history.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert_png(plot_training_curves(str(history), str(tmp_path / "curves.png")))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"loss": 1.0}\n')
+    with pytest.raises(ValueError, match="without 'step'"):
+        plot_training_curves(str(bad), str(tmp_path / "bad.png"))

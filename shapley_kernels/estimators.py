@@ -84,12 +84,16 @@ def _check_n(n) -> int:
     return int(n)
 
 
-def _check_seed(seed, device: torch.device) -> torch.Generator:
+def _check_seed(seed):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    return seed
+
+
+def _generator(seed, device: torch.device) -> torch.Generator:
     """A generator on ``device`` seeded from ``seed`` (None: a seed from torch's global RNG)."""
     if seed is None:
         seed = int(torch.randint(0, 2 ** 62, (1,)).item())
-    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
@@ -101,6 +105,7 @@ def _estimate(game, n: int, targets: torch.Tensor, shapley: bool, method, num_sa
     check_choice("method", method, METHODS)
     num_samples = check_num_samples(num_samples, DEFAULT_NUM_SAMPLES)
     max_batch = check_max_batch(max_batch)
+    seed = _check_seed(seed)
     if not isinstance(return_stderr, bool):
         raise TypeError(f"return_stderr must be a bool, got {type(return_stderr).__name__}")
     if method == "exact" and n > EXACT_MAX_PLAYERS:
@@ -111,7 +116,6 @@ def _estimate(game, n: int, targets: torch.Tensor, shapley: bool, method, num_sa
     if method == "sampling" and num_samples < 2:
         raise ValueError(f"num_samples must be at least 2 for sampling (a standard error needs "
                          f"two samples), got {num_samples}")
-    generator = _check_seed(seed, device) if method == "sampling" else None
     checked = _CheckedGame(game, max_batch, device)
     if targets.shape[0] == 0:  # nothing asked: no game evaluation
         value = stderr = torch.zeros(0, dtype=torch.float64, device=device)
@@ -120,7 +124,8 @@ def _estimate(game, n: int, targets: torch.Tensor, shapley: bool, method, num_sa
         value = exact_indices(table, n, targets, shapley)
         stderr = torch.zeros_like(value)
     else:
-        value, stderr = sampled_indices(checked, targets, num_samples, generator, shapley)
+        value, stderr = sampled_indices(checked, targets, num_samples, _generator(seed, device),
+                                        shapley)
     value, stderr = value.to(checked.dtype), stderr.to(checked.dtype)
     return Estimate(value, stderr, checked.evaluations) if return_stderr else value
 

@@ -42,6 +42,7 @@ ESTIMATORS = [
     (dict(max_batch=0), ValueError, "max_batch must be positive"),
     (dict(max_batch=-1), ValueError, "max_batch must be positive"),
     (dict(seed="abc", method="sampling"), TypeError, "seed must be an int"),
+    (dict(seed=1.5), TypeError, "seed must be an int"),
     (dict(return_stderr="yes"), TypeError, "return_stderr must be a bool"),
 ])
 def test_common_argument_errors(estimator, kwargs, error, match):

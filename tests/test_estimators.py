@@ -327,3 +327,22 @@ def test_instability_definition():
     want = torch.stack(pair_means).mean() / runs.abs().mean()
     assert sk.instability(runs) == pytest.approx(float(want), rel=1e-12)
     assert sk.instability(torch.ones(3, 4)) == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(rng_seed):
+    """On a GPU: coalitions and results live on the device; exact agrees with the CPU, and
+    sampling is reproducible there."""
+    n = 6
+    table = random_table(n, _gen(rng_seed))
+    game = table_game(table)  # moves its table to the coalitions' device
+    pairs = _all_pairs(n)
+    cpu = sk.interaction_index(game, n, pairs, method="exact")
+    gpu = sk.interaction_index(game, n, pairs.cuda(), method="exact")
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-10, atol=1e-12)
+    phi = sk.shapley_values(game, n, method="exact", device="cuda")
+    torch.testing.assert_close(phi.cpu(), sk.shapley_values(game, n, method="exact"), rtol=1e-10, atol=1e-12)
+    a = sk.interaction_index(game, n, pairs.cuda(), method="sampling", num_samples=50, seed=rng_seed)
+    assert torch.equal(a, sk.interaction_index(game, n, pairs.cuda(), method="sampling", num_samples=50,
+                                               seed=rng_seed))

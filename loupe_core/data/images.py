@@ -20,7 +20,7 @@ _STD = torch.tensor(IMAGE_STD, dtype=torch.float32).view(3, 1, 1)
 
 def normalize_image(image: np.ndarray) -> torch.Tensor:
     """uint8 ``[H, W, 3]`` (or ``[N, H, W, 3]``) -> float32 ``[3, H, W]`` (``[N, 3, H, W]``), normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(torch.float32).div_(255.0)
+    x = torch.tensor(np.asarray(image, dtype=np.uint8), dtype=torch.float32).div_(255.0)  # a copy: inputs may be read-only
     x = x.movedim(-1, -3)
     return (x - _MEAN) / _STD
 

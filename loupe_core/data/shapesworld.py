@@ -248,5 +248,5 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
         image_index, caption_index = divmod(index, self.captions_per_image)
         rec = self.records[image_index]
         cap = rec["captions"][caption_index]
-        return make_sample(np.array(self.images[image_index]), cap["text"], cap["phrases"],
+        return make_sample(self.images[image_index], cap["text"], cap["phrases"],
                            f"{rec['key']}/{caption_index}", self.tokenizer)

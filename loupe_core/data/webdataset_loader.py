@@ -1,0 +1,135 @@
+"""Training batches from webdataset tar shards (real image-text data, or ShapesWorld shards).
+
+Each sample needs an image member (``jpg``/``jpeg``/``png``/``webp``; a sample without one is
+skipped and counted) and the caption member ``caption_key`` (``txt``, or ``json`` with a
+``"caption"`` field): a sample without it raises ValueError naming the key, since that is a
+wrong setting rather than a bad record. A ``json`` member's ``"phrases"`` (written by
+``loupe data phrases``) are used as the noun-phrase spans; otherwise the chunker runs here.
+
+Shards: node then worker splitting (``wds.split_by_node`` / ``wds.split_by_worker``), or with
+``resampled=True`` shards drawn with replacement per worker (``wds.ResampledShards``), as
+OpenCLIP does. Batches follow docs/CONTRACTS.md s3.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .batch import collate_batch
+from .records import decode_record
+from .shards import caption_of
+from .stats import CountingLoader, DataStats
+from .tokenizer import Tokenizer
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+def expand_shards(shards: Union[str, Sequence[str]]) -> list[str]:
+    """Shard list from brace patterns (``"data/{000000..000009}.tar"``), ``::``-joined or as a list."""
+    import braceexpand
+
+    patterns = shards.split("::") if isinstance(shards, str) else list(shards)
+    urls = [u for p in patterns for u in braceexpand.braceexpand(p)]
+    if not urls:
+        raise ValueError(f"shards: no shard in {shards!r}")
+    return urls
+
+
+class RawToSamples:
+    """Pipeline stage: raw webdataset dicts -> ``make_sample`` dicts; skipped ones in ``stats``."""
+
+    def __init__(self, tokenizer: Tokenizer, image_size: int, caption_key: str = "txt",
+                 image_keys: Sequence[str] = IMAGE_KEYS):
+        self.tokenizer, self.image_size = tokenizer, image_size
+        self.caption_key, self.image_keys = caption_key, tuple(image_keys)
+        self.stats = DataStats()
+
+    def _phrases(self, raw: dict):
+        if "json" not in raw:
+            return None
+        try:
+            meta = json.loads(raw["json"])
+        except ValueError:
+            return None
+        return meta.get("phrases") if isinstance(meta, dict) else None
+
+    def __call__(self, src):
+        for raw in src:
+            key = raw.get("__key__", "?")
+            if self.caption_key not in raw:
+                members = sorted(k for k in raw if not k.startswith("__"))
+                raise ValueError(f"caption_key {self.caption_key!r} missing from sample {key!r} of "
+                                 f"{raw.get('__url__', '?')} (it has {members})")
+            image = next((raw[k] for k in self.image_keys if k in raw), None)
+            sample = decode_record(image, caption_of(raw, self.caption_key), self._phrases(raw), key,
+                                   self.tokenizer, self.image_size, self.stats)
+            if sample is not None:
+                yield sample
+
+
+class CollateWithCounts:
+    """Pipeline stage: samples -> ``(batch, DataStats since the last batch)``; at the end a last
+    partial batch (or None) carries the remaining counts."""
+
+    def __init__(self, to_samples: RawToSamples, batch_size: int, max_phrases: int, partial: bool):
+        self.to_samples, self.batch_size = to_samples, batch_size
+        self.max_phrases, self.partial = max_phrases, partial
+
+    def __call__(self, src):
+        batch = []
+        for sample in self.to_samples(src):
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield collate_batch(batch, self.max_phrases), self.to_samples.stats.take()
+                batch = []
+        last = collate_batch(batch, self.max_phrases) if batch and self.partial else None
+        yield last, self.to_samples.stats.take()
+
+
+def webdataset_pipeline(shards, tokenizer: Tokenizer, *, batch_size: int, image_size: int = 64,
+                        resampled: bool = False, seed: int = 0, shuffle_buffer: int = 0,
+                        caption_key: str = "txt", image_keys: Sequence[str] = IMAGE_KEYS,
+                        max_phrases: int = 8, partial: bool = True):
+    """The ``wds.DataPipeline`` (an IterableDataset) of ``(batch | None, DataStats)`` items."""
+    import webdataset as wds
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    urls = expand_shards(shards)
+    if resampled:
+        stages = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
+    else:
+        stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
+    stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    if shuffle_buffer > 0:
+        stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed))
+    to_samples = RawToSamples(tokenizer, image_size, caption_key, image_keys)
+    stages.append(CollateWithCounts(to_samples, batch_size, max_phrases, partial))
+    return wds.DataPipeline(*stages)
+
+
+def make_webdataset_loader(shards, tokenizer: Tokenizer, *, batch_size: int, image_size: int = 64,
+                           num_workers: int = 0, resampled: bool = False, batches_per_epoch: Optional[int] = None,
+                           seed: int = 0, shuffle_buffer: int = 0, caption_key: str = "txt",
+                           image_keys: Sequence[str] = IMAGE_KEYS, max_phrases: int = 8,
+                           partial: bool = True) -> CountingLoader:
+    """A ``CountingLoader`` of CONTRACTS s3 batches from tar shards (``.stats`` / ``.epoch_stats``).
+
+    shards: brace pattern(s) or a list. resampled: draw shards with replacement (an endless
+    stream, cut into epochs of ``batches_per_epoch`` batches, which is then required).
+    Without resampling a pass reads each shard once, split over nodes and workers (give at
+    least as many shards as workers x nodes). partial: keep each worker's last short batch.
+    """
+    if resampled and not batches_per_epoch:
+        raise ValueError("batches_per_epoch is required with resampled=True (the stream is endless)")
+    pipeline = webdataset_pipeline(shards, tokenizer, batch_size=batch_size, image_size=image_size,
+                                   resampled=resampled, seed=seed, shuffle_buffer=shuffle_buffer,
+                                   caption_key=caption_key, image_keys=image_keys, max_phrases=max_phrases,
+                                   partial=partial)
+    if resampled:
+        pipeline = pipeline.with_epoch(math.ceil(batches_per_epoch / max(1, num_workers)))
+    loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=num_workers)
+    return CountingLoader(loader, name="webdataset")

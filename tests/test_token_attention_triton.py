@@ -1,14 +1,10 @@
 """The Triton bitmask attention kernel against SDPA with the equivalent boolean mask.
 
-Runs under TRITON_INTERPRET=1 on the CPU (set before triton is imported) or on a CUDA device.
+Runs under TRITON_INTERPRET=1 on the CPU (tests/conftest.py sets it) or on a CUDA device.
 """
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton", reason="triton is an optional dependency")
 
 from shapley_kernels.token_level._triton_attention import bitmask_attention  # noqa: E402
@@ -64,3 +60,17 @@ def test_rejects_training_and_float64():
         bitmask_attention(q.requires_grad_(), k, v)
     with pytest.raises(TypeError, match="float16"):
         bitmask_attention(q.detach().double(), k.double(), v.double())
+
+
+def test_auto_falls_back_to_sdpa_when_the_kernel_fails(monkeypatch):
+    from shapley_kernels.token_level import towers
+
+    monkeypatch.setattr(towers, "_triton_ready", lambda q: True)
+    monkeypatch.setattr(towers, "TRITON_ATTENTION_ERRORS", [])
+    q, k, v = (t.double() for t in qkv(2, 1, 16, 16, seed=4))  # float64: the kernel refuses it
+    mask = torch.ones(2, 16, dtype=torch.bool, device=DEVICE)
+    mask[1, 5:] = False
+    with pytest.warns(UserWarning, match="Triton attention failed"):
+        got = towers.attend(q, k, v, mask, 0.0, "auto")
+    torch.testing.assert_close(got, sdpa_attention(q, k, v, mask))
+    assert len(towers.TRITON_ATTENTION_ERRORS) == 1 and "float16" in towers.TRITON_ATTENTION_ERRORS[0]

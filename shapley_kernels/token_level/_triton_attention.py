@@ -19,7 +19,8 @@ from .packing import pack_bits
 
 @triton.jit
 def _bitmask_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, bits_ptr, L, HD, HEADS, WORDS, scale,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                              PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_rh = tl.program_id(1)  # row * HEADS + head
     row = pid_rh // HEADS
@@ -41,14 +42,14 @@ def _bitmask_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, bits_ptr, L, HD, HEADS
         kv_ok = n_ok[:, None] & d_ok[None, :]
         k = tl.load(k_ptr + kv_off, mask=kv_ok, other=0.0)
         v = tl.load(v_ptr + kv_off, mask=kv_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale
         s = tl.where(allowed[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(tl.float32)
         m_i = m_new
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(o_ptr + base + offs_m[:, None] * HD + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
@@ -61,7 +62,8 @@ def bitmask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     q, k, v: float[c, heads, L, hd] (float16, bfloat16 or float32); key_mask: bool[c, L]
     (True = key may be attended) or None (all keys). Returns float[c, heads, L, hd]; a row with
-    no allowed key gets zeros. Forward only (no autograd).
+    no allowed key gets zeros. Forward only (no autograd). float32 products are exact IEEE
+    (no TF32), so results match SDPA in float32.
     """
     if q.requires_grad or k.requires_grad or v.requires_grad:
         raise ValueError("attention='triton' is forward-only (inference); use attention='sdpa' to train")
@@ -77,6 +79,7 @@ def bitmask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     block = 16 if L <= 16 else 64
     grid = (triton.cdiv(L, block), c * heads)
     _bitmask_attention_kernel[grid](q, k, v, out, bits, L, hd, heads, bits.shape[1],
-                                    1.0 / math.sqrt(hd), BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d)
+                                    1.0 / math.sqrt(hd), BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d,
+                                    PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     return out
 

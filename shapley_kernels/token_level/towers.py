@@ -11,9 +11,13 @@ Switches (plain attributes, set after construction):
   drop_impl = "pack" (default) | "mask": "mask" runs every token with a key mask (the
       reference the packed path is tested against).
   attention = "auto" (default) | "sdpa" | "triton": "auto" uses the Triton bitmask kernel for
-      masked inference on a CUDA device when triton is importable, SDPA otherwise.
+      masked inference on a CUDA device when triton is importable, SDPA otherwise; if the kernel
+      fails there (compile error, unsupported GPU) "auto" warns once, records the error in
+      ``TRITON_ATTENTION_ERRORS`` and uses SDPA from then on. "triton" always uses the kernel.
 """
 from typing import Optional, Tuple
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +28,12 @@ from .packing import gather_tokens, plan_buckets, scatter_tokens
 
 DROP_IMPLS = ("pack", "mask")
 ATTENTION_IMPLS = ("auto", "sdpa", "triton")
+TRITON_ATTENTION_ERRORS = []
 
 
 def _triton_ready(q: torch.Tensor) -> bool:
     """Whether the "auto" attention may use the Triton kernel for ``q`` (CUDA, no grad, 16/32-bit)."""
-    if q.device.type != "cuda" or q.requires_grad or q.dtype == torch.float64:
+    if q.device.type != "cuda" or q.requires_grad or q.dtype == torch.float64 or TRITON_ATTENTION_ERRORS:
         return False
     try:
         import triton  # noqa: F401
@@ -52,13 +57,18 @@ def attend(q, k, v, key_mask: Optional[torch.Tensor], dropout_p: float, impl: st
 
     Shapes as ``sdpa_attention``.
     """
-    use_triton = impl == "triton" or (
-        impl == "auto" and key_mask is not None and dropout_p == 0.0 and _triton_ready(q)
-    )
-    if use_triton:
+    if impl == "triton":
         from ._triton_attention import bitmask_attention
 
         return bitmask_attention(q, k, v, key_mask)
+    if impl == "auto" and key_mask is not None and dropout_p == 0.0 and _triton_ready(q):
+        try:
+            from ._triton_attention import bitmask_attention
+
+            return bitmask_attention(q, k, v, key_mask)
+        except Exception as exc:  # degrade, don't crash: SDPA computes the same thing
+            TRITON_ATTENTION_ERRORS.append(f"{type(exc).__name__}: {exc}")
+            warnings.warn(f"Triton attention failed, using SDPA from now on: {TRITON_ATTENTION_ERRORS[-1]}")
     return sdpa_attention(q, k, v, key_mask, dropout_p)
 
 

@@ -15,17 +15,24 @@ EVAL_SPLIT = "heldout"
 PROBE_TRAIN_SPLIT = "val"
 
 
+def shapesworld_files(paths, split: str = EVAL_SPLIT) -> dict[str, str]:
+    """{task: JSON path} of a ShapesWorld split, plus the linear probe's pair of classification
+    files: it trains on the ``val`` split's shape classification (``test``'s when ``split`` is
+    ``val``) and tests on ``split``'s."""
+    files = dict(paths.split(split).eval_files())
+    train = paths.split("test" if split == PROBE_TRAIN_SPLIT else PROBE_TRAIN_SPLIT).eval_files()
+    if "classification_shape" in train and "classification_shape" in files:
+        files["linear_probe_train"] = train["classification_shape"]
+        files["linear_probe_test"] = files["classification_shape"]
+    return files
+
+
 def eval_files(eval_paths) -> dict[str, str]:
     """{task: JSON path} of the evaluation split (see the module docstring)."""
     from loupe_core.data import ShapesWorldPaths, SplitFiles
 
     if isinstance(eval_paths, ShapesWorldPaths):
-        files = dict(eval_paths.split(EVAL_SPLIT).eval_files())
-        train = eval_paths.split(PROBE_TRAIN_SPLIT).eval_files()
-        if "classification_shape" in train and "classification_shape" in files:
-            files["linear_probe_train"] = train["classification_shape"]
-            files["linear_probe_test"] = files["classification_shape"]
-        return files
+        return shapesworld_files(eval_paths)
     if isinstance(eval_paths, SplitFiles):
         return dict(eval_paths.eval_files())
     if isinstance(eval_paths, dict):

@@ -1,0 +1,114 @@
+"""``loupe eval``: score a trained run's checkpoint, print a metrics table, write metrics and pictures.
+
+    loupe eval --checkpoint PATH [--task TASK ...] [--data ROOT|FILES.json] [--split SPLIT]
+               [--out DIR] [--batch-size N] [--device cpu|cuda|auto] [--no-pictures]
+
+``--checkpoint``: a checkpoint file or a run directory (its newest checkpoint). The model is
+rebuilt from the checkpoint's resolved config; the tokenizer and, by default, the evaluation
+data are the run's own ShapesWorld (found in the cache, generated there if missing, as
+``loupe pretrain`` does). ``--task``: retrieval, classification, detection, grounding,
+linear_probe or all (default). ``--data``: a ShapesWorld root folder, or a JSON file
+``{task: path}`` naming evaluation files of CONTRACTS s4 (real data). ``--split``: the ShapesWorld
+split scored (default: the config's ``eval.split``). ``--out``: where ``metrics.json`` and the
+pictures (``report/index.html``) go (default ``<run_dir>/eval-step<N>``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import TASKS, check_tasks, evaluate, splits
+
+
+def add_subcommands(subparsers) -> None:
+    """Add ``eval`` to the ``loupe`` command's subparsers."""
+    p = subparsers.add_parser("eval", help="zero-shot evaluation of a checkpoint, with pictures",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    p.add_argument("--task", nargs="+", default=["all"], choices=list(TASKS) + ["all"], help="tasks (default all)")
+    p.add_argument("--data", default=None, help="ShapesWorld root, or JSON file {task: path} (default: the run's data)")
+    p.add_argument("--split", default=None, help="ShapesWorld split to score (default: the config's eval.split)")
+    p.add_argument("--out", default=None, help="output folder (default <run_dir>/eval-step<N>)")
+    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the config's)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--no-pictures", action="store_true", help="metrics only, no report")
+    p.set_defaults(func=run_eval_command)
+
+
+def load_run(checkpoint: str, device):
+    """(model in eval mode on ``device``, RunConfig, run_dir, step) of a checkpoint file or run directory."""
+    from loupe_core.config import RunConfig
+    from loupe_core.model import LoupeModel
+    from loupe_core.train import checkpoint as ckpt
+
+    path = ckpt.resolve_resume(checkpoint, None)
+    state = ckpt.load_checkpoint(path)
+    cfg = RunConfig.from_dict(state["config"])
+    model = LoupeModel(cfg.model, cfg.loss)
+    model.load_state_dict(state["model"])
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    return model.to(device).eval(), cfg, run_dir, int(state["step"])
+
+
+def resolve_data(cfg, data, split):
+    """(tokenizer, {task: JSON path}) for ``loupe eval``: the run's tokenizer, the chosen files."""
+    from loupe_core.data import ShapesWorldPaths
+    from loupe_core.train.distributed import DistContext
+    from loupe_core.train.run import build_data
+
+    run_data = build_data(cfg, DistContext())
+    split = split or cfg.eval.split
+    if data is None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(run_data.eval_paths["retrieval"])))
+        return run_data.tokenizer, splits.shapesworld_files(ShapesWorldPaths.at(root), split)
+    if os.path.isdir(data):
+        return run_data.tokenizer, splits.shapesworld_files(ShapesWorldPaths.at(data), split)
+    if not os.path.isfile(data):
+        raise ValueError(f"--data {data!r}: neither a ShapesWorld folder nor a JSON file")
+    with open(data) as fh:
+        files = json.load(fh)
+    if not isinstance(files, dict):
+        raise ValueError(f"--data {data!r}: expected a JSON object {{task: path}}")
+    base = os.path.dirname(os.path.abspath(data))
+    return run_data.tokenizer, {task: os.path.join(base, path) for task, path in files.items()}
+
+
+def format_table(metrics: dict) -> str:
+    """The metrics as an aligned two-column text table."""
+    width = max([len("metric")] + [len(k) for k in metrics])
+    lines = [f"{'metric':<{width}}  {'value':>8}", f"{'-' * width}  {'-' * 8}"]
+    lines += [f"{name:<{width}}  {value:8.2f}" for name, value in sorted(metrics.items())]
+    return "\n".join(lines)
+
+
+def run_eval_command(args) -> int:
+    """``loupe eval``: returns the exit status (2 on a bad argument, with the reason on stderr)."""
+    from loupe_core.train.distributed import resolve_device
+
+    try:
+        tasks = check_tasks(args.task)
+        device = resolve_device(args.device)
+        model, cfg, run_dir, step = load_run(args.checkpoint, device)
+        tokenizer, files = resolve_data(cfg, args.data, args.split)
+        metrics = evaluate(model, files, tokenizer, tasks=tasks, device=device,
+                           batch_size=args.batch_size or cfg.eval.batch_size)
+    except ValueError as exc:
+        print(f"loupe eval: error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join(run_dir, f"eval-step{step}")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "metrics.json"), "w") as fh:
+        json.dump({"checkpoint": os.path.abspath(args.checkpoint), "step": step, "tasks": list(tasks),
+                   "metrics": metrics}, fh, indent=2)
+    print(format_table(metrics))
+    print(f"metrics: {os.path.join(out, 'metrics.json')}")
+    if not args.no_pictures:
+        from loupe_core.viz import write_run_report
+
+        history = os.path.join(run_dir, "metrics.jsonl")
+        index = write_run_report(out, model=model, tokenizer=tokenizer, eval_paths=files, metrics=metrics,
+                                 history_path=history if os.path.isfile(history) else None)
+        print(f"pictures: {index}")
+    return 0

@@ -1,0 +1,51 @@
+"""``loupe eval`` on a checkpoint written in the trainer's format (loupe_core.train.checkpoint)."""
+import json
+import os
+
+import pytest
+
+from loupe_core.cli import main
+from loupe_core.config import load_config
+from loupe_core.eval import evaluate
+from loupe_core.eval.cli import format_table, load_run, resolve_data
+from loupe_core.model import LoupeModel
+from loupe_core.train import checkpoint as ckpt
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    cfg = load_config("tiny", [f"data.root={root / 'data'}", "data.train_size=6", "data.eval_size=4",
+                               "model.text_max_tokens=24", "eval.split=heldout"])
+    model = LoupeModel(cfg.model, cfg.loss)
+    run = root / "run"
+    ckpt.save_checkpoint(ckpt.checkpoint_path(str(run), 2), {"model": model.state_dict(), "config": cfg.to_dict(),
+                                                            "step": 2})
+    return str(run)
+
+
+def test_eval_command_prints_table_and_writes_metrics(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["eval", "--checkpoint", run_dir, "--task", "retrieval", "grounding", "--out", str(out),
+                 "--batch-size", "3", "--no-pictures"]) == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["step"] == 2 and saved["tasks"] == ["retrieval", "grounding"]
+    printed = capsys.readouterr().out
+    assert format_table(saved["metrics"]) in printed
+    # the same numbers as evaluate() on the reloaded model and the run's own data
+    model, cfg, _, _ = load_run(run_dir, "cpu")
+    tokenizer, files = resolve_data(cfg, None, "heldout")
+    assert saved["metrics"] == evaluate(model, files, tokenizer, tasks=("retrieval", "grounding"), batch_size=5)
+
+
+def test_eval_command_data_json_and_errors(run_dir, tmp_path, capsys):
+    model, cfg, _, _ = load_run(run_dir, "cpu")
+    _, files = resolve_data(cfg, None, "heldout")
+    spec = tmp_path / "files.json"
+    spec.write_text(json.dumps({"retrieval": os.path.relpath(files["retrieval"], tmp_path)}))
+    assert main(["eval", "--checkpoint", run_dir, "--task", "retrieval", "--data", str(spec),
+                 "--out", str(tmp_path / "o"), "--no-pictures"]) == 0
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--no-pictures"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", run_dir, "--task", "detection", "--data", str(spec), "--no-pictures"]) == 2
+    assert "no 'detection' file" in capsys.readouterr().err

@@ -88,31 +88,16 @@ def semantic_interactions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mas
 
 def semantic_target_interactions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
                                  targets: torch.Tensor, *, num_samples: int, seed: int) -> torch.Tensor:
-    """Sampled I([H_ij]) float[T] of selected targets only: targets LongTensor[T, 3] of (b, i, j).
+    """Sampled I([H_ij]) float[T] of selected targets: targets LongTensor[T, 3] of (b, i, j).
 
-    Per matrix b, the game v2 over its present regions and phrases goes through
-    ``shapley_kernels.interaction_index`` with just the requested pairs.
+    Only the matrices that hold a requested target are sampled (one batched call of the fused
+    sampler, which estimates every pair of a matrix at once: per-pair estimation through the
+    generic estimator measured about 200x slower here).
     """
-    out = A.new_zeros(targets.shape[0]).detach()
-    A = A.detach()
-    for b in targets[:, 0].unique().tolist():
-        rows = (targets[:, 0] == b).nonzero().squeeze(1)
-        regions = region_mask[b].nonzero().squeeze(1)
-        phrases = phrase_mask[b].nonzero().squeeze(1)
-        sub = A[b][regions][:, phrases].contiguous()[None]
-        K, M = sub.shape[1], sub.shape[2]
-        pos_i = torch.full((A.shape[1],), -1, dtype=torch.long, device=A.device)
-        pos_i[regions] = torch.arange(K, device=A.device)
-        pos_j = torch.full((A.shape[2],), -1, dtype=torch.long, device=A.device)
-        pos_j[phrases] = torch.arange(M, device=A.device)
-        pairs = torch.stack([pos_i[targets[rows, 1]], K + pos_j[targets[rows, 2]]], dim=1)
-
-        def game(coalitions, sub=sub):
-            return sk.alignment_game(sub, coalitions[None])[0]
-
-        out[rows] = sk.interaction_index(game, K + M, pairs, method="sampling", num_samples=num_samples,
-                                         seed=seed + b).to(out.dtype)
-    return out
+    rows, inverse = targets[:, 0].unique(return_inverse=True)
+    values = semantic_interactions(A[rows], region_mask[rows], phrase_mask[rows], method="sampling",
+                                   num_samples=num_samples, seed=seed)
+    return values[inverse, targets[:, 1], targets[:, 2]]
 
 
 # ---------------------------------------------------------------- hybrid strategy (section 5)

@@ -184,3 +184,17 @@ def test_unsil_loss_empty_and_shape_error():
     assert unsil_loss(est, torch.zeros(0), torch.zeros(0)).item() == 0.0
     with pytest.raises(ValueError, match="estimate"):
         unsil_loss(torch.zeros(2), torch.ones(3), torch.zeros(2))
+
+
+def test_cmc_bank_logit_scale_gradient_adds_up_over_micro_batches():
+    g = torch.Generator().manual_seed(4)
+    img, txt = _unit(torch.randn(6, 4, generator=g)), _unit(torch.randn(6, 4, generator=g))
+    full_scale = torch.tensor(7.0, requires_grad=True)
+    cmc_loss(img, txt, full_scale).backward()
+    summed = 0.0
+    for offset in (0, 2, 4):
+        scale = torch.tensor(7.0, requires_grad=True)
+        cmc_loss(img[offset:offset + 2], txt[offset:offset + 2], scale,
+                 bank=ContrastiveBank(img, txt, offset)).backward()
+        summed += scale.grad.item()
+    assert summed == pytest.approx(full_scale.grad.item(), rel=1e-5)

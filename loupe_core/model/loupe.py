@@ -262,10 +262,6 @@ class LoupeModel(nn.Module):
                              F.one_hot(j + 1, M + 1).bool())
 
         def sample(which, seed):
-            if which.numel() == targets.shape[0]:
-                full = lab.semantic_interactions(A, region_mask, phrase_mask, method="sampling",
-                                                 num_samples=lcfg.semantic_num_samples, seed=seed)
-                return full[b, i, j][which]
             return lab.semantic_target_interactions(A, region_mask, phrase_mask, targets[which],
                                                     num_samples=lcfg.semantic_num_samples, seed=seed)
 

@@ -26,10 +26,26 @@ def _check_images(images: torch.Tensor, size: int) -> None:
         raise ValueError(f"images must have shape [B, 3, {size}, {size}], got {list(images.shape)}")
 
 
-class VitImageTower(nn.Module):
-    """Patches -> pre-LN transformer. Token grid = final grid = (S/p, S/p) cells of p pixels."""
+class _TransformerTowerDelegate(nn.Module):
+    """``encode`` / ``project`` / ``forward`` of a tower held in ``self.tower`` (a TransformerTower)."""
 
     supports_drop = True
+
+    def encode(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """tokens float[C, N, dim], keep bool[C, N] or None -> (cls float[C, dim], tokens float[C, N, dim])."""
+        return self.tower.encode(tokens, keep)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """float[..., dim] -> float[..., embed_dim]."""
+        return self.tower.project(h)
+
+    def forward(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Coalition encoder: float[C, N, dim], keep bool[C, N] -> float[C, embed_dim]."""
+        return self.tower(tokens, keep)
+
+
+class VitImageTower(_TransformerTowerDelegate):
+    """Patches -> pre-LN transformer. Token grid = final grid = (S/p, S/p) cells of p pixels."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -47,17 +63,6 @@ class VitImageTower(nn.Module):
         _check_images(images, self.image_size)
         return self.patch_embed(images).flatten(2).transpose(1, 2)
 
-    def encode(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """tokens float[C, N_I, dim] -> (cls float[C, dim], final tokens float[C, N_I, dim])."""
-        return self.tower.encode(tokens, keep)
-
-    def project(self, h: torch.Tensor) -> torch.Tensor:
-        """float[..., dim] -> float[..., embed_dim]."""
-        return self.tower.project(h)
-
-    def forward(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Coalition encoder: float[C, N_I, dim], keep bool[C, N_I] -> float[C, embed_dim]."""
-        return self.tower(tokens, keep)
 
 
 class SwinImageTower(nn.Module):
@@ -114,10 +119,8 @@ class SwinImageTower(nn.Module):
         return self.project(self.encode(tokens, keep)[0])
 
 
-class TextTower(nn.Module):
+class TextTower(_TransformerTowerDelegate):
     """WordPiece ids -> BERT-style post-LN transformer (the tower owns [CLS] and positions)."""
-
-    supports_drop = True
 
     def __init__(self, cfg):
         super().__init__()
@@ -140,16 +143,6 @@ class TextTower(nn.Module):
             raise ValueError(f"input_ids must lie in [0, {self.word_embed.num_embeddings})")
         return self.word_embed(input_ids)
 
-    def encode(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """tokens float[C, L, dim], keep bool[C, L] -> (cls float[C, dim], tokens float[C, L, dim])."""
-        return self.tower.encode(tokens, keep)
-
-    def project(self, h: torch.Tensor) -> torch.Tensor:
-        return self.tower.project(h)
-
-    def forward(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Coalition encoder: float[C, L, dim], keep bool[C, L] -> float[C, embed_dim]."""
-        return self.tower(tokens, keep)
 
 
 def build_image_tower(cfg) -> nn.Module:

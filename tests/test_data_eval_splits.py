@@ -92,6 +92,12 @@ def test_real_like_files_resize_whole_images_and_scale_boxes(tmp_path):
     assert np.allclose(ground.boxes, [[10, 0, 20, 10]] * 2)
     with pytest.raises(ValueError, match="image_size"):
         load_detection_split(str(root / "det.json"))  # sizes differ and no image_size
+    karpathy = {"images": [{"filepath": "images", "filename": "wide.jpg", "split": "test", "sentences": [{"raw": "green"}]},
+                           {"filepath": "images", "filename": "tall.png", "split": "train", "sentences": [{"raw": "x"}]}]}
+    (root / "karpathy.json").write_text(json.dumps(karpathy))
+    split = load_retrieval_split(str(root / "karpathy.json"), image_root=str(root), image_size=10, split="test")
+    assert split.captions == ["green"] and split.images.shape == (1, 10, 10, 3)
+    assert (np.abs(split.images.astype(int) - [10, 200, 30]) <= 3).all()  # centre crop of a flat JPEG
 
 
 def test_missing_files_and_fields_are_named(tmp_path):

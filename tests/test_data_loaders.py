@@ -200,3 +200,11 @@ def test_csv_missing_column_names_the_key(shapes, tmp_path):
         make_csv_loader(path, shapes[4], batch_size=2, sep=",", img_key="path", caption_key="caption")
     loader = make_csv_loader(path, shapes[4], batch_size=6, sep=",", caption_key="caption", shuffle=True, seed=3)
     assert loader.stats.seen == 0 and len(next(iter(loader))["keys"]) == 3
+
+
+def test_shuffle_buffer_reorders_deterministically(shapes):
+    pattern, _, _, records, tok = shapes
+    runs = [[k for b in make_webdataset_loader(pattern, tok, batch_size=4, shuffle_buffer=6, seed=2) for k in b["keys"]]
+            for _ in range(2)]
+    assert runs[0] == runs[1] and sorted(runs[0]) == [r["key"] for r in records]
+    assert runs[0] != [r["key"] for r in records]

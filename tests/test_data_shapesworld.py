@@ -194,3 +194,13 @@ def test_eval_files_load_with_pycocotools_and_agree(world):
         cls = json.load(open(getattr(world.test, name)))
         assert all(0 <= e["label"] < len(cls["classes"]) for e in cls["images"]) and "{}" in cls["templates"][0]
         assert all(os.path.isfile(os.path.join(world.test.dir, "images", e["file_name"])) for e in cls["images"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dataset_in_a_dataloader_with_workers(world, workers):
+    ds = ShapesWorldDataset(world, "train")
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=workers, collate_fn=collate_batch)
+    batches = list(loader)
+    assert [k for b in batches for k in b["keys"]] == [f"train_{i:06d}/0" for i in range(SMALL["num_train"])]
+    first = collate_batch([ds[i] for i in range(5)])
+    assert all(torch.equal(first[k], batches[0][k]) for k in ("images", "input_ids", "phrase_tokens", "phrase_mask"))

@@ -131,7 +131,7 @@ def generate_split(split: str, num: int, *, image_size: int, seed: int, progress
     allowed = [p for p in ALL_PAIRS if p not in held]
     count = 1 if split == "train" else EVAL_CAPTIONS
     records, scenes = [], []
-    for i in tqdm(range(num), desc=f"ShapesWorld {split}", disable=not progress, leave=False):
+    for _ in tqdm(range(num), desc=f"ShapesWorld {split}", disable=not progress, leave=False):
         if split == "heldout":
             scene = sample_scene(rng, image_size, list(ALL_PAIRS), first_pair=held[int(rng.integers(len(held)))])
         else:

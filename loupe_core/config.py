@@ -83,9 +83,10 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Zero-shot evaluation on the held-out split: every ``every`` steps (0: only at the end)."""
+    """Zero-shot evaluation on the held-out split ``split``: every ``every`` steps (0: only at the end)."""
 
     every: int = 0
+    split: str = "test"
     final: bool = True
     tasks: tuple[str, ...] = ("retrieval", "grounding")
     batch_size: int = 64

@@ -73,3 +73,16 @@ def pair_config(**train) -> RunConfig:
         setattr(cfg.train, key, value)
     cfg.eval.final = False
     return cfg
+
+
+def shapesworld_run(root: str, *overrides: str):
+    """(RunConfig, LoupeModel, RunData) of the ``tiny`` config on a tiny ShapesWorld under ``root``."""
+    from loupe_core.config import load_config
+    from loupe_core.model import LoupeModel
+    from loupe_core.train.distributed import DistContext
+    from loupe_core.train.run import build_data, seed_everything
+
+    cfg = load_config("tiny", [f"data.root={root}", "train.device=cpu", "train.tensorboard=false", *overrides])
+    seed_everything(cfg.train.seed)
+    data = build_data(cfg, DistContext())
+    return cfg, LoupeModel(cfg.model, cfg.loss), data

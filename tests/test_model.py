@@ -211,3 +211,53 @@ def test_bad_inputs_name_the_problem():
         model(dict(batch, text_mask=batch["text_mask"].long()))
     with pytest.raises(ValueError, match="top_k"):
         model.propose_regions(model.encode_images(batch["images"]), 0)
+
+
+# ------------------------------------------------------------------------------ Swin wrapper
+class _TinySwinLike(torch.nn.Module):
+    """A two-stage stand-in with timm Swin's interface (timm itself is optional and absent here):
+    NHWC ``patch_embed`` (4-pixel patches), ``pos_drop``, ``layers`` (a 2x2 patch merge), ``norm``,
+    ``num_features``, ``absolute_pos_embed``."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, dim, 4, stride=4)
+        self.patch_embed = lambda x: self.conv(x).permute(0, 2, 3, 1)
+        self.pos_drop = torch.nn.Identity()
+        self.absolute_pos_embed = None
+        self.merge = torch.nn.Linear(4 * dim, 2 * dim)
+        self.layers = torch.nn.Sequential(_PatchMerge(self.merge))
+        self.norm = torch.nn.LayerNorm(2 * dim)
+        self.num_features = 2 * dim
+
+
+class _PatchMerge(torch.nn.Module):
+    def __init__(self, linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x):  # [B, H, W, C] -> [B, H/2, W/2, 2C]
+        B, H, W, C = x.shape
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H // 2, W // 2, 4 * C)
+        return self.linear(x)
+
+
+def test_swin_wrapper_grids_zero_baseline_and_no_drop(monkeypatch):
+    fake = type(sys)("timm")
+    fake.create_model = lambda name, **kw: _TinySwinLike()
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    torch.manual_seed(0)
+    model = LoupeModel(dict(TINY, image_tower="swin"), dict(FAST, tsa=True, fsa=True))
+    tower = model.image_tower
+    assert (tower.token_grid, tower.token_cell, tower.final_grid, tower.final_cell) == ((8, 8), 4.0, (4, 4), 8.0)
+    assert tower.supports_drop is False
+    out = model(make_batch())
+    out.total.backward()
+    assert torch.isfinite(out.total) and set(out.terms) == {"cmc", "tsa", "fsa"}
+    tokens = tower.embed_tokens(torch.randn(2, 3, 32, 32))
+    keep = torch.ones(2, 64, dtype=torch.bool)
+    keep[0, 3] = False
+    with pytest.raises(ValueError, match="drop"):
+        tower(tokens, keep)
+    with pytest.raises(ValueError, match="drop"):
+        LoupeModel(dict(TINY, image_tower="swin"), dict(tsa=True, token_baseline="drop"))

@@ -66,7 +66,7 @@ class VitImageTower(_TransformerTowerDelegate):
 
 
 class SwinImageTower(nn.Module):
-    """timm Swin: token grid = patch-embedding grid; final grid 2^(stages-1) times coarser.
+    """timm Swin: token grid = patch-embedding grid; final grid = the last stage's (coarser) grid.
 
     Windowed attention cannot drop tokens: ``supports_drop = False`` and a keep mask with an
     absent token is a ValueError (the engine's zero baseline passes all-True masks).
@@ -88,11 +88,10 @@ class SwinImageTower(nn.Module):
             probe = self.swin.patch_embed(torch.zeros(1, 3, cfg.image_size, cfg.image_size))
         self._nhwc = probe.dim() == 4
         side = probe.shape[1] if self._nhwc else int(round(probe.shape[1] ** 0.5))
-        stride = cfg.image_size // side
-        stages = len(self.swin.layers)
-        self.token_grid, self.token_cell = (side, side), float(stride)
-        final = side // 2 ** (stages - 1)
-        self.final_grid, self.final_cell = (final, final), float(stride * 2 ** (stages - 1))
+        self.token_grid, self.token_cell = (side, side), float(cfg.image_size / side)
+        with torch.no_grad():  # the final grid, read off a probe run (stage layouts differ across timm versions)
+            final = int(round(self.encode(probe.flatten(1, -2))[1].shape[1] ** 0.5))
+        self.final_grid, self.final_cell = (final, final), float(cfg.image_size / final)
         self.proj = nn.Linear(self.swin.num_features, cfg.embed_dim, bias=False)
 
     def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:

@@ -84,6 +84,8 @@ def _bad_shard(path):
         ("empty", {"png": good, "txt": b"   "}),
         ("nophrase", {"jpg": _jpeg(), "txt": b"and then"}),
         ("ok1", {"png": good, "txt": b"the cat", "json": b'{"phrases": [[0, 7]]}'}),
+        ("badjson", {"png": good, "txt": b"a red cat", "json": b"{not json"}),
+        ("badspans", {"png": good, "txt": b"a red cat", "json": b'{"phrases": [[0, 70]]}'}),
     ]
     write_shard(str(path), samples)
 
@@ -96,14 +98,16 @@ def test_bad_records_are_skipped_and_counted(shapes, tmp_path, workers):
     loader = make_webdataset_loader(str(tmp_path / "bad-{0..1}.tar"), tok, batch_size=2, image_size=16,
                                     num_workers=workers)
     got = _by_key(loader)
-    assert sorted(got) == ["nophrase", "ok0", "ok1"]  # one shard's keys overwrite the other's: same content
-    assert loader.epoch_stats == DataStats(seen=14, kept=6, corrupt_image=4, missing_image=2, empty_caption=2,
+    assert sorted(got) == ["badjson", "badspans", "nophrase", "ok0", "ok1"]  # both shards hold the same keys
+    assert loader.epoch_stats == DataStats(seen=18, kept=10, corrupt_image=4, missing_image=2, empty_caption=2,
                                            no_phrase=2)
+    for key in ("badjson", "badspans"):  # unusable json: the chunker finds "a red cat" itself
+        assert got[key][2].shape[0] == 1 and got[key][2].all()
     assert got["ok1"][2].shape[0] == 1 and got["ok1"][2].all()  # the json phrase [0, 7] covers "the cat"
     assert got["nophrase"][2].shape[0] == 0 and got["ok0"][0].shape == (3, 16, 16)
-    assert "14 records: 6 kept, 8 skipped" in loader.epoch_stats.summary()
+    assert "18 records: 10 kept, 8 skipped" in loader.epoch_stats.summary()
     list(loader)
-    assert loader.stats.seen == 28 and loader.epoch_stats.seen == 14
+    assert loader.stats.seen == 36 and loader.epoch_stats.seen == 18
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -114,6 +118,11 @@ def test_missing_caption_key_fails_naming_the_key(shapes, tmp_path, workers):
         list(loader)
     with pytest.raises(ValueError, match="'caption'"):
         list(make_webdataset_loader(str(tmp_path / "x.tar"), shapes[4], batch_size=1, caption_key="caption"))
+    write_shard(str(tmp_path / "j.tar"), [("a", {"png": _png(), "json": b'{"caption": "a cat"}'}),
+                                          ("b", {"png": _png(), "json": b"{broken"})])
+    loader = make_webdataset_loader(str(tmp_path / "j.tar"), shapes[4], batch_size=2, caption_key="json",
+                                    num_workers=workers)
+    assert [b["captions"] for b in loader] == [["a cat"]] and loader.epoch_stats.empty_caption == 1
 
 
 def test_nodes_get_disjoint_shards(shapes, monkeypatch):

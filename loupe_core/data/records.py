@@ -20,13 +20,27 @@ def _decode_errors() -> tuple:
     return (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def _valid_spans(phrases, caption: str) -> Optional[list[tuple[int, int]]]:
+    """``phrases`` as (start, end) pairs inside ``caption``, or None if absent or malformed."""
+    if not isinstance(phrases, list):
+        return None
+    spans = []
+    for span in phrases:
+        if (not isinstance(span, (list, tuple)) or len(span) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in span)
+                or not 0 <= span[0] <= span[1] <= len(caption)):
+            return None
+        spans.append((span[0], span[1]))
+    return spans
+
+
 def decode_record(image_bytes: Optional[bytes], caption: Optional[str], phrases: Optional[Sequence],
                   key: str, tokenizer: Tokenizer, image_size: int, stats: DataStats) -> Optional[dict]:
     """The ``make_sample`` dict of a record, or None when it is skipped (counted in ``stats``).
 
     image_bytes None: missing image; caption None, blank or without any token: empty caption;
-    bytes PIL cannot decode: corrupt image. phrases: character spans, or None to run the
-    noun-phrase chunker on the caption.
+    bytes PIL cannot decode: corrupt image. phrases: character spans (e.g. precomputed by
+    ``loupe data phrases``); None or malformed spans: the noun-phrase chunker runs on the caption.
     """
     stats.seen += 1
     if image_bytes is None:
@@ -40,7 +54,9 @@ def decode_record(image_bytes: Optional[bytes], caption: Optional[str], phrases:
     except _decode_errors():
         stats.corrupt_image += 1
         return None
-    spans = extract_noun_phrases(caption) if phrases is None else [tuple(s) for s in phrases]
+    spans = _valid_spans(phrases, caption)
+    if spans is None:
+        spans = extract_noun_phrases(caption)
     if not spans:
         stats.no_phrase += 1
     stats.kept += 1

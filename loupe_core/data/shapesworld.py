@@ -126,6 +126,8 @@ def generate_split(split: str, num: int, *, image_size: int, seed: int, progress
     The held-out pairs come from ``heldout_pairs(seed)``; train/val/test avoid them, every heldout
     scene's first object takes one. Records hold the chunker's ``phrases`` for each caption.
     """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split)]))
     held = heldout_pairs(seed, NUM_HELDOUT_PAIRS)
     allowed = [p for p in ALL_PAIRS if p not in held]
@@ -140,7 +142,7 @@ def generate_split(split: str, num: int, *, image_size: int, seed: int, progress
     images = render(rng, scenes, image_size)
     for i, scene in enumerate(scenes):
         records.append(_record(f"{split}_{i:06d}", scene, _captions(scene, rng, count)))
-    for rec in records:
+    for rec in tqdm(records, desc=f"ShapesWorld {split} phrases", disable=not progress, leave=False):
         for cap in rec["captions"]:
             cap["phrases"] = [list(s) for s in extract_noun_phrases(cap["text"])]
     return images, records, rng

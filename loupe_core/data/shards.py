@@ -94,12 +94,21 @@ def write_shapesworld_shards(out_dir: str, num: int, *, image_size: int = 64, se
     return paths
 
 
+def json_member(data: bytes) -> dict:
+    """A json member as a dict; ``{}`` when it is not a valid JSON object (a bad record, not a crash)."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def caption_of(members: dict[str, bytes], caption_key: str) -> Optional[str]:
     """The caption of a sample: member ``caption_key`` (``txt``: the text itself; ``json``: its
     ``"caption"`` field), or None when the member is there but holds no caption."""
     data = members[caption_key]
     if caption_key.endswith("json"):
-        value = json.loads(data).get("caption")
+        value = json_member(data).get("caption")
         return value if isinstance(value, str) else None
     return data.decode("utf-8", errors="replace")
 
@@ -121,7 +130,7 @@ def add_phrases_to_shards(shards: list[str], out_dir: str, *, caption_key: str =
                 raise ValueError(f"caption_key {caption_key!r} missing from sample {key!r} of {path} "
                                  f"(it has {sorted(members)})")
             caption = caption_of(members, caption_key) or ""
-            meta = json.loads(members["json"]) if "json" in members else {}
+            meta = json_member(members["json"]) if "json" in members else {}
             meta["phrases"] = [list(s) for s in extract_noun_phrases(caption, backend=backend)]
             counts["samples"] += 1
             counts["with_phrases" if meta["phrases"] else "without_phrases"] += 1

@@ -12,7 +12,6 @@ OpenCLIP does. Batches follow docs/CONTRACTS.md s3.
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Optional, Sequence, Union
 
@@ -20,7 +19,7 @@ import torch
 
 from .batch import collate_batch
 from .records import decode_record
-from .shards import caption_of
+from .shards import caption_of, json_member
 from .stats import CountingLoader, DataStats
 from .tokenizer import Tokenizer
 
@@ -47,14 +46,9 @@ class RawToSamples:
         self.caption_key, self.image_keys = caption_key, tuple(image_keys)
         self.stats = DataStats()
 
-    def _phrases(self, raw: dict):
-        if "json" not in raw:
-            return None
-        try:
-            meta = json.loads(raw["json"])
-        except ValueError:
-            return None
-        return meta.get("phrases") if isinstance(meta, dict) else None
+    @staticmethod
+    def _phrases(raw: dict):
+        return json_member(raw["json"]).get("phrases") if "json" in raw else None
 
     def __call__(self, src):
         for raw in src:

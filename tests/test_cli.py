@@ -1,10 +1,15 @@
 """Run configs (named configs, typed dotted overrides) and the ``loupe`` command end to end."""
 import json
+import math
+import os
+import subprocess
+import sys
 
 import pytest
 
 from loupe_core.config import RunConfig, apply_overrides, list_configs, load_config, save_config
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE4 = ["table4_row1_backbone", "table4_row2_tsa", "table4_row3_tsa_fsa", "table4_row4_unsil",
           "table4_row5_ours"]
 
@@ -84,3 +89,33 @@ def test_json_path_extends_and_round_trip(tmp_path):
     with pytest.raises(ValueError, match="no such file or named config"):
         load_config("nonexistent")
     assert apply_overrides(cfg, []).to_dict() == cfg.to_dict()
+
+
+def _loupe(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "loupe_core.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_rejects_a_bad_override_naming_it(tmp_path):
+    proc = _loupe("pretrain", "--config", "tiny", "train.stepz=3", cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown config key 'train.stepz'" in proc.stderr
+
+
+def test_cli_pretrain_tiny_end_to_end_with_resume(tmp_path):
+    """`loupe pretrain --config tiny`, cut after one step, resumed with `--resume latest`."""
+    out = tmp_path / "run"
+    common = ["--config", "tiny", "--out", str(out), f"data.root={tmp_path / 'cache'}", "train.steps=2"]
+    first = _loupe("pretrain", *common, "--stop-at", "1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "checkpoint:" in first.stdout and (out / "checkpoints" / "step_00000001.pt").exists()
+    second = _loupe("pretrain", *common, "--resume", "latest", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["metrics"], summary
+    assert all(math.isfinite(v) for v in summary["metrics"].values())
+    assert (out / "checkpoints" / "step_00000002.pt").exists() and (out / "config.json").exists()
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:2] == [1, 2]
+    for name in summary["metrics"]:
+        assert name in second.stdout

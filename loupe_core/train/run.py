@@ -21,6 +21,8 @@ from loupe_core.train.distributed import DistContext, barrier, init_distributed,
 from loupe_core.train.trainer import train
 
 RUNS_ROOT = "runs"
+HEADLINE = (("retrieval R@1 image->text", "retrieval/i2t_r1"), ("text->image", "retrieval/t2i_r1"),
+            ("grounding acc@0.5", "grounding/acc@0.5"))
 
 
 def resolve_run(config: Optional[str], overrides, out: Optional[str], resume: Optional[str]):
@@ -157,9 +159,13 @@ def _final_eval(evaluate, result, run_dir: str) -> dict:
 def _print_summary(summary: dict, echo) -> None:
     echo(f"\ntrained {summary['steps']}/{summary['total_steps']} steps in {summary['train_seconds']:.1f} s"
          + (f", final loss {summary['final_loss']:.4f}" if summary["final_loss"] is not None else ""))
-    if summary["metrics"]:
-        echo("zero-shot evaluation on the held-out split:")
-        for name, value in sorted(summary["metrics"].items()):
+    metrics = summary["metrics"]
+    if metrics:
+        headline = [(label, metrics[key]) for label, key in HEADLINE if key in metrics]
+        if headline:
+            echo("zero-shot, held-out split: " + ", ".join(f"{label} {value:.2f}" for label, value in headline))
+        echo("all metrics (percent):")
+        for name, value in sorted(metrics.items()):
             echo(f"  {name:<32} {value:8.2f}")
     echo(f"checkpoint: {summary['checkpoint']}")
     echo(f"logs:       {summary['logs']['jsonl']} (also metrics.csv, TensorBoard in {summary['logs']['tensorboard']})")

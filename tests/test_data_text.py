@@ -48,6 +48,20 @@ def test_trained_tokenizer_is_deterministic_lowercase_and_has_no_specials(shapes
         assert not set(ids) & specials
 
 
+def test_saved_padding_and_specials_do_not_leak_into_ids(tmp_path):
+    """A BERT-style tokenizer.json with a [CLS]/[SEP] post-processor and padding switched on."""
+    from tokenizers.processors import TemplateProcessing
+
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(BERT_VOCAB) + "\n")
+    hf = Tokenizer.from_file(str(path))._tok
+    hf.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    hf.enable_padding(length=20)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    ids, offsets = Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode("a big red")
+    assert ids == [5, 6, 7] and offsets == [(0, 1), (2, 5), (6, 9)]
+
+
 def test_truncates_to_max_length(shapes_tok):
     tok, _ = shapes_tok
     ids, offsets = tok.encode(" ".join(["red circle"] * 50))

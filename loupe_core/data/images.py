@@ -25,12 +25,6 @@ def normalize_image(image: np.ndarray) -> torch.Tensor:
     return (x - _MEAN) / _STD
 
 
-def denormalize_image(image: torch.Tensor) -> np.ndarray:
-    """Inverse of ``normalize_image``: float ``[3, H, W]`` -> uint8 ``[H, W, 3]`` (for viewing)."""
-    x = (image.detach().cpu().float() * _STD + _MEAN).clamp(0, 1).mul(255).round()
-    return x.to(torch.uint8).movedim(-3, -1).numpy()
-
-
 def resize_center_crop(img, size: int) -> np.ndarray:
     """PIL image -> uint8 ``[size, size, 3]``: shorter side resized to ``size`` (bicubic), centre crop."""
     from PIL import Image

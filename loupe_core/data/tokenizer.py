@@ -45,6 +45,8 @@ class Tokenizer:
         pad = hf_tokenizer.id_to_token(0)
         if pad != "[PAD]":
             raise ValueError(f"hf_tokenizer: id 0 must be the [PAD] token (pad id 0), got {pad!r}")
+        hf_tokenizer.no_padding()  # a saved tokenizer.json may carry padding / truncation settings:
+        hf_tokenizer.no_truncation()  # ids here are unpadded and cut to max_length by encode
         self._tok = hf_tokenizer
         self.max_length = max_length
 

@@ -41,6 +41,12 @@ def inference_mode(*modules):
             m.train(flag)
 
 
+def _for_engine(x: torch.Tensor) -> torch.Tensor:
+    """Detached, float64 kept, anything else (bf16/fp16 under autocast) as float32."""
+    x = x.detach()
+    return x if x.dtype == torch.float64 else x.float()
+
+
 # ---------------------------------------------------------------- token level (Eq. 7)
 def token_interactions(image_tower, text_tower, image_tokens, text_tokens, text_mask, regions, *,
                        method: str, baseline: str, num_samples: int, seed: int) -> torch.Tensor:
@@ -50,7 +56,7 @@ def token_interactions(image_tower, text_tower, image_tokens, text_tokens, text_
     text_mask bool[P, L], regions bool[P, K, N_I]; method "exact" or "sampling".
     """
     with inference_mode(image_tower, text_tower):
-        est = sk.region_interaction(image_tower, text_tower, image_tokens.detach(), text_tokens.detach(),
+        est = sk.region_interaction(image_tower, text_tower, _for_engine(image_tokens), _for_engine(text_tokens),
                                     regions, text_mask=text_mask, baseline=baseline, method=method,
                                     num_samples=num_samples, seed=seed)
     return est.value
@@ -81,7 +87,7 @@ def semantic_interactions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mas
     rows = phrase_mask.any(dim=1) & region_mask.any(dim=1)
     if bool(rows.any()):
         out[rows] = sk.region_phrase_interaction(
-            A.detach()[rows].contiguous(), region_mask[rows], phrase_mask[rows], method=method,
+            _for_engine(A[rows]).contiguous(), region_mask[rows], phrase_mask[rows], method=method,
             num_samples=num_samples if method == "sampling" else None, seed=seed).to(A.dtype)
     return out
 

@@ -184,6 +184,15 @@ def test_float64_forward():
     out.total.backward()
 
 
+def test_bf16_autocast_forward_feeds_the_engines_float32():
+    torch.manual_seed(0)
+    model = LoupeModel(TINY, dict(FAST, tsa=True, fsa=True, unsil=True, token_source="hybrid"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(make_batch(), step=5, total_steps=10)
+    out.total.backward()
+    assert all(torch.isfinite(t.float()) for t in out.terms.values())
+
+
 def test_hybrid_decisions_follow_sigma_and_warmup():
     torch.manual_seed(0)
     model = LoupeModel(TINY, dict(FAST, tsa=True, unsil=True, token_source="hybrid", probe_size=0))

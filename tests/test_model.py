@@ -176,6 +176,14 @@ def test_bad_batch_without_phrases_and_flat_images_is_finite():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def test_single_candidate_gives_zero_tsa_not_nan():
+    torch.manual_seed(0)
+    model = LoupeModel(dict(TINY, top_k=1, num_random=0), dict(FAST, tsa=True, fsa=True))
+    out = model(make_batch())
+    out.total.backward()
+    assert out.terms["tsa"].item() == 0.0 and torch.isfinite(out.total)
+
+
 def test_float64_forward():
     torch.manual_seed(0)
     model = LoupeModel(TINY, dict(FAST, tsa=True, fsa=True)).double()

@@ -131,8 +131,9 @@ class LoupeModel(nn.Module):
 
     # ------------------------------------------------------------------ regions
     def _geometry(self, feats: ImageFeatures) -> Geometry:
-        return self.region_head.geometry(feats.grid, feats.patch_size, feats.patch_emb.device,
-                                         feats.patch_emb.dtype)
+        """Candidate boxes in float32 (float64 for a float64 model), also under bf16 autocast."""
+        dtype = torch.float64 if feats.patch_emb.dtype == torch.float64 else torch.float32
+        return self.region_head.geometry(feats.grid, feats.patch_size, feats.patch_emb.device, dtype)
 
     def _regions(self, feats: ImageFeatures, logits, geometry, index) -> Regions:
         masks = geometry.masks[index]

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from loupe_core.data import (DataStats, Tokenizer, add_phrases_to_shards, extract_noun_phrases, make_csv_loader,
-                             make_sample, make_webdataset_loader, write_shapesworld_shards)
+from loupe_core.data import (DataStats, Tokenizer, add_phrases_to_shards, collate_batch, extract_noun_phrases,
+                             make_csv_loader, make_sample, make_webdataset_loader, webdataset_samples,
+                             write_shapesworld_shards)
 from loupe_core.data.cli import main as data_main
 from loupe_core.data.images import encode_png, normalize_image
 from loupe_core.data.shapesworld import generate_split
@@ -217,3 +218,15 @@ def test_shuffle_buffer_reorders_deterministically(shapes):
             for _ in range(2)]
     assert runs[0] == runs[1] and sorted(runs[0]) == [r["key"] for r in records]
     assert runs[0] != [r["key"] for r in records]
+
+
+def test_sample_stream_for_a_plain_dataloader(shapes, tmp_path, caplog):
+    pattern, _, _, records, tok = shapes
+    loader = torch.utils.data.DataLoader(webdataset_samples(pattern, tok), batch_size=5, collate_fn=collate_batch)
+    assert set(_by_key(loader)) == {r["key"] for r in records}
+    _bad_shard(tmp_path / "bad.tar")
+    with caplog.at_level("INFO", logger="loupe_core.data"):
+        keys = [k for b in torch.utils.data.DataLoader(webdataset_samples(str(tmp_path / "bad.tar"), tok, image_size=8),
+                                                        batch_size=4, collate_fn=collate_batch) for k in b["keys"]]
+    assert sorted(keys) == ["badjson", "badspans", "nophrase", "ok0", "ok1"]
+    assert "9 records: 5 kept, 4 skipped" in caplog.text

@@ -15,7 +15,7 @@ from .shapesworld import (ShapesWorldDataset, ShapesWorldPaths, SplitFiles, defa
 from .shards import add_phrases_to_shards, write_shapesworld_shards
 from .stats import CountingLoader, DataStats
 from .tokenizer import Tokenizer, phrase_token_mask
-from .webdataset_loader import make_webdataset_loader, webdataset_pipeline
+from .webdataset_loader import make_webdataset_loader, webdataset_pipeline, webdataset_samples
 
 __all__ = [
     "IMAGE_MEAN", "IMAGE_STD", "ClassificationSplit", "CountingLoader", "DataStats", "DetectionSplit",
@@ -23,5 +23,5 @@ __all__ = [
     "add_phrases_to_shards", "collate_batch", "default_cache_dir", "extract_noun_phrases",
     "load_classification_split", "load_detection_split", "load_grounding_split", "load_retrieval_split",
     "make_csv_loader", "make_sample", "make_webdataset_loader", "normalize_image", "phrase_token_mask",
-    "prepare_shapesworld", "webdataset_pipeline", "write_shapesworld_shards",
+    "prepare_shapesworld", "webdataset_pipeline", "webdataset_samples", "write_shapesworld_shards",
 ]

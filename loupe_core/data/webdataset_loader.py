@@ -20,7 +20,7 @@ import torch
 from .batch import collate_batch
 from .records import decode_record
 from .shards import caption_of, json_member
-from .stats import CountingLoader, DataStats
+from .stats import CountingLoader, DataStats, logger
 from .tokenizer import Tokenizer
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -83,6 +83,45 @@ class CollateWithCounts:
         yield last, self.to_samples.stats.take()
 
 
+def _record_stages(shards, *, resampled: bool, seed: int, shuffle_buffer: int) -> list:
+    """Pipeline stages from shard names to raw sample dicts (node/worker split or resampling)."""
+    import webdataset as wds
+
+    urls = expand_shards(shards)
+    if resampled:
+        stages = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
+    else:
+        stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
+    stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    if shuffle_buffer > 0:
+        stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed))
+    return stages
+
+
+class LogCountsAtEnd:
+    """Pipeline stage: the samples of ``to_samples``, then its counts logged (per process)."""
+
+    def __init__(self, to_samples: RawToSamples):
+        self.to_samples = to_samples
+
+    def __call__(self, src):
+        yield from self.to_samples(src)
+        logger.info("webdataset pass: %s", self.to_samples.stats.take().summary())
+
+
+def webdataset_samples(shards, tokenizer: Tokenizer, *, image_size: int = 64, resampled: bool = False,
+                       seed: int = 0, shuffle_buffer: int = 0, caption_key: str = "txt",
+                       image_keys: Sequence[str] = IMAGE_KEYS):
+    """An IterableDataset of ``make_sample`` dicts, for a DataLoader with ``collate_fn=collate_batch``
+    (e.g. the trainer's). Skip counts stay in each worker and are logged at the end of its pass;
+    ``make_webdataset_loader`` sums them instead."""
+    import webdataset as wds
+
+    stages = _record_stages(shards, resampled=resampled, seed=seed, shuffle_buffer=shuffle_buffer)
+    stages.append(LogCountsAtEnd(RawToSamples(tokenizer, image_size, caption_key, image_keys)))
+    return wds.DataPipeline(*stages)
+
+
 def webdataset_pipeline(shards, tokenizer: Tokenizer, *, batch_size: int, image_size: int = 64,
                         resampled: bool = False, seed: int = 0, shuffle_buffer: int = 0,
                         caption_key: str = "txt", image_keys: Sequence[str] = IMAGE_KEYS,
@@ -92,14 +131,7 @@ def webdataset_pipeline(shards, tokenizer: Tokenizer, *, batch_size: int, image_
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    urls = expand_shards(shards)
-    if resampled:
-        stages = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
-    else:
-        stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
-    stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue))
-    if shuffle_buffer > 0:
-        stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed))
+    stages = _record_stages(shards, resampled=resampled, seed=seed, shuffle_buffer=shuffle_buffer)
     to_samples = RawToSamples(tokenizer, image_size, caption_key, image_keys)
     stages.append(CollateWithCounts(to_samples, batch_size, max_phrases, partial))
     return wds.DataPipeline(*stages)

@@ -1,6 +1,6 @@
 """Coalition evaluations per second of the token-level engine (pytest-benchmark, CPU).
 
-Run: python -m pytest benchmarks/bench_token_engine.py --benchmark-only -q
+Run: python -m pytest benchmarks/bench_token_engine.py --benchmark-only -q --bench-threads 1
      (add --benchmark-json=out.json to keep the numbers; extra_info holds evals_per_s).
 
 Towers at 50% keep (every coalition row keeps a uniformly drawn half of the tokens):
@@ -8,8 +8,8 @@ Towers at 50% keep (every coalition row keeps a uniformly drawn half of the toke
   text:  BERT-Small-like (spec section 6), 60 tokens, hidden 512, 8 heads, depth 2 (full: 4).
 Reduced depth and coalition counts (BATCH rows per call) keep one benchmark to seconds on a
 2-core CPU; relative speeds are what matter (layers are identical, so cost scales with depth).
-Torch runs on ONE thread here: on a shared, loaded machine two-thread timings swing by 2-3x
-(a descheduled thread stalls every parallel op), one-thread timings are stable.
+--bench-threads (benchmarks/conftest.py) sets torch's threads: on a shared, loaded machine use
+1 (two-thread timings swing by 2-3x when the second core is busy).
 Modes: "naive" (one coalition per forward, zero baseline), "zero" (batched, zeroed tokens,
 full attention) and "drop" (batched, kept tokens packed). Full-size GPU runs:
 benchmarks/gpu_token_bench.py.
@@ -51,20 +51,12 @@ def run_mode(tower, x, keep, mode):
         return tower(x, keep)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("mode", ["naive", "zero", "drop"])
 @pytest.mark.parametrize("name", list(TOWERS))
-def test_coalition_throughput(benchmark, one_thread, name, mode):
+def test_coalition_throughput(benchmark, bench_threads, measure, name, mode):
     tower, x, keep = workload(name)
-    out = benchmark.pedantic(run_mode, args=(tower, x, keep, mode), rounds=3, iterations=1,
-                             warmup_rounds=1)
+    out = measure(lambda: run_mode(tower, x, keep, mode), expected_seconds=1.0)
     assert out.shape == (BATCH, 256) and bool(torch.isfinite(out).all())
     benchmark.extra_info["coalitions_per_call"] = BATCH
+    benchmark.extra_info["threads"] = bench_threads
     benchmark.extra_info["evals_per_s"] = BATCH / benchmark.stats.stats.mean

@@ -154,3 +154,16 @@ def test_drop_refused_for_windowed_encoder():
     with pytest.raises(ValueError, match="supports_drop"):
         dual_encoder_game(Windowed(), txt, x_img, x_txt, baseline="drop")
     assert dual_encoder_game(Windowed(), txt, x_img, x_txt)(torch.ones(1, 5, dtype=torch.bool)).shape == (1,)
+
+
+def test_default_chunks_follow_the_token_budget(monkeypatch):
+    from shapley_kernels.token_level import game as game_module
+
+    monkeypatch.setattr(game_module, "TOKENS_PER_CALL", 12)
+    img, txt = towers()
+    x_img, x_txt = torch.randn(4, 16, dtype=torch.float64), torch.randn(6, 12, dtype=torch.float64)
+    ci, ct = CountingEncoder(img), CountingEncoder(txt)
+    coalitions = torch.rand(30, 10, generator=torch.Generator().manual_seed(8)) < 0.5
+    got = dual_encoder_game(ci, ct, x_img, x_txt, baseline="zero")(coalitions)
+    assert max(ci.rows) == 3 and max(ct.rows) == 2  # 12 // 4 and 12 // 6 rows per call
+    torch.testing.assert_close(got, plain_values(img, txt, x_img, x_txt, coalitions, "zero"))

@@ -8,7 +8,8 @@ with c uniform over 0..|X| - n_R. Sampling draws q ~ U(0, 1) per sample and keep
 of X\\R with probability q: that gives exactly c uniform, then S uniform among the size-c subsets
 (a Beta(1, 1) integral), with no sort. One sample costs n_R + 2 game evaluations; all samples of
 all regions and pairs form one coalition stream per tower, whose distinct halves are encoded once
-(the n_R + 2 terms of a sample share their text half) in chunks of ``max_batch`` rows.
+(the n_R + 2 terms of a sample share their text half) in chunks of ``max_batch`` rows
+(default: ``game.TOKENS_PER_CALL`` tokens per call).
 
 A region of one patch has I([R]) = 0 exactly (the terms cancel). ``method="exact"`` enumerates
 the pair's game through ``shapley_kernels.estimators.coalition_interaction`` (Eq. 4).
@@ -17,10 +18,10 @@ from typing import Optional
 
 import torch
 
-from .._checks import (check_choice, check_num_samples, check_max_batch, check_shape, check_tensor,
-                       result_dtype)
+from .._checks import check_choice, check_num_samples, check_shape, check_tensor, result_dtype
 from .._estimate import Estimate
-from .game import check_encoders, check_tokens, cosine, dual_encoder_game, encode_halves
+from .game import (check_encoders, check_tokens, cosine, dual_encoder_game, encode_halves,
+                   resolve_max_batch)
 
 METHODS = ("auto", "exact", "sampling")
 
@@ -153,7 +154,7 @@ def region_interaction(image_encoder, text_encoder, image_tokens: torch.Tensor,
     if bool((sizes < 1).any()):
         raise ValueError("regions: every region must hold at least 1 patch")
     num_samples = check_num_samples(num_samples)
-    max_batch = check_max_batch(max_batch)
+    max_batch = resolve_max_batch(max_batch)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     dtype = result_dtype(image_tokens)

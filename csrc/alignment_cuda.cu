@@ -10,8 +10,18 @@
 // Numerics: max of a softmax over a set = 1 / sum exp(a - max), from an online (max, sum-exp)
 // pair: stable for logits of any finite size. T = float accumulates in float, double in double;
 // the Monte Carlo sums are double.
+//
+// CPU emulation (tests/test_alignment_cuda.py runs these kernels on the host with one std::thread
+// per CUDA thread): it defines ALIGNMENT_CUDA_KERNELS_ONLY, supplies CUDA's built-ins, and its own
+// ALIGNMENT_DYNAMIC_SHARED; the launchers below are then left out.
+#ifndef ALIGNMENT_CUDA_KERNELS_ONLY
 #include <cuda_runtime.h>
+#endif
 #include <stdint.h>
+
+#ifndef ALIGNMENT_DYNAMIC_SHARED
+#define ALIGNMENT_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 namespace {
 
@@ -234,7 +244,7 @@ __global__ void __launch_bounds__(kSamplingThreads)
 sampling_kernel(const T* __restrict__ A, const int* __restrict__ rows, const int* __restrict__ cols,
                 double* __restrict__ out_sum, double* __restrict__ out_sq, int R, int C,
                 long long num_samples, uint32_t k0, uint32_t k1) {
-  extern __shared__ __align__(16) unsigned char tile_raw[];
+  ALIGNMENT_DYNAMIC_SHARED(tile_raw);
   T* a_sh = reinterpret_cast<T*>(tile_raw);
   __shared__ double red_sum[kSamplingThreads];
   __shared__ double red_sq[kSamplingThreads];
@@ -270,7 +280,7 @@ sampling_kernel(const T* __restrict__ A, const int* __restrict__ rows, const int
   red_sum[threadIdx.x] = sum;
   red_sq[threadIdx.x] = sq;
   __syncthreads();
-  for (int width = kSamplingThreads / 2; width > 0; width >>= 1) {
+  for (unsigned width = kSamplingThreads / 2; width > 0; width >>= 1) {
     if (threadIdx.x < width) {
       red_sum[threadIdx.x] += red_sum[threadIdx.x + width];
       red_sq[threadIdx.x] += red_sq[threadIdx.x + width];
@@ -283,7 +293,12 @@ sampling_kernel(const T* __restrict__ A, const int* __restrict__ rows, const int
   }
 }
 
+}  // namespace
+
+#ifndef ALIGNMENT_CUDA_KERNELS_ONLY
 // ------------------------------------------------------------------------------------ launchers
+
+namespace {
 
 template <typename T>
 cudaError_t launch_game(const T* A, const uint8_t* region_mask, const uint8_t* phrase_mask,
@@ -368,3 +383,4 @@ cudaError_t alignment_sampling_f64(const double* A, const int* rows, const int* 
 }
 
 }  // extern "C"
+#endif  // ALIGNMENT_CUDA_KERNELS_ONLY

@@ -127,8 +127,40 @@ def tolerance(dtype):
     return 1e-10 if dtype == torch.float64 else 2e-5
 
 
-def check_game(backend, device, dtype, generator):
-    """Backend game values == spec_v2 per coalition, with padding, empty / full coalitions, huge logits."""
+class PublicAPI:
+    """A backend reached through the public API, with the 3 functions of docs/CONTRACTS.md section 1.
+
+    Inputs are CPU tensors (moved to ``device``); results come back to the CPU after checking that
+    they were produced on ``device``. The checks below also take a backend module itself.
+    """
+
+    def __init__(self, backend, device):
+        self.backend, self.device = backend, torch.device(device)
+
+    def _back(self, t):
+        assert t.device.type == self.device.type
+        return t.cpu()
+
+    def game(self, A, coalitions, region_mask, phrase_mask):
+        d = self.device
+        return self._back(sk.alignment_game(A.to(d), coalitions.to(d), region_mask.to(d), phrase_mask.to(d),
+                                            backend=self.backend))
+
+    def exact(self, A, region_mask, phrase_mask):
+        d = self.device
+        return self._back(sk.region_phrase_interaction(A.to(d), region_mask.to(d), phrase_mask.to(d),
+                                                       method="exact", backend=self.backend))
+
+    def sampling(self, A, region_mask, phrase_mask, num_samples, seed):
+        d = self.device
+        est = sk.region_phrase_interaction(A.to(d), region_mask.to(d), phrase_mask.to(d), method="sampling",
+                                           num_samples=num_samples, seed=seed, backend=self.backend,
+                                           return_stderr=True)
+        return self._back(est.value), self._back(est.stderr)
+
+
+def check_game(impl, dtype, generator):
+    """impl.game == spec_v2 per coalition, with padding, empty / full coalitions, huge logits."""
     B, K, M = 2, 3, 4
     A = torch.randn(B, K, M, generator=generator, dtype=torch.float64)
     A[1] = 1e4 * A[1].sign() + A[1]
@@ -141,39 +173,86 @@ def check_game(backend, device, dtype, generator):
     coal[:, 2, K:] = False                 # regions only
     coal[:, 3] = False
     coal[:, 3, [0, K + 1]] = True          # region 0 and a padded phrase (matrix 0): no present phrase
-    got = sk.alignment_game(A.to(device), coal.to(device), rm.to(device), pm.to(device), backend=backend)
-    assert got.dtype == dtype and got.device.type == torch.device(device).type
-    want = spec_game_values(A, coal, rm, pm)
-    torch.testing.assert_close(got.cpu().double(), want, rtol=0, atol=tolerance(dtype))
+    got = impl.game(A, coal, rm, pm)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), spec_game_values(A, coal, rm, pm), rtol=0, atol=tolerance(dtype))
 
 
-def check_exact(backend, device, case, dtype, generator):
-    """Backend exact SII == brute-force enumeration of spec Eq. 10 over spec_v2."""
+def check_exact(impl, case, dtype, generator):
+    """impl.exact == brute-force enumeration of spec Eq. 10 over spec_v2."""
     A, rm, pm = exact_case(case, dtype, generator)
-    got = sk.region_phrase_interaction(A.to(device), rm.to(device), pm.to(device), method="exact",
-                                       backend=backend)
+    got = impl.exact(A, rm, pm)
     assert got.dtype == dtype and got.shape == A.shape
-    want = brute_interactions(A, rm, pm)
-    torch.testing.assert_close(got.cpu().double(), want, rtol=0, atol=tolerance(dtype))
+    torch.testing.assert_close(got.double(), brute_interactions(A, rm, pm), rtol=0, atol=tolerance(dtype))
 
 
-def check_sampling(backend, device, seed, generator, num_samples=512):
+def check_sampling(impl, seed, generator, num_samples=512):
     """Sampled SII within 5 standard errors of the exact value; same seed, same result; 0 at padding."""
-    A = 2 * torch.randn(1, 2, 3, generator=generator, dtype=torch.float64)
+    A = (2 * torch.randn(1, 2, 3, generator=generator, dtype=torch.float64)).float()
     rm = torch.tensor([[True, True]])
     pm = torch.tensor([[True, False, True]])
-    args = (A.float().to(device), rm.to(device), pm.to(device))
-    est = sk.region_phrase_interaction(*args, method="sampling", num_samples=num_samples, seed=seed,
-                                       backend=backend, return_stderr=True)
-    want = brute_interactions(A.float(), rm, pm)
-    value, stderr = est.value.cpu().double(), est.stderr.cpu().double()
-    present = (rm[:, :, None] & pm[:, None, :])
+    value, stderr = impl.sampling(A, rm, pm, num_samples, seed)
+    want = brute_interactions(A, rm, pm)
+    value, stderr = value.double(), stderr.double()
+    present = rm[:, :, None] & pm[:, None, :]
     assert bool((stderr[present] > 0).all())
     assert bool(((value - want).abs()[present] <= 5 * stderr[present]).all()), (value, want, stderr)
     assert bool((value[~present] == 0).all()) and bool((stderr[~present] == 0).all())
-    again = sk.region_phrase_interaction(*args, method="sampling", num_samples=num_samples, seed=seed,
-                                         backend=backend)
-    assert torch.equal(again, est.value)
-    other = sk.region_phrase_interaction(*args, method="sampling", num_samples=num_samples, seed=seed + 1,
-                                         backend=backend)
-    assert not torch.equal(other, est.value)
+    again, _ = impl.sampling(A, rm, pm, num_samples, seed)
+    assert torch.equal(again.double(), value)
+    other, _ = impl.sampling(A, rm, pm, num_samples, seed + 1)
+    assert not torch.equal(other.double(), value)
+
+
+def _uniform01(word):
+    return (word >> 8) * 2.0 ** -24
+
+
+def replayed_sampling(A, region_mask, phrase_mask, num_samples, seed):
+    """The device samplers' documented draws replayed in Python: (value, stderr) float64[B, K, M].
+
+    Rule (shapley_kernels/alignment/_triton_kernels.py, csrc/alignment_cuda.cu): players compacted
+    (present first, original order), R / C the largest present counts, pair p = (b R + i) C + j in
+    compact indices, key = (seed mod 2^32, seed // 2^32 mod 2^32), W(s, t) = Philox4x32-10(key,
+    (s, p, t, 0)); q = u(W(s, 0)[2]); region t kept iff u(W(s, t)[0]) < q, phrase t iff
+    u(W(s, t)[1]) < q (the pair's own players excluded); u(w) = (w >> 8) 2^-24. Each sample adds
+    v2(T+ij) - v2(T+i) - v2(T+j) + v2(T), evaluated with spec_v2.
+    """
+    B, K, M = A.shape
+    seed &= (1 << 64) - 1
+    key = (seed & 0xFFFFFFFF, seed >> 32)
+    regions = [[i for i in range(K) if bool(region_mask[b, i])] for b in range(B)]
+    phrases = [[j for j in range(M) if bool(phrase_mask[b, j])] for b in range(B)]
+    R = max(len(r) for r in regions)
+    C = max(len(p) for p in phrases)
+    value = torch.zeros(B, K, M, dtype=torch.float64)
+    stderr = torch.zeros(B, K, M, dtype=torch.float64)
+    for b in range(B):
+        a = A[b].double().tolist()
+        rs, ps = regions[b], phrases[b]
+        for x in range(len(rs)):
+            for y in range(len(ps)):
+                p = (b * R + x) * C + y
+                deltas = []
+                for s in range(num_samples):
+                    words = [philox4x32(key, (s, p, t, 0)) for t in range(max(len(rs), len(ps)))]
+                    q = _uniform01(words[0][2])
+                    tr = [rs[t] for t in range(len(rs)) if t != x and _uniform01(words[t][0]) < q]
+                    tp = [ps[t] for t in range(len(ps)) if t != y and _uniform01(words[t][1]) < q]
+                    deltas.append(spec_v2(a, tr + [rs[x]], tp + [ps[y]]) - spec_v2(a, tr + [rs[x]], tp)
+                                  - spec_v2(a, tr, tp + [ps[y]]) + spec_v2(a, tr, tp))
+                d = torch.tensor(deltas, dtype=torch.float64)
+                value[b, rs[x], ps[y]] = d.mean()
+                stderr[b, rs[x], ps[y]] = d.std() / num_samples ** 0.5 if num_samples > 1 else 0.0
+    return value, stderr
+
+
+def check_sampling_replays_draws(impl, seed, generator, num_samples=48):
+    """impl.sampling (float64) == the documented Philox draws replayed in Python, to rounding."""
+    A = 2 * torch.randn(2, 3, 3, generator=generator, dtype=torch.float64)
+    rm = torch.tensor([[True, False, True], [True, True, True]])
+    pm = torch.tensor([[True, True, True], [False, True, True]])
+    value, stderr = impl.sampling(A, rm, pm, num_samples, seed)
+    want_value, want_stderr = replayed_sampling(A, rm, pm, num_samples, seed)
+    torch.testing.assert_close(value, want_value, rtol=0, atol=1e-10)
+    torch.testing.assert_close(stderr, want_stderr, rtol=0, atol=1e-10)

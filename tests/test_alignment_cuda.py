@@ -1,64 +1,139 @@
 """CUDA backend of the alignment game against spec references (tests/_alignment_checks.py).
 
-Needs a CUDA device and the built extension shapley_kernels._cuda; skipped otherwise. The same
-checks as tests/test_alignment_triton.py, plus: the CUDA and Triton samplers draw the same
-coalitions from the same seed (one Philox4x32-10 counter layout), so their estimates agree.
+Two parts:
+- on a CUDA device with the built extension shapley_kernels._cuda: the checks of
+  tests/test_alignment_triton.py through the public API with backend="cuda" (skipped otherwise);
+- everywhere with g++: the same checks on the kernel source csrc/alignment_cuda.cu compiled for
+  the host (tests/_cuda_host_emulation.py) and driven through shapley_kernels.alignment._cuda_backend,
+  plus: the CUDA and Triton samplers draw the same coalitions from one seed (one Philox4x32-10
+  counter layout), and chunked exact partials sum to the single-chunk result.
 """
+import os
+
 import pytest
 import torch
 
-import shapley_kernels as sk
-from _alignment_checks import EXACT_CASES, check_exact, check_game, check_sampling
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-    pytest.mark.skipif("cuda" not in sk.available_backends(),
-                       reason=f"cuda backend unavailable: {sk.backend_status()['cuda']}"),
-]
+import shapley_kernels as sk  # noqa: E402
+from _alignment_checks import (EXACT_CASES, PublicAPI, brute_interactions, check_exact,  # noqa: E402
+                               check_game, check_sampling, check_sampling_replays_draws)
+from _cuda_host_emulation import build, compiler_missing  # noqa: E402
+from shapley_kernels.alignment import _cuda_backend, _device_prep  # noqa: E402
+
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available() or "cuda" not in sk.available_backends(),
+    reason=f"needs a CUDA device and the built extension ({sk.backend_status()['cuda']})")
+needs_compiler = pytest.mark.skipif(compiler_missing() is not None,
+                                    reason=f"host emulation needs a C++20 compiler: {compiler_missing()}")
+CUDA = PublicAPI("cuda", "cuda")
+DTYPES = [torch.float32, torch.float64]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+# ------------------------------------------------------------------------------- on a CUDA device
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_game_matches_spec(dtype, rng_seed):
-    check_game("cuda", "cuda", dtype, torch.Generator().manual_seed(rng_seed))
+    check_game(CUDA, dtype, torch.Generator().manual_seed(rng_seed))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", EXACT_CASES)
 def test_exact_matches_enumeration(case, dtype, rng_seed):
-    check_exact("cuda", "cuda", case, dtype, torch.Generator().manual_seed(rng_seed))
+    check_exact(CUDA, case, dtype, torch.Generator().manual_seed(rng_seed))
 
 
+@needs_cuda
+@pytest.mark.gpu
 def test_sampling_unbiased_and_reproducible(rng_seed):
-    check_sampling("cuda", "cuda", rng_seed, torch.Generator().manual_seed(rng_seed))
+    check_sampling(CUDA, rng_seed, torch.Generator().manual_seed(rng_seed))
 
 
-def test_sampling_one_pair_one_sample():
-    """n = 2 players: every sample's delta is v({i,j}) = 1; one sample gives stderr 0 (not NaN)."""
-    A = torch.tensor([[[1e4]]], dtype=torch.float64, device="cuda")
-    est = sk.region_phrase_interaction(A, method="sampling", num_samples=1, seed=3, backend="cuda",
-                                       return_stderr=True)
-    assert est.value.item() == 1.0 and est.stderr.item() == 0.0
+@needs_cuda
+@pytest.mark.gpu
+def test_sampling_replays_documented_draws(rng_seed):
+    check_sampling_replays_draws(CUDA, rng_seed * 2**32 + 7, torch.Generator().manual_seed(rng_seed))
 
 
-@pytest.mark.skipif("triton" not in sk.available_backends(), reason="triton backend unavailable")
-def test_sampling_matches_triton_draws(rng_seed):
-    """Same seed, same Philox counters: the two samplers see the same coalitions (float64 sums)."""
-    gen = torch.Generator().manual_seed(rng_seed)
-    A = torch.randn(2, 5, 4, generator=gen, dtype=torch.float64).cuda()
-    rm = torch.tensor([[True, True, False, True, True], [True] * 5], device="cuda")
-    pm = torch.tensor([[True, False, True, True], [True] * 4], device="cuda")
-    cuda = sk.region_phrase_interaction(A, rm, pm, method="sampling", num_samples=300, seed=rng_seed,
-                                        backend="cuda")
-    triton = sk.region_phrase_interaction(A, rm, pm, method="sampling", num_samples=300, seed=rng_seed,
-                                          backend="triton")
-    torch.testing.assert_close(cuda, triton, rtol=0, atol=1e-9)
-
-
-def test_exact_at_twenty_players_matches_torch(rng_seed):
-    """Largest exact size (20 x 20 present, float64): agrees with the torch backend's factorised path."""
-    gen = torch.Generator().manual_seed(rng_seed)
-    A = 3 * torch.randn(1, 20, 20, generator=gen, dtype=torch.float64)
+@needs_cuda
+@pytest.mark.gpu
+def test_exact_at_twenty_players_matches_enumeration_free_torch_path(rng_seed):
+    """Largest exact size (20 x 20 present, float64) against the torch backend's factorised path."""
+    A = 3 * torch.randn(1, 20, 20, generator=torch.Generator().manual_seed(rng_seed), dtype=torch.float64)
     got = sk.region_phrase_interaction(A.cuda(), method="exact", backend="cuda").cpu()
-    want = sk.region_phrase_interaction(A, method="exact", backend="torch")
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    torch.testing.assert_close(got, sk.region_phrase_interaction(A, method="exact", backend="torch"),
+                               rtol=0, atol=1e-10)
+
+
+# ------------------------------------------------------------------- the kernel source on the host
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    """shapley_kernels.alignment._cuda_backend wired to the host-compiled kernels."""
+    ext = build(tmp_path_factory.mktemp("cuda_emulation"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_cuda_backend, "_ext", lambda: ext)
+        yield _cuda_backend
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_game_matches_spec(emulated, dtype, rng_seed):
+    check_game(emulated, dtype, torch.Generator().manual_seed(rng_seed))
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", EXACT_CASES)
+def test_emulated_exact_matches_enumeration(emulated, case, dtype, rng_seed):
+    check_exact(emulated, case, dtype, torch.Generator().manual_seed(rng_seed))
+
+
+@needs_compiler
+def test_emulated_sampling_unbiased_and_reproducible(emulated, rng_seed):
+    check_sampling(emulated, rng_seed, torch.Generator().manual_seed(rng_seed))
+
+
+@needs_compiler
+def test_emulated_sampling_replays_documented_draws(emulated, rng_seed):
+    check_sampling_replays_draws(emulated, rng_seed * 2**32 + 7, torch.Generator().manual_seed(rng_seed))
+
+
+@needs_compiler
+def test_emulated_exact_chunks_sum_to_one_chunk(emulated, rng_seed):
+    """Several (matrix, chunk) blocks, partial steps included, give the single-block result."""
+    gen = torch.Generator().manual_seed(rng_seed)
+    A = torch.randn(2, 4, 9, generator=gen, dtype=torch.float64)
+    rm = torch.tensor([[True, True, False, True], [True] * 4])
+    pm = torch.ones(2, 9, dtype=torch.bool)
+    pm[0, 3] = False
+    c = _device_prep.compact(A, rm, pm)
+    coef = _device_prep.direction_coefficients(c.rows, c.cols, 9, A.dtype)
+    ext = emulated._ext()
+    whole = ext.exact_direction(c.A, c.rows, c.cols, coef, 1 << 9)
+    parts = ext.exact_direction(c.A, c.rows, c.cols, coef, 200)   # 3 chunks, 2 of them partial steps
+    assert parts.shape[1] == 3
+    torch.testing.assert_close(parts.sum(1), whole.sum(1), rtol=0, atol=1e-12)
+
+
+@needs_compiler
+@pytest.mark.skipif("triton" not in sk.available_backends(), reason="triton backend unavailable")
+def test_emulated_sampling_draws_match_triton(emulated, rng_seed):
+    """Same seed, same Philox counters: CUDA and Triton samplers see the same coalitions."""
+    from shapley_kernels.alignment import _triton_backend
+    gen = torch.Generator().manual_seed(rng_seed)
+    A = torch.randn(1, 4, 3, generator=gen, dtype=torch.float64)
+    rm = torch.tensor([[True, True, False, True]])
+    pm = torch.ones(1, 3, dtype=torch.bool)
+    seed = rng_seed * 2**32 + 12345                       # both key words non-zero
+    cuda_value, cuda_err = emulated.sampling(A, rm, pm, 64, seed)
+    triton_value, triton_err = _triton_backend.sampling(A, rm, pm, 64, seed)
+    torch.testing.assert_close(cuda_value, triton_value, rtol=0, atol=1e-12)
+    torch.testing.assert_close(cuda_err, triton_err, rtol=0, atol=1e-12)
+    exact = brute_interactions(A, rm, pm)
+    assert bool(((cuda_value - exact).abs() <= 5 * cuda_err + 1e-12).all())

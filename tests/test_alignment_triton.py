@@ -15,8 +15,8 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 import triton.language as tl  # noqa: E402
 
 import shapley_kernels as sk  # noqa: E402
-from _alignment_checks import (EXACT_CASES, PHILOX_KAT, check_exact, check_game, check_sampling,  # noqa: E402
-                               philox4x32)
+from _alignment_checks import (EXACT_CASES, PHILOX_KAT, PublicAPI, check_exact, check_game,  # noqa: E402
+                               check_sampling, check_sampling_replays_draws, philox4x32)
 from shapley_kernels.alignment import _triton_kernels  # noqa: E402
 
 pytestmark = [
@@ -25,6 +25,7 @@ pytestmark = [
                        reason=f"triton backend unavailable: {sk.backend_status()['triton']}"),
 ]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON = PublicAPI("triton", DEVICE)
 
 
 @triton.jit
@@ -63,17 +64,21 @@ def test_triton_philox_matches_reference(rng_seed):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_game_matches_spec(dtype, rng_seed):
-    check_game("triton", DEVICE, dtype, torch.Generator().manual_seed(rng_seed))
+    check_game(TRITON, dtype, torch.Generator().manual_seed(rng_seed))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", EXACT_CASES)
 def test_exact_matches_enumeration(case, dtype, rng_seed):
-    check_exact("triton", DEVICE, case, dtype, torch.Generator().manual_seed(rng_seed))
+    check_exact(TRITON, case, dtype, torch.Generator().manual_seed(rng_seed))
 
 
 def test_sampling_unbiased_and_reproducible(rng_seed):
-    check_sampling("triton", DEVICE, rng_seed, torch.Generator().manual_seed(rng_seed))
+    check_sampling(TRITON, rng_seed, torch.Generator().manual_seed(rng_seed))
+
+
+def test_sampling_replays_documented_draws(rng_seed):
+    check_sampling_replays_draws(TRITON, rng_seed * 2**32 + 7, torch.Generator().manual_seed(rng_seed))
 
 
 def test_sampling_one_pair_one_sample():

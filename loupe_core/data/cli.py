@@ -6,7 +6,7 @@
 
 ``shapes`` writes ShapesWorld webdataset shards; ``phrases`` copies shards with noun-phrase
 spans precomputed into each sample's json; ``prepare`` generates (or finds) the embedded
-ShapesWorld dataset and prints its root. Also runnable as ``python -m loupe_core.data.cli``.
+ShapesWorld dataset and prints its root. Also runnable as ``python -m loupe_core.data.cli data ...``.
 """
 from __future__ import annotations
 

@@ -95,6 +95,24 @@ def test_greedy_nms_against_brute_force():
     assert len(greedy_nms(scores, iou, boxes.shape[0], 0.0)) == boxes.shape[0]
 
 
+def test_select_top_k_plus_uniform_contrast_candidates():
+    torch.manual_seed(0)
+    model = LoupeModel(TINY)
+    geo = model.region_head.geometry((4, 4), 8.0, torch.device("cpu"), torch.float32)
+    logits = torch.randn(3, 48)
+    seen = torch.zeros(3, 48)
+    for _ in range(300):
+        index = model.region_head.select(logits, geo, 2, 2, 0.5)
+        assert index.shape == (3, 4)
+        for b in range(3):
+            assert index[b, :2].tolist() == greedy_nms(logits[b], geo.iou, 2, 0.5).tolist()
+            assert len(set(index[b].tolist())) == 4  # contrast candidates are never top ones
+        seen.scatter_add_(1, index[:, 2:], torch.ones(3, 2))
+    top = index[:, :2]
+    assert (seen.gather(1, top) == 0).all()
+    assert (seen.scatter(1, top, 1.0) > 0).all()  # every other candidate gets drawn
+
+
 def test_propose_regions_consistent_with_contract():
     torch.manual_seed(0)
     model = LoupeModel(TINY).eval()

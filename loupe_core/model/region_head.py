@@ -72,21 +72,22 @@ def greedy_nms(scores: torch.Tensor, iou: torch.Tensor, top_k: int, threshold: f
     scores float[P], iou float[P, P]. Where fewer than top_k boxes survive suppression, the
     best suppressed ones fill the list, so every image gets the same number of regions.
     """
+    device = scores.device
+    scores, overlaps = scores.detach().cpu(), (iou > threshold).cpu()  # a short sequential loop: on the host
     order = torch.argsort(scores, descending=True, stable=True)
     k = min(top_k, scores.numel())
     suppressed = torch.zeros_like(scores, dtype=torch.bool)
     kept: List[int] = []
-    overlaps = (iou > threshold).cpu()
     for idx in order.tolist():
         if not suppressed[idx]:
             kept.append(idx)
             if len(kept) == k:
                 break
-            suppressed |= overlaps[idx].to(suppressed.device)
+            suppressed |= overlaps[idx]
     if len(kept) < k:
         chosen = set(kept)
         kept += [i for i in order.tolist() if i not in chosen][: k - len(kept)]
-    return torch.tensor(kept, dtype=torch.long, device=scores.device)
+    return torch.tensor(kept, dtype=torch.long, device=device)
 
 
 class RegionHead(nn.Module):
@@ -122,15 +123,14 @@ class RegionHead(nn.Module):
     @torch.no_grad()
     def select(self, logits: torch.Tensor, geometry: Geometry, top_k: int, num_random: int,
                nms_iou: float) -> torch.Tensor:
-        """LongTensor[B, K + R] candidate indices: K = min(top_k, P) after NMS, then R random others."""
+        """LongTensor[B, K + R] candidate indices: K = min(top_k, P) after NMS, then R random others.
+
+        NMS runs on the host (a short sequential loop); the R contrast candidates are the R largest
+        of uniform noise over the candidates not in the top K (uniform without replacement).
+        """
         B, P = logits.shape
-        rows = []
-        for b in range(B):
-            top = greedy_nms(logits[b], geometry.iou, top_k, nms_iou)
-            rest = torch.ones(P, dtype=torch.bool, device=logits.device)
-            rest[top] = False
-            others = rest.nonzero().squeeze(1)
-            extra = others[torch.randperm(others.numel(), device=logits.device)[: num_random]]
-            rows.append(torch.cat([top, extra]))
-        width = min(len(r) for r in rows)
-        return torch.stack([r[:width] for r in rows])
+        scores, iou = logits.detach().cpu(), geometry.iou.cpu()
+        top = torch.stack([greedy_nms(scores[b], iou, top_k, nms_iou) for b in range(B)])
+        noise = torch.rand(B, P).scatter_(1, top, -1.0)
+        extra = noise.topk(min(num_random, P - top.shape[1]), dim=1).indices
+        return torch.cat([top, extra], dim=1).to(logits.device)

@@ -74,3 +74,19 @@ def test_auto_falls_back_to_sdpa_when_the_kernel_fails(monkeypatch):
         got = towers.attend(q, k, v, mask, 0.0, "auto")
     torch.testing.assert_close(got, sdpa_attention(q, k, v, mask))
     assert len(towers.TRITON_ATTENTION_ERRORS) == 1 and "float16" in towers.TRITON_ATTENTION_ERRORS[0]
+
+
+@pytest.mark.parametrize("dtype", [
+    torch.float16,
+    pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="Triton's interpreter has no bf16 arithmetic: needs a GPU")),
+])
+def test_half_precision_inputs(dtype):
+    q, k, v = qkv(2, 2, 20, 16, seed=5)
+    mask = torch.rand(2, 20, generator=torch.Generator().manual_seed(6)) < 0.5
+    mask[:, 0] = True
+    mask = mask.to(DEVICE)
+    got = bitmask_attention(q.to(dtype), k.to(dtype), v.to(dtype), mask)
+    assert got.dtype == dtype
+    tol = 1e-2 if dtype == torch.float16 else 5e-2
+    torch.testing.assert_close(got.float(), sdpa_attention(q, k, v, mask), rtol=tol, atol=tol)

@@ -126,6 +126,15 @@ def test_seed_reproducible_and_seed_matters():
     assert not torch.equal(a.value, c.value)
 
 
+def test_no_regions_gives_empty_results():
+    img, txt = towers()
+    x_img, x_txt, im, tm, regions = setup_pairs()
+    for method in ("sampling", "exact"):
+        est = region_interaction(img, txt, x_img, x_txt, regions[:, :0], image_mask=im, text_mask=tm,
+                                 method=method, num_samples=4, seed=0)
+        assert est.value.shape == est.stderr.shape == (2, 0) and est.evaluations.tolist() == [0, 0]
+
+
 def test_float32_tokens_give_float32():
     img, txt = towers()
     img, txt = img.float(), txt.float()

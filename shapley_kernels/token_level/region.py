@@ -79,7 +79,7 @@ def _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions, i
     pair_img = torch.cat([pair, pair, pair[sample_of.flatten()]])
     e_img = encode_halves(image_encoder, image_tokens, pair_img, keep_img, baseline=baseline,
                           max_batch=max_batch, token_mask=image_mask)
-    e_txt = encode_halves(text_encoder, text_tokens, pair, s_txt.reshape(B * K * S, -1),
+    e_txt = encode_halves(text_encoder, text_tokens, pair, s_txt.reshape(B * K * S, s_txt.shape[-1]),
                           baseline=baseline, max_batch=max_batch, token_mask=text_mask)
     n = B * K * S
     v_full = cosine(e_img[:n], e_txt, dtype)
@@ -158,6 +158,9 @@ def region_interaction(image_encoder, text_encoder, image_tokens: torch.Tensor,
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     dtype = result_dtype(image_tokens)
+    if regions.shape[1] == 0:  # no candidate region: nothing to evaluate
+        empty = torch.zeros(B, 0, dtype=dtype, device=dev)
+        return Estimate(empty, empty.clone(), torch.zeros(B, dtype=torch.long))
     n_players = (image_mask.sum(1) + text_mask.sum(1)).tolist()
     if method == "auto":
         picks = {choose_region_method(n, sizes[b].tolist(), num_samples) for b, n in enumerate(n_players)}

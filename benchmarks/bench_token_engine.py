@@ -11,13 +11,16 @@ Reduced depth and coalition counts (BATCH rows per call) keep one benchmark to s
 --bench-threads (benchmarks/conftest.py) sets torch's threads: on a shared, loaded machine use
 1 (two-thread timings swing by 2-3x when the second core is busy).
 Modes: "naive" (one coalition per forward, zero baseline), "zero" (batched, zeroed tokens,
-full attention) and "drop" (batched, kept tokens packed). Full-size GPU runs:
+full attention) and "drop" (batched, kept tokens packed).
+End to end: ``region_interaction`` on the same two towers (1 pair, 2 regions of 4 patches,
+8 samples per region = 96 game evaluations per call), zero vs drop; extra_info holds
+game_evals_per_s. Full-size GPU runs:
 benchmarks/gpu_token_bench.py.
 """
 import pytest
 import torch
 
-from shapley_kernels.token_level import TransformerTower
+from shapley_kernels.token_level import TransformerTower, region_interaction
 
 BATCH = 32
 TOWERS = {
@@ -60,3 +63,18 @@ def test_coalition_throughput(benchmark, bench_threads, measure, name, mode):
     benchmark.extra_info["coalitions_per_call"] = BATCH
     benchmark.extra_info["threads"] = bench_threads
     benchmark.extra_info["evals_per_s"] = BATCH / benchmark.stats.stats.mean
+
+
+@pytest.mark.parametrize("baseline", ["zero", "drop"])
+def test_region_interaction_throughput(benchmark, bench_threads, measure, baseline):
+    image_tower, x_img, _ = workload("vit_s16")
+    text_tower, x_txt, _ = workload("bert_small")
+    regions = torch.zeros(1, 2, 196, dtype=torch.bool)
+    regions[0, 0, [0, 1, 14, 15]] = True
+    regions[0, 1, [100, 101, 114, 115]] = True
+    est = measure(lambda: region_interaction(image_tower, text_tower, x_img[:1], x_txt[:1], regions,
+                                             baseline=baseline, method="sampling", num_samples=8,
+                                             seed=0), expected_seconds=3.0)
+    assert bool(torch.isfinite(est.value).all())
+    benchmark.extra_info["threads"] = bench_threads
+    benchmark.extra_info["game_evals_per_s"] = int(est.evaluations.sum()) / benchmark.stats.stats.mean

@@ -61,8 +61,8 @@ def encode_halves(encoder, tokens: torch.Tensor, pair: torch.Tensor, keep: torch
     if token_mask is not None:
         keep = keep & token_mask[pair]
     key = torch.cat([pair[:, None], pack_bits(keep)], dim=1)
-    _, inverse = torch.unique(key, dim=0, return_inverse=True)
-    U = int(inverse.max()) + 1 if C else 0
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)
+    U = distinct.shape[0]
     first = torch.full((U,), C, dtype=torch.long, device=keep.device)
     first.scatter_reduce_(0, inverse, torch.arange(C, device=keep.device), reduce="amin")
     outs = []
@@ -96,9 +96,9 @@ def dual_encoder_game(image_encoder, text_encoder, image_tokens: torch.Tensor,
 
     image_tokens float[N_I, D_I], text_tokens float[N_T, D_T]: token embeddings before position
     embeddings. image_mask bool[N_I] / text_mask bool[N_T] (optional padding): padded tokens are
-    removed before the game is built, so the players are the real tokens only: 0..n_I-1 the real
-    image tokens, n_I..n_I+n_T-1 the real text tokens (in their order; they keep their original
-    sequence positions). Returns ``game(coalitions bool[C, n]) -> float[C]`` (float64 when the
+    never players and never present (the encoder always gets keep False for them), so the
+    players are the real tokens only: 0..n_I-1 the real image tokens, n_I..n_I+n_T-1 the real
+    text tokens (in their order; they keep their original sequence positions). Returns ``game(coalitions bool[C, n]) -> float[C]`` (float64 when the
     tokens are float64, else float32), evaluated under ``torch.inference_mode``.
     """
     check_encoders(image_encoder, text_encoder, baseline)
@@ -111,7 +111,7 @@ def dual_encoder_game(image_encoder, text_encoder, image_tokens: torch.Tensor,
             mask = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         check_tensor(name, mask, dims=1, dtype_kind="bool")
         check_shape(name, mask, (tokens.shape[0],))
-        masks.append(mask)
+        masks.append(mask.to(tokens.device))
     img, txt = image_tokens[None], text_tokens[None]
     img_mask, txt_mask = masks[0][None], masks[1][None]
     img_players, txt_players = masks[0].nonzero().flatten(), masks[1].nonzero().flatten()

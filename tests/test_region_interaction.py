@@ -169,3 +169,7 @@ def test_errors():
         region_interaction(img, txt, x_img, x_txt[:1], regions)
     with pytest.raises(TypeError, match="regions"):
         region_interaction(img, txt, x_img, x_txt, regions.long())
+    big = torch.zeros(1, 1, 20, dtype=torch.bool)
+    big[0, 0, :2] = True
+    with pytest.raises(ValueError, match="exact limit"):
+        region_interaction(img, txt, torch.zeros(1, 20, 8), torch.zeros(1, 6, 8), big, method="exact")

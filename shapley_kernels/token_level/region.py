@@ -12,16 +12,18 @@ all regions and pairs form one coalition stream per tower, whose distinct halves
 (default: ``game.TOKENS_PER_CALL`` tokens per call).
 
 A region of one patch has I([R]) = 0 exactly (the terms cancel). ``method="exact"`` enumerates
-the pair's game through ``shapley_kernels.estimators.coalition_interaction`` (Eq. 4).
+each pair's game through its dual-encoder factorisation (every distinct half encoded once, the
+2^n value table an outer cosine product) and the library's exact machinery
+(``_enumeration.exact_indices``); tests check it against brute-force Eq. 4.
 """
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .._checks import check_choice, check_num_samples, check_shape, check_tensor, result_dtype
 from .._estimate import Estimate
-from .game import (check_encoders, check_tokens, cosine, dual_encoder_game, encode_halves,
-                   resolve_max_batch)
+from .game import check_encoders, check_tokens, cosine, encode_halves, resolve_max_batch
 
 METHODS = ("auto", "exact", "sampling")
 
@@ -94,26 +96,55 @@ def _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions, i
     return value, stderr
 
 
+def _all_halves(mask: torch.Tensor) -> torch.Tensor:
+    """Every subset of the True positions of mask bool[N]: bool[2^m, N] (row U: bit j of U <=>
+    the j-th True position present), m = mask.sum()."""
+    from .._enumeration import all_coalitions
+
+    players = mask.nonzero().flatten()
+    m = len(players)
+    keep = mask.new_zeros(2 ** m, mask.shape[0])
+    keep[:, players] = all_coalitions(0, 2 ** m, m, mask.device)
+    return keep
+
+
 def _exact(image_encoder, text_encoder, image_tokens, text_tokens, regions, image_mask, text_mask,
            baseline, max_batch, dtype):
-    """Eq. 4 by enumeration, pair by pair: (value float[B, K], evaluations LongTensor[B])."""
-    from ..estimators import coalition_interaction
+    """Eq. 7 by enumeration: (value float[B, K], evaluations LongTensor[B]).
+
+    The dual encoder factorises the value table: v(U) = cos(f_I(U_I), f_T(U_T)), so every
+    image half (2^n_I) and text half (2^n_T) of all pairs is encoded once in one stream per
+    tower, the 2^n table is the outer cosine product, and ``_enumeration.exact_indices`` (the
+    library's exact machinery) derives each region's interaction from it.
+    """
+    from .._enumeration import exact_indices
+    from ..estimators import EXACT_MAX_PLAYERS
 
     B, K, _ = regions.shape
-    value = torch.zeros(B, K, dtype=dtype, device=regions.device)
-    evaluations = torch.zeros(B, dtype=torch.long)
+    n_img, n_txt = image_mask.sum(1).tolist(), text_mask.sum(1).tolist()
     for b in range(B):
-        game = dual_encoder_game(image_encoder, text_encoder, image_tokens[b], text_tokens[b],
-                                 baseline=baseline, max_batch=max_batch,
-                                 image_mask=image_mask[b], text_mask=text_mask[b])
+        if n_img[b] + n_txt[b] > EXACT_MAX_PLAYERS:
+            raise ValueError(f"pair {b} has n = {n_img[b] + n_txt[b]} players, beyond the exact limit "
+                             f"EXACT_MAX_PLAYERS = {EXACT_MAX_PLAYERS}; use method='sampling'")
+    embeddings = []
+    for encoder, tokens, mask, counts in ((image_encoder, image_tokens, image_mask, n_img),
+                                          (text_encoder, text_tokens, text_mask, n_txt)):
+        keep = torch.cat([_all_halves(mask[b]) for b in range(B)])
+        pair = torch.arange(B, device=keep.device).repeat_interleave(
+            torch.tensor([2 ** c for c in counts], device=keep.device))
+        emb = encode_halves(encoder, tokens, pair, keep, baseline=baseline, max_batch=max_batch,
+                            token_mask=mask)
+        embeddings.append(F.normalize(emb.to(dtype), dim=-1, eps=1e-12).split([2 ** c for c in counts]))
+    value = torch.zeros(B, K, dtype=dtype, device=regions.device)
+    for b in range(B):
+        n = n_img[b] + n_txt[b]
+        table = (embeddings[1][b] @ embeddings[0][b].T).reshape(-1)  # row U = low image bits, high text bits
         players = regions[b][:, image_mask[b]]  # [K, n_I] over the real patches
-        coalitions = torch.cat([players, players.new_zeros(K, int(text_mask[b].sum()))], dim=1)
+        targets = torch.cat([players, players.new_zeros(K, n_txt[b])], dim=1)
         multi = players.sum(1) >= 2  # a one-patch region's interaction is 0 exactly
         if bool(multi.any()):
-            est = coalition_interaction(game, game.n_players, coalitions[multi], method="exact",
-                                        max_batch=max_batch, return_stderr=True)
-            value[b, multi] = est.value.to(dtype=dtype, device=value.device)
-            evaluations[b] = int(est.evaluations)
+            value[b, multi] = exact_indices(table.double(), n, targets[multi], False).to(dtype)
+    evaluations = torch.tensor([2 ** (i + t) for i, t in zip(n_img, n_txt)], dtype=torch.long)
     return value, evaluations
 
 

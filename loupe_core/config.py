@@ -29,8 +29,10 @@ class DataConfig:
 
     ``dataset="shapesworld"``: generated on first use into ``root`` (None: the package's cache
     directory) by ``loupe_core.data.prepare_shapesworld``, rendered at ``model.image_size``.
-    ``dataset="webdataset"``: ``train_shards`` is a brace-expanded shard pattern, ``eval_paths``
-    the evaluation files (docs/CONTRACTS.md s4).
+    ``dataset="webdataset"``: ``train_shards`` is a brace-expanded shard pattern, read as a
+    resampled stream (shards drawn with replacement, seeded by ``train.seed``, rank and worker;
+    ``shuffle_buffer`` samples shuffled), ``tokenizer`` a WordPiece ``vocab.txt`` or
+    ``tokenizer.json``, ``eval_paths`` the evaluation files {task: path} (docs/CONTRACTS.md s4).
     """
 
     dataset: Literal["shapesworld", "webdataset"] = "shapesworld"
@@ -39,7 +41,9 @@ class DataConfig:
     eval_size: int = 200
     seed: int = 0
     train_shards: Optional[str] = None
+    tokenizer: Optional[str] = None
     eval_paths: Optional[dict] = None
+    shuffle_buffer: int = 1000
     num_workers: int = 0
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from _trainer_helpers import PairData, PairModel, collate, pair_config, shapesworld_run
+from loupe_core.config import load_config
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.distributed import DistContext
 from loupe_core.train.trainer import TrainingDiverged, _StepRunner, train
@@ -184,3 +185,30 @@ def test_loupe_model_accumulation_matches_the_full_batch_on_cmc(tmp_path):
     assert g1.keys() == g2.keys() and len(g1) > 10
     for name in g1:  # float32 sums in another order: to 1e-5 of the tensor's largest entry
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-5, atol=1e-5 * float(g1[name].abs().max()))
+
+
+def test_webdataset_shards_train_and_resume_exactly(tmp_path):
+    """data.dataset=webdataset: a resampled shard stream of ready micro-batches; resume replays it."""
+    from loupe_core.data.shards import write_shapesworld_shards
+    from loupe_core.train.run import build_data
+
+    root = str(tmp_path / "cache")
+    cfg, _, sw = shapesworld_run(root)  # its tokenizer and evaluation files stand in for real ones
+    shards = write_shapesworld_shards(str(tmp_path / "shards"), 24, image_size=cfg.model.image_size, shard_size=8)
+    sw.tokenizer.save(str(tmp_path / "tokenizer.json"))
+    over = ["data.dataset=webdataset", f"data.train_shards={tmp_path}/shards/shapes-{{000000..000002}}.tar",
+            f"data.tokenizer={tmp_path}/tokenizer.json", "data.shuffle_buffer=4",
+            f"data.eval_paths={json.dumps(sw.eval_paths)}", "train.steps=2", "loss.tsa=false", "loss.unsil=false"]
+    assert len(shards) == 3
+    runs = []
+    for stop in (None, 1, None):
+        cfg, model, data = shapesworld_run(root, *over)
+        assert data.collate is None and data.eval_paths == sw.eval_paths
+        resume = ckpt.latest_checkpoint(str(tmp_path / "cut")) if len(runs) == 2 else None
+        out = str(tmp_path / ("full" if not runs else "cut"))
+        runs.append(train(cfg, out, model, data.train, None, resume=resume, stop_at=stop).losses)
+    assert len(runs[0]) == 2 and all(math.isfinite(x) for x in runs[0])
+    for a, b in zip(runs[0], runs[1] + runs[2]):
+        assert abs(a - b) <= 1e-6 * abs(a)
+    with pytest.raises(ValueError, match="data.tokenizer must be set"):
+        build_data(load_config("tiny", ["data.dataset=webdataset", "data.train_shards=x.tar"]), DistContext())

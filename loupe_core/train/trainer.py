@@ -70,8 +70,9 @@ def _batches(cfg: RunConfig, dataset, collate_fn, ctx: DistContext, start: int, 
 
     Map-style data: ``StepBatchSampler`` (order a pure function of seed and epoch). Streaming
     data (an IterableDataset that yields this rank's own samples, in an order fixed by its
-    seed): micro-batches of ``batch_size / (world * accum)``; a resumed run replays the stream
-    up to its position.
+    seed): micro-batches of ``batch_size / (world * accum)``, or, with ``collate_fn=None``, the
+    stream's own items taken as ready micro-batches; a resumed run replays the stream up to
+    its position.
     """
     tc = cfg.train
     common = dict(collate_fn=collate_fn, num_workers=cfg.data.num_workers, pin_memory=ctx.device.type == "cuda",
@@ -81,7 +82,8 @@ def _batches(cfg: RunConfig, dataset, collate_fn, ctx: DistContext, start: int, 
                                    world_size=ctx.world_size, rank=ctx.rank, accum_steps=tc.accum_steps)
         return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common))
     micro = shard_bounds(tc.batch_size, ctx.world_size, ctx.rank, tc.accum_steps)[0]
-    stream = iter(torch.utils.data.DataLoader(dataset, batch_size=micro[1] - micro[0], drop_last=True, **common))
+    size = None if collate_fn is None else micro[1] - micro[0]
+    stream = iter(torch.utils.data.DataLoader(dataset, batch_size=size, drop_last=size is not None, **common))
     for _ in range(start * tc.accum_steps):
         next(stream)
     return stream

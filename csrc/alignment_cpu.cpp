@@ -224,6 +224,9 @@ void exact_kernel(const at::Tensor& A, const at::Tensor& region_mask, const at::
   // a thread's share holds at least ~2^15 subset visits, so small problems stay on one thread
   size_t widest = 1;
   for (int64_t b = 0; b < B; ++b) widest = std::max({widest, rows[b].size(), cols[b].size()});
+  TORCH_CHECK(widest <= static_cast<size_t>(kExactLimit), "exact path: at most ", kExactLimit,
+              " present regions and phrases per matrix");
+  TORCH_CHECK(static_cast<size_t>(wdim) > widest, "weights table too small");
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) >> widest);
   at::parallel_for(0, B * (K + M), grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
@@ -270,11 +273,6 @@ at::Tensor alignment_exact(const at::Tensor& A, const at::Tensor& region_mask, c
   TORCH_CHECK(weights.scalar_type() == at::kDouble && weights.dim() == 4 && weights.size(0) == 2 &&
                   weights.is_contiguous(),
               "weights must be a contiguous float64[2, W, W, W]");
-  const int64_t kmax = region_mask.sum(1).max().item<int64_t>();
-  const int64_t mmax = phrase_mask.sum(1).max().item<int64_t>();
-  TORCH_CHECK(kmax <= kExactLimit && mmax <= kExactLimit, "exact path: at most ", kExactLimit,
-              " present regions and phrases per matrix");
-  TORCH_CHECK(weights.size(1) > std::max(kmax, mmax), "weights table too small");
   at::Tensor out = at::zeros(A.sizes(), A.options());
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "alignment_exact", [&] {
     exact_kernel<scalar_t>(A, region_mask, phrase_mask, weights, out);

@@ -45,20 +45,21 @@ def _tol(dtype):
     return dict(rtol=0, atol=1e-11) if dtype == torch.float64 else dict(rtol=0, atol=3e-6)
 
 
-def _masks(gen, B, K, M):
+def _padded_case(seed, B, K, M, dtype=torch.float64):
+    """A float[B, K, M] (N(0, 3^2)) with random padding masks; matrix 0 has no padding."""
+    gen = torch.Generator().manual_seed(seed)
+    A = (torch.randn(B, K, M, generator=gen, dtype=torch.float64) * 3).to(dtype)
     region_mask = torch.rand(B, K, generator=gen) < 0.7
     phrase_mask = torch.rand(B, M, generator=gen) < 0.7
     region_mask[0] = True
     phrase_mask[0] = True
-    return region_mask, phrase_mask
+    return A, region_mask, phrase_mask
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_exact_matches_enumeration_with_padding(backend, dtype, rng_seed):
-    gen = torch.Generator().manual_seed(rng_seed)
-    A = (torch.randn(4, 5, 4, generator=gen, dtype=torch.float64) * 3).to(dtype)
-    region_mask, phrase_mask = _masks(gen, 4, 5, 4)
+    A, region_mask, phrase_mask = _padded_case(rng_seed, 4, 5, 4, dtype)
     got = region_phrase_interaction(A, region_mask, phrase_mask, method="exact", backend=backend)
     assert got.dtype == dtype and got.shape == (4, 5, 4)
     torch.testing.assert_close(got.double(), enumeration_reference(A, region_mask, phrase_mask), **_tol(dtype))
@@ -129,9 +130,7 @@ def test_exact_medium_size_against_enumeration(rng_seed):
 
 def test_torch_exact_chunked_equals_enumeration(monkeypatch, rng_seed):
     monkeypatch.setattr(_torch_backend, "_CHUNK_ELEMENTS", 64)  # force many subset / batch chunks
-    gen = torch.Generator().manual_seed(rng_seed)
-    A = torch.randn(3, 6, 5, generator=gen, dtype=torch.float64)
-    region_mask, phrase_mask = _masks(gen, 3, 6, 5)
+    A, region_mask, phrase_mask = _padded_case(rng_seed, 3, 6, 5)
     got = region_phrase_interaction(A, region_mask, phrase_mask, method="exact", backend="torch")
     torch.testing.assert_close(got, enumeration_reference(A, region_mask, phrase_mask), rtol=0, atol=1e-12)
 
@@ -139,9 +138,7 @@ def test_torch_exact_chunked_equals_enumeration(monkeypatch, rng_seed):
 def test_exact_backends_agree_at_larger_sizes(rng_seed):
     if "cpp" not in BACKENDS:
         pytest.skip("the cpp extension is not built")
-    gen = torch.Generator().manual_seed(rng_seed)
-    A = torch.randn(2, 14, 11, generator=gen, dtype=torch.float64) * 3
-    region_mask, phrase_mask = _masks(gen, 2, 14, 11)
+    A, region_mask, phrase_mask = _padded_case(rng_seed, 2, 14, 11)
     torch.testing.assert_close(region_phrase_interaction(A, region_mask, phrase_mask, method="exact", backend="cpp"),
                                region_phrase_interaction(A, region_mask, phrase_mask, method="exact",
                                                          backend="torch"), rtol=0, atol=1e-12)
@@ -167,9 +164,7 @@ def test_exact_padding_invariance(backend, rng_seed):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sampling_agrees_with_exact(backend, dtype, rng_seed):
-    gen = torch.Generator().manual_seed(rng_seed)
-    A = (torch.randn(2, 4, 3, generator=gen, dtype=torch.float64) * 3).to(dtype)
-    region_mask, phrase_mask = _masks(gen, 2, 4, 3)
+    A, region_mask, phrase_mask = _padded_case(rng_seed, 2, 4, 3, dtype)
     est = region_phrase_interaction(A, region_mask, phrase_mask, method="sampling", num_samples=1500,
                                     seed=rng_seed, backend=backend, return_stderr=True)
     exact = enumeration_reference(A, region_mask, phrase_mask)

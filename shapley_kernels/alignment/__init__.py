@@ -40,6 +40,7 @@ def _prepare(A, region_mask, phrase_mask) -> Tuple[torch.Tensor, torch.Tensor, t
     check_tensor("A", A, dims=3, dtype_kind="float")
     B, K, M = A.shape
     masks = []
+    padded = region_mask is not None or phrase_mask is not None
     for name, mask, size in (("region_mask", region_mask, K), ("phrase_mask", phrase_mask, M)):
         if mask is None:
             mask = torch.ones(B, size, dtype=torch.bool, device=A.device)
@@ -49,14 +50,14 @@ def _prepare(A, region_mask, phrase_mask) -> Tuple[torch.Tensor, torch.Tensor, t
             raise ValueError(f"{name} must be on A's device {A.device}, got {mask.device}")
         masks.append(mask.contiguous())
     region_mask, phrase_mask = masks
-    entry = region_mask[:, :, None] & phrase_mask[:, None, :]
     A = A.to(result_dtype(A))
-    bad = ~torch.isfinite(A) & entry
-    if bool(bad.any()):
-        kind = "NaN" if bool((torch.isnan(A) & entry).any()) else "inf"
+    if padded:
+        entry = region_mask[:, :, None] & phrase_mask[:, None, :]
+        A = A.masked_fill(~entry, 0.0)
+    if not bool(torch.isfinite(A).all()):
+        kind = "NaN" if bool(torch.isnan(A).any()) else "inf"
         raise ValueError(f"A contains {kind} values at present (region, phrase) entries")
-    A = A.masked_fill(~entry, 0.0).contiguous()
-    return A, region_mask, phrase_mask
+    return A.contiguous(), region_mask, phrase_mask
 
 
 def alignment_game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: Optional[torch.Tensor] = None,
@@ -87,8 +88,9 @@ def choose_alignment_method(num_regions: int, num_phrases: int, method: str = "a
 
     num_regions / num_phrases: the largest numbers of PRESENT regions / phrases in the batch.
     "auto" is "exact" whenever both are <= EXACT_LIMIT (20): the factorised exact path then costs
-    at most about (2^20 * 20) * 2 subset terms per matrix and is cheaper than 500-sample Monte
-    Carlo for every K, M <= 14 (docs/alignment_exact.md). "exact" beyond the limit raises ValueError.
+    at most 2 * 20 * 2^20 subset visits per matrix, fewer operations than 500-sample Monte Carlo
+    at every size up to the limit (docs/alignment_exact.md section 5). "exact" beyond the limit
+    raises ValueError.
     """
     check_choice("method", method, METHODS)
     within = num_regions <= EXACT_LIMIT and num_phrases <= EXACT_LIMIT
@@ -134,10 +136,9 @@ def region_phrase_interaction(A: torch.Tensor, region_mask: Optional[torch.Tenso
     A, region_mask, phrase_mask = _prepare(A, region_mask, phrase_mask)
     num_samples = check_num_samples(num_samples)
     seed = _check_seed(seed)
-    k_present = region_mask.sum(1)
-    m_present = phrase_mask.sum(1)
-    k_max = int(k_present.max()) if k_present.numel() else 0
-    m_max = int(m_present.max()) if m_present.numel() else 0
+    counts = torch.stack([region_mask.sum(1), phrase_mask.sum(1)], 1).tolist()  # [[K'_b, M'_b]]
+    k_max = max((k for k, _ in counts), default=0)
+    m_max = max((m for _, m in counts), default=0)
     chosen = choose_alignment_method(k_max, m_max, method)
     name = resolve_backend(backend, A.device)
     if k_max == 0 or m_max == 0:
@@ -145,10 +146,8 @@ def region_phrase_interaction(A: torch.Tensor, region_mask: Optional[torch.Tenso
     elif chosen == "exact":
         value = _backend_module(name).exact(A, region_mask, phrase_mask)
         stderr = torch.zeros_like(value)
-        has_pair = (k_present > 0) & (m_present > 0)
-        terms = k_present * 2**m_present + m_present * 2**k_present
-        evaluations = int((terms * has_pair).sum())
+        evaluations = sum(k * 2**m + m * 2**k for k, m in counts if k and m)
     else:
         value, stderr = _backend_module(name).sampling(A, region_mask, phrase_mask, num_samples, seed)
-        evaluations = int(4 * num_samples * (k_present * m_present).sum())
+        evaluations = 4 * num_samples * sum(k * m for k, m in counts)
     return Estimate(value, stderr, evaluations) if return_stderr else value

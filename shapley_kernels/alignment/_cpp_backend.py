@@ -17,6 +17,7 @@ from typing import Tuple
 import torch
 
 from .._backends import load_extension
+from . import EXACT_LIMIT
 from ._torch_backend import factor_weights
 
 
@@ -34,8 +35,9 @@ def game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor, p
 
 def exact(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
     """Exact pairwise SII of every (region, phrase): float[B, K, M] (0 at padding)."""
-    n_max = int(max(region_mask.sum(1).max(), phrase_mask.sum(1).max()))
-    return _ext().alignment_exact(A, region_mask, phrase_mask, factor_weights(n_max))
+    # the dispatcher sends at most EXACT_LIMIT present players a side: this table covers them
+    # without reducing the masks (the kernel checks the bound)
+    return _ext().alignment_exact(A, region_mask, phrase_mask, factor_weights(min(max(A.shape[1:]), EXACT_LIMIT)))
 
 
 def sampling(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,

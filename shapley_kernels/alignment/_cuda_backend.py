@@ -17,7 +17,7 @@ from typing import Tuple
 import torch
 
 from .._backends import load_extension
-from ._device_prep import chunk_size, exact_from_directions, sampling_from_sums
+from ._device_driver import DeviceDriver, chunk_size
 
 _EXACT_STEP = 128  # kExactSubsets in csrc/alignment_cuda.cu: subsets per step of a block
 
@@ -47,15 +47,6 @@ def _sampling_sums(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_
     return _ext().sampling(A, rows, cols, num_samples, k0, k1)
 
 
-def exact(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
-    """Exact pairwise SII of every (region, phrase) in v2: float[B, K, M] (0 at padding)."""
-    return exact_from_directions(A, region_mask, phrase_mask, _exact_direction)
-
-
-def sampling(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
-             num_samples: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Monte Carlo SII of every (region, phrase): (value, stderr), each float[B, K, M].
-
-    num_samples samples per pair; stderr = sample std / sqrt(num_samples) (0 for one sample).
-    """
-    return sampling_from_sums(A, region_mask, phrase_mask, num_samples, seed, _sampling_sums)
+_driver = DeviceDriver(_exact_direction, _sampling_sums)
+exact = _driver.exact        # (A, region_mask, phrase_mask) -> float[B, K, M]
+sampling = _driver.sampling  # (A, region_mask, phrase_mask, num_samples, seed) -> (value, stderr)

@@ -4,7 +4,7 @@ Only Triton APIs present in Triton 3.6 are used; nothing queries a device at imp
 every kernel runs under ``TRITON_INTERPRET=1`` (fixed block sizes, no autotuning, no bf16).
 
 Layouts (all contiguous): a matrix ``A`` float[B, R, C] whose present rows / columns come first
-(``rows`` / ``cols`` int32[B] give the present counts; see ``_device_prep.compact``), except for
+(``rows`` / ``cols`` int32[B] give the present counts; see ``_device_driver.compact``), except for
 ``game_kernel`` which takes the original A and masks.
 
 Numerics: the max of a softmax row over a set P is 1 / sum_{j in P} exp(a_j - max_P a), computed

@@ -2,9 +2,9 @@
 
 The device kernels see every matrix with its present players first and trimmed to the largest
 present counts (``compact``), so they only need the present counts K'_b, M'_b; results go back
-to the original player order and shape with ``scatter_back``. ``exact_from_directions`` and
-``sampling_from_sums`` hold the host logic both backends share; a backend supplies the kernel
-launches. Shapes: ``A`` float[B, K, M], ``region_mask`` bool[B, K], ``phrase_mask`` bool[B, M].
+to the original player order and shape with ``scatter_back``. ``DeviceDriver`` holds the host
+logic both backends share; a backend supplies the kernel launches.
+Shapes: ``A`` float[B, K, M], ``region_mask`` bool[B, K], ``phrase_mask`` bool[B, M].
 """
 from typing import Callable, NamedTuple, Tuple
 
@@ -92,42 +92,47 @@ def direction_coefficients(owners: torch.Tensor, elements: torch.Tensor, width: 
 
 # direction(A float[B, R, C], rows int32[B], cols int32[B], coef float[B, 2, C + 1]) -> float[B, R, C]
 DirectionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def exact_from_directions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
-                          direction: DirectionFn) -> torch.Tensor:
-    """Exact SII float[B, K, M] = (rows direction + columns direction) / 2, back in original order.
-
-    ``direction`` runs one direction of the factorised exact SII on a compacted matrix: rows are
-    the owners (softmax over columns), column subsets are enumerated (docs/alignment_exact.md).
-    """
-    c = compact(A, region_mask, phrase_mask)
-    _, k, m = c.A.shape
-    by_rows = direction(c.A, c.rows, c.cols, direction_coefficients(c.rows, c.cols, m, A.dtype))
-    by_cols = direction(c.A.transpose(1, 2).contiguous(), c.cols, c.rows,
-                        direction_coefficients(c.cols, c.rows, k, A.dtype)).transpose(1, 2)
-    return scatter_back((by_rows + by_cols) * 0.5, c)
-
-
 # sums(A float[B, R, C], rows int32[B], cols int32[B], num_samples, key0, key1)
 #   -> (sum of deltas, sum of squared deltas), each float64[B, R, C]
 SumsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int], Tuple[torch.Tensor, torch.Tensor]]
 
 
-def sampling_from_sums(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
-                       num_samples: int, seed: int, sums: SumsFn) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(value, stderr) float[B, K, M] in A's dtype from per-pair Monte Carlo sums on the device.
+class DeviceDriver:
+    """``exact`` and ``sampling`` of docs/CONTRACTS.md section 1 around a backend's kernel launches.
 
-    The seed (any Python int, taken mod 2^64) becomes the Philox key (low word, high word).
-    stderr = sample standard deviation (ddof 1) / sqrt(num_samples); 0 for a single sample.
+    direction: one direction of the factorised exact SII on a compacted matrix (rows are the
+    owners, whose softmax over the columns is taken; column subsets are enumerated).
+    sums: per-pair Monte Carlo sums of delta and delta^2 on a compacted matrix.
     """
-    c = compact(A, region_mask, phrase_mask)
-    seed &= (1 << 64) - 1
-    total, total_sq = sums(c.A, c.rows, c.cols, num_samples, seed & 0xFFFFFFFF, seed >> 32)
-    mean = total / num_samples
-    if num_samples == 1:
-        stderr = torch.zeros_like(mean)
-    else:
-        var = ((total_sq - num_samples * mean * mean) / (num_samples - 1)).clamp_min(0.0)
-        stderr = (var / num_samples).sqrt()
-    return scatter_back(mean.to(A.dtype), c), scatter_back(stderr.to(A.dtype), c)
+
+    def __init__(self, direction: DirectionFn, sums: SumsFn):
+        self._direction = direction
+        self._sums = sums
+
+    def exact(self, A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
+        """Exact pairwise SII of every (region, phrase) in v2: float[B, K, M] (0 at padding),
+        = (rows direction + columns direction) / 2 (docs/alignment_exact.md)."""
+        c = compact(A, region_mask, phrase_mask)
+        _, k, m = c.A.shape
+        by_rows = self._direction(c.A, c.rows, c.cols, direction_coefficients(c.rows, c.cols, m, A.dtype))
+        by_cols = self._direction(c.A.transpose(1, 2).contiguous(), c.cols, c.rows,
+                                  direction_coefficients(c.cols, c.rows, k, A.dtype)).transpose(1, 2)
+        return scatter_back((by_rows + by_cols) * 0.5, c)
+
+    def sampling(self, A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
+                 num_samples: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Monte Carlo SII of every (region, phrase): (value, stderr), each float[B, K, M] in A's dtype.
+
+        num_samples samples per pair. The seed (any Python int, taken mod 2^64) becomes the Philox
+        key (low word, high word). stderr = sample std (ddof 1) / sqrt(num_samples); 0 for one sample.
+        """
+        c = compact(A, region_mask, phrase_mask)
+        seed &= (1 << 64) - 1
+        total, total_sq = self._sums(c.A, c.rows, c.cols, num_samples, seed & 0xFFFFFFFF, seed >> 32)
+        mean = total / num_samples
+        if num_samples == 1:
+            stderr = torch.zeros_like(mean)
+        else:
+            var = ((total_sq - num_samples * mean * mean) / (num_samples - 1)).clamp_min(0.0)
+            stderr = (var / num_samples).sqrt()
+        return scatter_back(mean.to(A.dtype), c), scatter_back(stderr.to(A.dtype), c)

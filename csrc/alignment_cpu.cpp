@@ -7,9 +7,10 @@
 // A is float32 or float64 [B, K, M], contiguous, finite (checked by the Python dispatcher,
 // shapley_kernels/alignment/__init__.py); masks are bool[B, K] / bool[B, M]. Arithmetic is in double
 // whatever the input dtype; outputs have A's dtype. The exact path is the factorised algorithm of
-// docs/alignment_exact.md: per owner row, a depth-first walk over the subsets of the present
-// elements in descending-logit order, so the max of every subset is its first element and
-// the row's softmax max costs one add and one division per subset (no exp in the walk).
+// docs/alignment_exact.md: per matrix and direction, a depth-first walk over the subsets of the
+// present elements in each owner's descending-logit order, so the max of every subset is its
+// first element and a softmax max costs one add and one division per subset (no exp in the
+// walk); all owners of a direction walk together, vectorised.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -122,85 +123,110 @@ at::Tensor alignment_game(const at::Tensor& A, const at::Tensor& coalitions, con
 
 // ------------------------------------------------------------------------- exact, factorised
 
-// One owner row's walk over the subsets U of its m present elements (docs/alignment_exact.md):
-//   G_x = sum_U x(|U|) r(U),  H_x[j] = sum_{U containing j} d_x(|U|) r(U),  x in {c, b},
-// with d_x(u) = x(u-1) + x(u). Elements are visited in descending logit order, so the max of U is
-// its first element f and r(U) = 1 / sum_{e in U} exp(a_e - a_f) = 1 / sum_{e in U} E[f][e].
-// A node is U with last (largest-position) element `last`; its subtree holds every superset that
-// only adds later positions, i.e. exactly the U with U ∩ [0, last] = node. Hence
-// H_x[last] += (subtree sum of d_x(|U|) r(U)), one add per node.
-struct RowWalk {
-  int m;
-  const double* E;   // [m, m]: E[f * m + e] = exp(a_e - a_f), e > f
-  const double* c;   // c(u), u = 0..m
-  const double* b;   // b(u)
-  const double* dc;  // c(u-1) + c(u)
-  const double* db;  // b(u-1) + b(u)
-  double Gc = 0.0, Gb = 0.0;
-  double Hc[kExactLimit] = {0.0};
-  double Hb[kExactLimit] = {0.0};
+// One direction of one matrix (docs/alignment_exact.md, section 3): for every present owner o,
+//   G_x[o] = sum_U x(|U|) r_o(U),  H_x[o][e] = sum_{U containing e} d_x(|U|) r_o(U),  x in {c, b},
+// over the nonempty subsets U of the m present elements, d_x(u) = x(u-1) + x(u).
+// Each owner numbers the elements by descending logit (positions), so the max of U is its first
+// position f and r_o(U) = 1 / sum_{e in U} E_o[f][e] with E_o[f][e] = exp(a_oe - a_of) <= 1.
+// A depth-first walk visits every U once (children add later positions), carrying the running
+// sum: one add and one division per subset and owner, no exp. The subtree of the node whose last
+// position is e holds exactly the U with U ∩ [0, e] = node, so H_x[o][e] += (subtree sum of
+// d_x(|U|) r_o(U)). In position space the tree is the same for every owner, so all k owners walk
+// it together as vectors (one recursion for the direction, SIMD over owners).
+struct DirectionWalk {
+  int k, m;
+  const double* E;  // [m, m, k]: E[(f * m + e) * k + o] = E_o[f][e], e > f
+  double c[kExactLimit + 1], b[kExactLimit + 1], dc[kExactLimit + 1], db[kExactLimit + 1];
+  double Gc[kExactLimit] = {0.0}, Gb[kExactLimit] = {0.0};
+  double Hc[kExactLimit][kExactLimit] = {{0.0}}, Hb[kExactLimit][kExactLimit] = {{0.0}};  // [position][owner]
 
-  // Visits node (first f, running sum s, size u, last position); returns its subtree sums.
-  void visit(int f, double s, int u, int last, double& sub_c, double& sub_b) {
-    const double r = 1.0 / s;
-    Gc += c[u] * r;
-    Gb += b[u] * r;
-    double acc_c = dc[u] * r, acc_b = db[u] * r;
-    const double* Ef = E + f * m;
-    for (int e = last + 1; e < m; ++e) {
-      double child_c, child_b;
-      visit(f, s + Ef[e], u + 1, e, child_c, child_b);
-      acc_c += child_c;
-      acc_b += child_b;
+  // Visits the node (first position f, sums s[o], size u, last position); adds its subtree sums
+  // of d_x(|U|) r_o(U) into sub_c / sub_b (which it initialises).
+  void visit(int f, const double* s, int u, int last, double* sub_c, double* sub_b) {
+    double child_s[kExactLimit], child_c[kExactLimit], child_b[kExactLimit];
+    for (int o = 0; o < k; ++o) {
+      const double r = 1.0 / s[o];
+      Gc[o] += c[u] * r;
+      Gb[o] += b[u] * r;
+      sub_c[o] = dc[u] * r;
+      sub_b[o] = db[u] * r;
     }
-    Hc[last] += acc_c;
-    Hb[last] += acc_b;
-    sub_c = acc_c;
-    sub_b = acc_b;
+    for (int e = last + 1; e < m; ++e) {
+      const double* Efe = E + (static_cast<int64_t>(f) * m + e) * k;
+      if (e == m - 1) {  // a leaf: no children, inlined
+        for (int o = 0; o < k; ++o) {
+          const double r = 1.0 / (s[o] + Efe[o]);
+          const double tc = dc[u + 1] * r, tb = db[u + 1] * r;
+          Gc[o] += c[u + 1] * r;
+          Gb[o] += b[u + 1] * r;
+          Hc[e][o] += tc;
+          Hb[e][o] += tb;
+          sub_c[o] += tc;
+          sub_b[o] += tb;
+        }
+      } else {
+        for (int o = 0; o < k; ++o) child_s[o] = s[o] + Efe[o];
+        visit(f, child_s, u + 1, e, child_c, child_b);
+        for (int o = 0; o < k; ++o) {
+          sub_c[o] += child_c[o];
+          sub_b[o] += child_b[o];
+        }
+      }
+    }
+    for (int o = 0; o < k; ++o) {
+      Hc[last][o] += sub_c[o];
+      Hb[last][o] += sub_b[o];
+    }
   }
 
   void run() {
-    for (int f = 0; f < m; ++f) {
-      double sc, sb;
-      visit(f, 1.0, 1, f, sc, sb);
-    }
+    double ones[kExactLimit], sub_c[kExactLimit], sub_b[kExactLimit];
+    std::fill(ones, ones + k, 1.0);
+    for (int f = 0; f < m; ++f) visit(f, ones, 1, f, sub_c, sub_b);
   }
 };
 
-// One owner row of one direction: the owner's logits are a[owner * row_stride + e * elem_stride]
-// for the present elements `elems`; k = number of present owners. Writes, at the elements'
-// original indices, gain_row[e] = H_c[e] - G_c and tot_row[e] = H_b[e] - G_b.
-void direction_row(const double* a, int64_t row_stride, int64_t elem_stride, int owner,
-                   const std::vector<int>& elems, const double* weights, int64_t wdim, int k,
-                   double* gain_row, double* tot_row) {
-  const int m = static_cast<int>(elems.size());
-  // descending logit order of the present elements (ties: original order)
-  std::vector<int> order(m);
-  std::iota(order.begin(), order.end(), 0);
-  const double* arow = a + owner * row_stride;
-  std::stable_sort(order.begin(), order.end(), [&](int x, int y) {
-    return arow[elems[x] * elem_stride] > arow[elems[y] * elem_stride];
-  });
-  double logits[kExactLimit];
-  for (int p = 0; p < m; ++p) logits[p] = arow[elems[order[p]] * elem_stride];
-  double E[kExactLimit * kExactLimit];
-  for (int f = 0; f < m; ++f)
-    for (int e = f + 1; e < m; ++e) E[f * m + e] = std::exp(logits[e] - logits[f]);
+// Direction of matrix `a`: owner o's logit for element e is a[o * row_stride + e * elem_stride].
+// Writes gain[o * out_stride + e] = H_c[o][e] - G_c[o] and tot[...] = H_b[o][e] - G_b[o] at the
+// original indices of the present owners and elements. `E` is scratch.
+void direction(const double* a, int64_t row_stride, int64_t elem_stride, const std::vector<int>& owners,
+               const std::vector<int>& elems, const double* weights, int64_t wdim, std::vector<double>& E,
+               double* gain, double* tot, int64_t out_stride) {
+  const int k = static_cast<int>(owners.size()), m = static_cast<int>(elems.size());
+  E.assign(static_cast<size_t>(m) * m * k, 0.0);
+  int order[kExactLimit][kExactLimit];  // [owner][position] -> index into elems
+  for (int o = 0; o < k; ++o) {
+    const double* arow = a + owners[o] * row_stride;
+    int* ord = order[o];
+    std::iota(ord, ord + m, 0);
+    std::stable_sort(ord, ord + m, [&](int x, int y) {
+      return arow[elems[x] * elem_stride] > arow[elems[y] * elem_stride];
+    });
+    for (int f = 0; f < m; ++f)
+      for (int e = f + 1; e < m; ++e)
+        E[(static_cast<size_t>(f) * m + e) * k + o] =
+            std::exp(arow[elems[ord[e]] * elem_stride] - arow[elems[ord[f]] * elem_stride]);
+  }
+  DirectionWalk walk;
+  walk.k = k;
+  walk.m = m;
+  walk.E = E.data();
   // weights: float64[2, W, W, W] with W = wdim; [0, k, m, u] = c(u), [1, k, m, u] = b(u)
   const double* c = weights + (static_cast<int64_t>(k) * wdim + m) * wdim;
   const double* b = weights + ((wdim + k) * wdim + m) * wdim;
-  double dc[kExactLimit + 1], db[kExactLimit + 1];
   for (int u = 0; u <= m; ++u) {
-    dc[u] = c[u] + (u > 0 ? c[u - 1] : 0.0);
-    db[u] = b[u] + (u > 0 ? b[u - 1] : 0.0);
+    walk.c[u] = c[u];
+    walk.b[u] = b[u];
+    walk.dc[u] = c[u] + (u > 0 ? c[u - 1] : 0.0);
+    walk.db[u] = b[u] + (u > 0 ? b[u - 1] : 0.0);
   }
-  RowWalk walk{m, E, c, b, dc, db};
   walk.run();
-  for (int p = 0; p < m; ++p) {
-    const int e = elems[order[p]];
-    gain_row[e] = walk.Hc[p] - walk.Gc;
-    tot_row[e] = walk.Hb[p] - walk.Gb;
-  }
+  for (int o = 0; o < k; ++o)
+    for (int p = 0; p < m; ++p) {
+      const int64_t at = owners[o] * out_stride + elems[order[o][p]];
+      gain[at] = walk.Hc[p][o] - walk.Gc[o];
+      tot[at] = walk.Hb[p][o] - walk.Gb[o];
+    }
 }
 
 template <typename scalar_t>
@@ -216,34 +242,30 @@ void exact_kernel(const at::Tensor& A, const at::Tensor& region_mask, const at::
   // scratch: per direction, gain and tot per (owner, element)
   std::vector<double> g1(B * K * M, 0.0), t1(B * K * M, 0.0), g2(B * M * K, 0.0), t2(B * M * K, 0.0);
   std::vector<std::vector<int>> rows(B), cols(B);
+  size_t widest = 1;
   for (int64_t b = 0; b < B; ++b) {
     rows[b] = present_indices(rm + b * K, K);
     cols[b] = present_indices(pm + b * M, M);
+    widest = std::max({widest, rows[b].size(), cols[b].size()});
   }
-  // one task per (matrix, owner): regions 0..K-1 (direction 1), then phrases (direction 2);
-  // a thread's share holds at least ~2^15 subset visits, so small problems stay on one thread
-  size_t widest = 1;
-  for (int64_t b = 0; b < B; ++b) widest = std::max({widest, rows[b].size(), cols[b].size()});
   TORCH_CHECK(widest <= static_cast<size_t>(kExactLimit), "exact path: at most ", kExactLimit,
               " present regions and phrases per matrix");
   TORCH_CHECK(static_cast<size_t>(wdim) > widest, "weights table too small");
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) >> widest);
-  at::parallel_for(0, B * (K + M), grain, [&](int64_t begin, int64_t end) {
+  // one task per (matrix, direction); a thread's share holds at least ~2^16 subset visits,
+  // so small problems stay on one thread
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) >> widest);
+  at::parallel_for(0, 2 * B, grain, [&](int64_t begin, int64_t end) {
+    std::vector<double> E;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / (K + M), o = task % (K + M);
+      const int64_t b = task / 2;
       const auto& R = rows[b];
       const auto& P = cols[b];
       if (R.empty() || P.empty()) continue;
       const double* ab = a + b * K * M;
-      const int k = static_cast<int>(R.size()), m = static_cast<int>(P.size());
-      if (o < K) {
-        if (!rm[b * K + o]) continue;
-        direction_row(ab, M, 1, static_cast<int>(o), P, w, wdim, k, &g1[(b * K + o) * M], &t1[(b * K + o) * M]);
-      } else {
-        const int64_t j = o - K;
-        if (!pm[b * M + j]) continue;
-        direction_row(ab, 1, M, static_cast<int>(j), R, w, wdim, m, &g2[(b * M + j) * K], &t2[(b * M + j) * K]);
-      }
+      if (task % 2 == 0)  // owners = regions (rows of A), elements = phrases
+        direction(ab, M, 1, R, P, w, wdim, E, &g1[b * K * M], &t1[b * K * M], M);
+      else                // owners = phrases (columns of A), elements = regions
+        direction(ab, 1, M, P, R, w, wdim, E, &g2[b * M * K], &t2[b * M * K], K);
     }
   });
   scalar_t* o = out.data_ptr<scalar_t>();

@@ -4,7 +4,8 @@
 - ``game``: v2 per coalition, running (max, sum-exp) per row and column, parallel over (b, c).
 - ``exact``: the factorised algorithm (docs/alignment_exact.md) as a depth-first walk over the
   subsets of one side in descending-logit order: one add and one division per subset and owner,
-  no [B, subsets, K, M] intermediate; parallel over (matrix, owner row / column).
+  all owners of a direction vectorised together, no [B, subsets, K, M] intermediate; parallel
+  over (matrix, direction).
 - ``sampling``: spec Eq. 10, q ~ U(0,1) keep-probability form, 4 values per sample sharing the
   row / column sums; counter-based SplitMix64 randomness keyed by (seed, b, i, j, sample, player),
   so a result depends only on the seed and never on threading; appending padded players leaves

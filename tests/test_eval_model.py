@@ -120,3 +120,13 @@ def test_run_report_pictures_and_html(model, world, tokenizer, metrics, tmp_path
     for name in pictures:
         assert_png(os.path.join(str(tmp_path), "report", name))
     assert "retrieval/i2t_r1" in page
+
+
+def test_texts_without_tokens_and_padding_do_not_leak(model, tokenizer):
+    from loupe_core.eval.encode import encode_text_list
+
+    alone = encode_text_list(model, tokenizer, ["", "the red circle"], batch_size=1, progress=False)
+    batched = encode_text_list(model, tokenizer, ["", "the red circle"], batch_size=2, progress=False)
+    assert torch.isfinite(alone).all()
+    torch.testing.assert_close(alone, batched, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone.norm(dim=1), torch.ones(2))

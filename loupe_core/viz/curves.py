@@ -70,7 +70,9 @@ def plot_training_curves(history_path: str, path: str, *, prefixes: Sequence[str
     Values logged as null (non-finite) are left out of the lines.
     """
     records = read_history(history_path)
-    groups = {p: sorted({k for r in records for k in r if k.startswith(p)}) for p in prefixes}
+    # sums of recalls (rsum) would flatten the percentages beside them
+    groups = {p: sorted({k for r in records for k in r if k.startswith(p) and not k.endswith("rsum")})
+              for p in prefixes}
     groups = {p: names for p, names in groups.items() if names}
     fig = new_figure(5.5, 3.0 * max(1, len(groups)))
     for row, (prefix, names) in enumerate(groups.items()):

@@ -40,8 +40,10 @@ def plot_regions(image: np.ndarray, boxes: torch.Tensor, confidences: torch.Tens
         colour = "white" if random[k] else cycle[k % len(cycle)]
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, ec=colour,
                                ls="--" if random[k] else "-"))
-        ax.text(x0 + 0.5, y0 + 0.5, f"I={float(interactions[k]):+.2g} p={float(confidences[k]):.2f}",
-                color="black", fontsize=7, va="top", bbox={"fc": colour, "alpha": 0.7, "pad": 1, "lw": 0})
+        # labels of random boxes sit on their bottom edge, so they do not cover the top-K labels
+        ax.text(x0 + 0.5, (y1 - 0.5) if random[k] else (y0 + 0.5),
+                f"I={float(interactions[k]):+.2g} p={float(confidences[k]):.2f}", color="black", fontsize=7,
+                va="bottom" if random[k] else "top", bbox={"fc": colour, "alpha": 0.7, "pad": 1, "lw": 0})
     ax.set_axis_off()
     ax.set_title(title, fontsize=8, wrap=True)
     return save_figure(fig, path)

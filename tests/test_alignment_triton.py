@@ -3,7 +3,10 @@
 Without a CUDA device the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set before
 triton is imported); grids are kept tiny because each interpreted program costs ~60 ms.
 """
+import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ import triton.language as tl  # noqa: E402
 import shapley_kernels as sk  # noqa: E402
 from _alignment_checks import (EXACT_CASES, PHILOX_KAT, PublicAPI, check_exact, check_game,  # noqa: E402
                                check_sampling, check_sampling_replays_draws, philox4x32)
-from shapley_kernels.alignment import _triton_kernels  # noqa: E402
+from shapley_kernels.alignment._triton_kernels import philox4x32 as triton_philox4x32  # noqa: E402
 
 pytestmark = [
     pytest.mark.triton,
@@ -36,7 +39,7 @@ def _philox_probe(k0, k1, c0, c1, c2, out, N: tl.constexpr):
     x2 = tl.load(c2 + offs).to(tl.uint32, bitcast=True)
     key0 = (x0 * 0 + k0).to(tl.uint32)
     key1 = (x0 * 0 + k1).to(tl.uint32)
-    w0, w1, w2, w3 = _triton_kernels.philox4x32(key0, key1, x0, x1, x2)
+    w0, w1, w2, w3 = triton_philox4x32(key0, key1, x0, x1, x2)
     tl.store(out + offs * 4, w0.to(tl.int32, bitcast=True))
     tl.store(out + offs * 4 + 1, w1.to(tl.int32, bitcast=True))
     tl.store(out + offs * 4 + 2, w2.to(tl.int32, bitcast=True))
@@ -88,3 +91,14 @@ def test_sampling_one_pair_one_sample():
                                        return_stderr=True)
     assert est.value.dtype == torch.float64
     assert est.value.item() == 1.0 and est.stderr.item() == 0.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton.backends.nvidia") is None,
+                    reason="triton has no NVIDIA backend in this install")
+def test_kernels_compile_for_sm90():
+    """The kernels compile to sm_90 cubins (real compiler, no GPU needed), at the launch configs."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_triton_compile_check.py")
+    result = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("bytes of cubin") == 6, result.stdout

@@ -22,8 +22,11 @@ import triton
 from . import _triton_kernels as kernels
 from ._device_driver import DeviceDriver, chunk_size
 
-# Elements of the largest per-step register tensor ([block, rows, cols]) of each kernel.
+# Elements of the largest per-step register tensor ([block, rows, cols]) of each kernel, and the
+# warps sharing it: 16 elements per thread (compiled for sm_90: no spills at 32 x 32 float64 exact
+# or 64 x 64 sampling tiles; 4 warps needed up to 248 registers).
 _TILE_ELEMENTS = 4096
+NUM_WARPS = 8
 
 
 def _pow2(n: int) -> int:
@@ -46,7 +49,8 @@ def game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
     per_prog = chunk_size(B, C, BC, A.device)
     kernels.game_kernel[(B, -(-C // per_prog))](
         A, region_mask.view(torch.uint8), phrase_mask.view(torch.uint8),
-        coalitions.contiguous().view(torch.uint8), out, C, K, M, per_prog, KP=KP, MP=MP, BC=BC)
+        coalitions.contiguous().view(torch.uint8), out, C, K, M, per_prog, KP=KP, MP=MP, BC=BC,
+        num_warps=NUM_WARPS)
     return out
 
 
@@ -62,7 +66,7 @@ def _exact_direction(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, co
     n_chunks = -(-(1 << C) // per_prog)
     partial = torch.empty(B, n_chunks, R, C, dtype=A.dtype, device=A.device)
     kernels.exact_direction_kernel[(B, n_chunks)](A, rows, cols, coef, partial, R, C, per_prog,
-                                                  RP=RP, CP=CP, BS=BS)
+                                                  RP=RP, CP=CP, BS=BS, num_warps=NUM_WARPS)
     return partial.sum(1)
 
 
@@ -74,7 +78,7 @@ def _sampling_sums(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_
     total_sq = torch.empty_like(total)
     RP, CP = _pow2(R), _pow2(C)
     kernels.sampling_kernel[(B * R * C,)](A, rows, cols, total, total_sq, R, C, num_samples, k0, k1,
-                                          RP=RP, CP=CP, BN=_block(RP, CP))
+                                          RP=RP, CP=CP, BN=_block(RP, CP), num_warps=NUM_WARPS)
     return total, total_sq
 
 

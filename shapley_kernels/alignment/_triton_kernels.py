@@ -14,10 +14,11 @@ import triton
 import triton.language as tl
 
 # Philox4x32-10 constants (Salmon et al., Random123); csrc/alignment_cuda.cu uses the same.
-_PHILOX_M0 = 0xD2511F53
-_PHILOX_M1 = 0xCD9E8D57
-_PHILOX_W0 = 0x9E3779B9
-_PHILOX_W1 = 0xBB67AE85
+# Globals read by @triton.jit code must be tl.constexpr when compiled (not only interpreted).
+_PHILOX_M0 = tl.constexpr(0xD2511F53)
+_PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+_PHILOX_W0 = tl.constexpr(0x9E3779B9)
+_PHILOX_W1 = tl.constexpr(0xBB67AE85)
 
 
 @triton.jit

@@ -204,11 +204,13 @@ class TransformerTower(nn.Module):
             return h[:, 0], h[:, 1:]
         if self.drop_impl == "mask":
             h = self._run(tokens, positions, keep)
-            return h[:, 0], h[:, 1:] * keep[..., None]
-        cls_out = tokens.new_zeros(C, self.dim)
-        token_out = tokens.new_zeros(C, N, self.dim) if with_tokens else None
+            return h[:, 0], h[:, 1:].masked_fill(~keep[..., None], 0.0)
+        cls_out = token_out = None
         for bucket in plan_buckets(keep):
             h = self._run(gather_tokens(tokens, bucket), bucket.index, bucket.valid)
+            if cls_out is None:  # the dtype the layers produce (autocast may change it)
+                cls_out = h.new_zeros(C, self.dim)
+                token_out = h.new_zeros(C, N, self.dim) if with_tokens else None
             cls_out[bucket.rows] = h[:, 0]
             if with_tokens:
                 scatter_tokens(h[:, 1:], bucket, token_out)

@@ -335,7 +335,7 @@ cudaError_t launch_sampling(const T* A, const int* rows, const int* cols, double
     return cudaErrorInvalidValue;
   const long long pairs = (long long)B * R * C;
   if (pairs == 0) return cudaSuccess;
-  if (pairs > 0xffffffffLL) return cudaErrorInvalidValue;  // the pair index is a 32-bit Philox word
+  if (pairs > 0x7fffffffLL) return cudaErrorInvalidValue;  // one block per pair (gridDim.x limit)
   const size_t tile = sizeof(T) * (size_t)R * C;           // <= 32 KiB for 64 x 64 doubles
   sampling_kernel<T><<<(unsigned)pairs, kSamplingThreads, tile, stream>>>(A, rows, cols, out_sum, out_sq, R, C,
                                                                           num_samples, k0, k1);

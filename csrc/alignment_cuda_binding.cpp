@@ -130,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor> sampling(const at::Tensor& A, const at::Tenso
   TORCH_CHECK(R <= kSamplingMax && C <= kSamplingMax, "the CUDA sampling kernel takes at most ", kSamplingMax,
               " present players per side, got ", R, " x ", C);
   TORCH_CHECK(num_samples > 0 && num_samples <= UINT32_MAX, "num_samples must be in [1, 2^32), got ", num_samples);
-  TORCH_CHECK(B * R * C <= UINT32_MAX, "too many pairs for one launch: ", B * R * C);
+  TORCH_CHECK(B * R * C <= INT32_MAX, "too many (matrix, region, phrase) pairs for one launch: ", B * R * C);
   TORCH_CHECK(key0 >= 0 && key0 <= UINT32_MAX && key1 >= 0 && key1 <= UINT32_MAX, "key words must be 32-bit");
   check_counts(rows, "rows", A);
   check_counts(cols, "cols", A);

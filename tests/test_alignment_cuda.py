@@ -64,13 +64,14 @@ def test_sampling_replays_documented_draws(rng_seed):
 @pytest.mark.gpu
 def test_exact_at_twenty_players_matches_torch_backend(rng_seed):
     """Largest exact size (20 x 20 present) against the torch backend's factorised path (itself
-    tested against enumeration): float64 to rounding, float32 to 1e-6 (host emulation measured 1e-7)."""
+    tested against enumeration): float64 to rounding; float32 to 1e-5 (the extension is built with
+    --use_fast_math; the host emulation with exact expf measured 1e-7)."""
     A = 3 * torch.randn(1, 20, 20, generator=torch.Generator().manual_seed(rng_seed), dtype=torch.float64).cuda()
     want = sk.region_phrase_interaction(A, method="exact", backend="torch")
     got = sk.region_phrase_interaction(A, method="exact", backend="cuda")
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
     got32 = sk.region_phrase_interaction(A.float(), method="exact", backend="cuda")
-    torch.testing.assert_close(got32.double(), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got32.double(), want, rtol=0, atol=1e-5)
 
 
 # ------------------------------------------------------------------- the kernel source on the host

@@ -14,6 +14,7 @@ Kernels: ``_triton_kernels.py``. Inputs are validated by the dispatcher; ``A`` f
 Launch sizes are chosen here (no autotuning: it fails under TRITON_INTERPRET=1); on a GPU the
 number of programs aims at a few per streaming multiprocessor.
 """
+import contextlib
 from typing import Tuple
 
 import torch
@@ -38,6 +39,11 @@ def _block(rows_p2: int, cols_p2: int) -> int:
     return max(1, _TILE_ELEMENTS // (rows_p2 * cols_p2))
 
 
+def _on_device_of(A: torch.Tensor):
+    """Launch context: Triton launches on the current CUDA device, so make it A's."""
+    return torch.cuda.device(A.device) if A.is_cuda else contextlib.nullcontext()
+
+
 def game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
          phrase_mask: torch.Tensor) -> torch.Tensor:
     """v2(S) for every coalition: float[B, C] from A float[B, K, M], coalitions bool[B, C, K + M]."""
@@ -47,10 +53,11 @@ def game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
     KP, MP = _pow2(K), _pow2(M)
     BC = _block(KP, MP)
     per_prog = chunk_size(B, C, BC, A.device)
-    kernels.game_kernel[(B, -(-C // per_prog))](
-        A, region_mask.view(torch.uint8), phrase_mask.view(torch.uint8),
-        coalitions.contiguous().view(torch.uint8), out, C, K, M, per_prog, KP=KP, MP=MP, BC=BC,
-        num_warps=NUM_WARPS)
+    with _on_device_of(A):
+        kernels.game_kernel[(B, -(-C // per_prog))](
+            A, region_mask.view(torch.uint8), phrase_mask.view(torch.uint8),
+            coalitions.contiguous().view(torch.uint8), out, C, K, M, per_prog, KP=KP, MP=MP, BC=BC,
+            num_warps=NUM_WARPS)
     return out
 
 
@@ -65,8 +72,9 @@ def _exact_direction(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, co
     per_prog = chunk_size(B, 1 << C, BS, A.device)
     n_chunks = -(-(1 << C) // per_prog)
     partial = torch.empty(B, n_chunks, R, C, dtype=A.dtype, device=A.device)
-    kernels.exact_direction_kernel[(B, n_chunks)](A, rows, cols, coef, partial, R, C, per_prog,
-                                                  RP=RP, CP=CP, BS=BS, num_warps=NUM_WARPS)
+    with _on_device_of(A):
+        kernels.exact_direction_kernel[(B, n_chunks)](A, rows, cols, coef, partial, R, C, per_prog,
+                                                      RP=RP, CP=CP, BS=BS, num_warps=NUM_WARPS)
     return partial.sum(1)
 
 
@@ -77,8 +85,9 @@ def _sampling_sums(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_
     total = torch.empty(B, R, C, dtype=torch.float64, device=A.device)
     total_sq = torch.empty_like(total)
     RP, CP = _pow2(R), _pow2(C)
-    kernels.sampling_kernel[(B * R * C,)](A, rows, cols, total, total_sq, R, C, num_samples, k0, k1,
-                                          RP=RP, CP=CP, BN=_block(RP, CP), num_warps=NUM_WARPS)
+    with _on_device_of(A):
+        kernels.sampling_kernel[(B * R * C,)](A, rows, cols, total, total_sq, R, C, num_samples, k0, k1,
+                                              RP=RP, CP=CP, BN=_block(RP, CP), num_warps=NUM_WARPS)
     return total, total_sq
 
 

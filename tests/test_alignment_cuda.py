@@ -141,3 +141,10 @@ def test_emulated_sampling_draws_match_triton(emulated, rng_seed):
     torch.testing.assert_close(cuda_err, triton_err, rtol=0, atol=1e-12)
     exact = brute_interactions(A, rm, pm)
     assert bool(((cuda_value - exact).abs() <= 5 * cuda_err + 1e-12).all())
+
+
+@needs_compiler
+def test_emulated_sampling_beyond_64_players_is_a_clear_error(emulated):
+    A = torch.zeros(1, 65, 2)
+    with pytest.raises(ValueError, match="at most 64 present regions"):
+        emulated.sampling(A, torch.ones(1, 65, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool), 4, 0)

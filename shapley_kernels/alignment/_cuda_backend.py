@@ -9,7 +9,7 @@ extension loaded; ``A`` float32 or float64 [B, K, M] contiguous, masks bool[B, K
   at most 20 (the dispatcher's EXACT_LIMIT); chunk partials summed in a fixed order.
 - ``sampling``: one block per (matrix, region, phrase), Philox4x32-10 on chip with the same
   counters as the Triton kernels (same seed: the same coalitions on both backends); present
-  counts per side at most 64.
+  counts per side at most SAMPLING_LIMIT (64), beyond it a ValueError names triton / torch.
 - ``game``: one thread per (matrix, coalition).
 """
 from typing import Tuple
@@ -19,7 +19,8 @@ import torch
 from .._backends import load_extension
 from ._device_driver import DeviceDriver, chunk_size
 
-_EXACT_STEP = 128  # kExactSubsets in csrc/alignment_cuda.cu: subsets per step of a block
+_EXACT_STEP = 128     # kExactSubsets in csrc/alignment_cuda.cu: subsets per step of a block
+SAMPLING_LIMIT = 64   # kSamplingMax in csrc/alignment_cuda.cu: present players per side (64-bit masks)
 
 
 def _ext():
@@ -44,6 +45,10 @@ def _exact_direction(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, co
 def _sampling_sums(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_samples: int,
                    k0: int, k1: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-pair sums of delta and delta^2, float64[B, R, C], of a compacted A float[B, R, C]."""
+    if max(A.shape[1], A.shape[2]) > SAMPLING_LIMIT:
+        raise ValueError(f"backend 'cuda' samples at most {SAMPLING_LIMIT} present regions and {SAMPLING_LIMIT} "
+                         f"present phrases per matrix, got {A.shape[1]} and {A.shape[2]}; use backend='triton' "
+                         f"or 'torch'")
     return _ext().sampling(A, rows, cols, num_samples, k0, k1)
 
 

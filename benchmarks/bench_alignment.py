@@ -25,7 +25,7 @@ ISSUE2_CELL = ("torch", 64, (8, 8))
 # Seconds per unit of work on the reference CPU (one thread of a loaded 2-core machine,
 # 2026-11-24), used only to fit rounds and skip hopeless cells. Units: exact, subset terms
 # K*2^M + M*2^K per matrix; sampling, pair-samples times K*M (torch: times 4 coalitions).
-SECONDS_PER_UNIT = {("torch", "exact"): 1.2e-7, ("cpp", "exact"): 3e-8,
+SECONDS_PER_UNIT = {("torch", "exact"): 1.2e-7, ("cpp", "exact"): 5e-9,
                     ("torch", "sampling"): 2.4e-7, ("cpp", "sampling"): 4e-8}
 
 

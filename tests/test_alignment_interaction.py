@@ -232,3 +232,12 @@ def test_interaction_rejects_bad_arguments():
         region_phrase_interaction(A, backend="gpu")
     with pytest.raises(ValueError, match="region_mask"):
         region_phrase_interaction(A, torch.ones(1, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_shapes_give_empty_or_zero_results(backend):
+    assert region_phrase_interaction(torch.zeros(0, 3, 4), backend=backend).shape == (0, 3, 4)
+    assert region_phrase_interaction(torch.zeros(2, 0, 4), backend=backend).shape == (2, 0, 4)
+    est = region_phrase_interaction(torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.bool), backend=backend,
+                                    method="sampling", return_stderr=True)
+    assert not bool(est.value.any()) and est.evaluations == 0

@@ -170,8 +170,11 @@ def test_sampling_agrees_with_exact(backend, dtype, rng_seed):
     exact = enumeration_reference(A, region_mask, phrase_mask)
     present = region_mask[:, :, None] & phrase_mask[:, None, :]
     assert est.value.dtype == dtype and est.stderr.dtype == dtype
-    assert bool((est.stderr[present] > 0).all()) and bool((est.stderr[~present] == 0).all())
-    z = (est.value.double() - exact).abs()[present] / est.stderr.double()[present]
+    assert bool((est.stderr[~present] == 0).all())
+    err = (est.value.double() - exact).abs()[present]
+    se = est.stderr.double()[present]
+    assert bool((err[se == 0] < 1e-6).all())  # a constant difference (1 region, 1 phrase: always 1)
+    z = err[se > 0] / se[se > 0]              # matrix 0 is unpadded: never empty
     assert float(z.max()) < 5.0, f"max |z| = {float(z.max()):.2f}"
     assert est.evaluations == 4 * 1500 * int((region_mask.sum(1) * phrase_mask.sum(1)).sum())
 

@@ -134,7 +134,9 @@ def _direction(A: torch.Tensor, owner_mask: torch.Tensor, element_mask: torch.Te
     """One direction of the factorised exact interaction: float[B, K, M].
 
     Owners are the rows of A (their softmax over elements is taken), elements the columns.
-    Returns I_dir[b, i, j] = sum_U W(U, j) r_i(U) - sum_U W'(U, j) Tot(U) (docs/alignment_exact.md).
+    Returns I_dir[b, i, j] = sum_U r_i(U) W_c(U, j) - sum_U Tot(U) W_b(U, j), Eq. (F) of
+    docs/alignment_exact.md, as (H_c - G_c) - sum_i' (H_b - G_b). Subsets U of the elements are
+    enumerated as a low half (table of 2^ceil(M/2)) times chunks of the high half.
     """
     B, K, M = A.shape
     k_count = owner_mask.sum(1)
@@ -191,7 +193,7 @@ def exact(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor)
     rm = region_mask.gather(1, r_idx)
     pm = phrase_mask.gather(1, p_idx)
     weights = factor_weights(max(k, m))
-    per_batch = max(1, _CHUNK_ELEMENTS // (k * m * (1 << max(k, m) // 2)))
+    per_batch = max(1, _CHUNK_ELEMENTS // (k * m * (1 << (max(k, m) // 2))))
     for b0 in range(0, B, per_batch):
         sl = slice(b0, b0 + per_batch)
         rows = _direction(Ac[sl], rm[sl], pm[sl], weights)

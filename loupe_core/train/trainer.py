@@ -144,9 +144,10 @@ class _StepRunner:
     def _bank_embeddings(self, micros):
         with torch.no_grad(), _autocast(self.cfg, self.ctx.device):
             embs = [self.module(mb, embed_only=True) for mb in micros]
-        img = all_gather_cat(torch.cat([e[0] for e in embs]).float(), self.ctx)
-        txt = all_gather_cat(torch.cat([e[1] for e in embs]).float(), self.ctx)
-        return img, txt
+        # float32 under bf16/fp16 autocast, float64 for a float64 model
+        img, txt = (torch.cat([e[k] for e in embs]) for k in (0, 1))
+        img, txt = (x.to(torch.promote_types(x.dtype, torch.float32)) for x in (img, txt))
+        return all_gather_cat(img, self.ctx), all_gather_cat(txt, self.ctx)
 
     def run(self, micros, step: int, total: int):
         """(term means over micro-batches and ranks, this rank's log means), gradients accumulated.

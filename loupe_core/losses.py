@@ -175,17 +175,30 @@ def fsa_loss(alignment: torch.Tensor, interactions: torch.Tensor, region_mask: t
     return per_region[keep].mean()
 
 
+SIGMA_ERROR_CAP = 0.9  # sigma's gradient sees |I^ - I*| capped here (see unsil_loss)
+
+
 def unsil_loss(estimate: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor,
                lam: float = 1.0) -> torch.Tensor:
     """UNSIL loss (spec Eq. 12 **[choice]** form), mean over targets of (I^ - I*)^2 / sigma + lam * sigma.
 
     estimate, sigma, target: float[T] (target detached here; sigma in (0, 1)). For a fixed
     error e the optimum is sigma = |e| / sqrt(lam). No target: a zero connected to the graph.
+
+    The value is always Eq. 12 and so is the estimate's gradient, 2 e / sigma. Sigma's gradient,
+    lam - e^2 / sigma^2, uses e capped at ``SIGMA_ERROR_CAP * sqrt(lam)``: with the raw error,
+    every target with |e| > sqrt(lam) pushes a sigmoid sigma towards 1, where the sigmoid
+    saturates and no later small error can bring it back (seen in training: sigma stuck at 1,
+    every label sampled, UNSIL unused, while its probe error had fallen to 0.1). Capped, sigma's
+    optimum is min(|e|, 0.9) / sqrt(lam) and a saturated sigma always gets a push back.
     """
     if estimate.shape != sigma.shape or estimate.shape != target.shape:
         raise ValueError(f"estimate {tuple(estimate.shape)}, sigma {tuple(sigma.shape)} and target "
                          f"{tuple(target.shape)} must have the same shape")
     if estimate.numel() == 0:
         return _zero_like_graph(estimate) + _zero_like_graph(sigma)
-    error = estimate - target.detach().to(estimate.dtype)
-    return (error.square() / sigma + lam * sigma).mean()
+    square = (estimate - target.detach().to(estimate.dtype)).square()
+    capped = square.detach().clamp(max=SIGMA_ERROR_CAP ** 2 * lam)
+    fixed_sigma = sigma.detach()
+    # value: square / sigma (the two capped terms cancel); gradients as in the docstring
+    return (square / fixed_sigma + capped / sigma - capped / fixed_sigma + lam * sigma).mean()

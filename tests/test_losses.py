@@ -179,6 +179,22 @@ def test_unsil_loss_formula_and_optimum_at_abs_error():
     assert grid[values.argmin()].item() == pytest.approx(0.3, abs=2e-3)
 
 
+def test_unsil_loss_gradients_and_sigma_pushed_back_from_saturation():
+    """Estimate gradient 2e/sigma; sigma gradient 1 - min(e, 0.9)^2 / sigma^2 (float64 reference)."""
+    est = torch.tensor([0.3, 2.0, -3.0], dtype=torch.float64, requires_grad=True)
+    logit = torch.tensor([0.0, 9.0, 20.0], dtype=torch.float64, requires_grad=True)
+    target = torch.zeros(3, dtype=torch.float64)
+    sigma = torch.sigmoid(logit)
+    loss = unsil_loss(est, sigma, target)
+    e, s = est.detach(), sigma.detach()
+    assert loss.item() == pytest.approx(float((e.square() / s + s).mean()), rel=1e-12)
+    loss.backward()
+    torch.testing.assert_close(est.grad, 2 * e / s / 3, rtol=1e-12, atol=0)
+    want_sigma = (1 - e.abs().clamp(max=0.9).square() / s.square()) / 3
+    torch.testing.assert_close(logit.grad, want_sigma * s * (1 - s), rtol=1e-10, atol=0)
+    assert (logit.grad[1:] > 0).all()  # large errors never push a saturated sigma further up
+
+
 def test_unsil_loss_empty_and_shape_error():
     est = torch.zeros(0, requires_grad=True)
     assert unsil_loss(est, torch.zeros(0), torch.zeros(0)).item() == 0.0

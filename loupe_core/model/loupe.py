@@ -173,12 +173,12 @@ class LoupeModel(nn.Module):
                                             self.config.num_random if lcfg.tsa else 0, self.config.nms_iou)
         if lcfg.tsa:
             P = min(index.shape[0], lcfg.pairs_per_step)
-            values, unsil_term, level_logs = self._token_labels(
+            values, labelled, unsil_term, level_logs = self._token_labels(
                 image_tokens[:P], text_tokens[:P], batch["text_mask"][:P], img.patch_emb[:P], txt.token_emb[:P],
                 geometry, index[:P], step, warmup)
             unsil_terms.append(unsil_term)
             logs.update(level_logs)
-            terms["tsa"] = tsa_loss(logits.gather(1, index)[:P], values, torch.ones_like(values, dtype=torch.bool))
+            terms["tsa"] = tsa_loss(logits.gather(1, index)[:P], values, labelled)
         if lcfg.fsa:
             top = index[:, : min(self.config.top_k, index.shape[1])]
             regions = self._regions(img, logits, geometry, top)
@@ -202,7 +202,11 @@ class LoupeModel(nn.Module):
                       step, warmup):
         """Token-level labels float[P, K'] of the candidates ``index`` LongTensor[P, K'] of P pairs.
 
-        Returns (values, L_UNSIL of the level or None where the source is not hybrid, logs)."""
+        Returns (values, labelled bool[P, K'], L_UNSIL of the level or None where the source is
+        not hybrid, logs). A one-patch region's interaction is 0 by Eq. 7 whatever the model does,
+        so it carries no label (``labelled`` False, left out of L_TSA's min-max and loss): kept in,
+        its constant 0 becomes the top label of every image whose other candidates interact
+        negatively, and the head learns to propose single background cells."""
         lcfg, tower = self.loss_config, self.image_tower
         final_masks = geometry.masks[index]
         if tower.token_grid == tower.final_grid:
@@ -211,14 +215,15 @@ class LoupeModel(nn.Module):
             token_masks = cells_in_boxes(geometry.boxes[index], tower.token_grid, tower.token_cell)
         common = dict(baseline=lcfg.token_baseline, num_samples=lcfg.token_num_samples)
         towers = (self.image_tower, self.text_tower)
+        labelled = token_masks.sum(dim=2) >= 2
         if lcfg.token_source != "hybrid":
             start = time.perf_counter()
             values = lab.token_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,
                                             method=lcfg.token_source, seed=lab.step_seed(step, "token"), **common)
-            return values.to(patch_emb.dtype), None, {"label_time_token": time.perf_counter() - start}
-        # a one-patch region's interaction is 0 exactly (Eq. 7 cancels): no sampling, no UNSIL target
+            return values.to(patch_emb.dtype), labelled, None, {"label_time_token": time.perf_counter() - start}
+        # one-patch regions: no sampling, no UNSIL target
         P, K = index.shape
-        flat = (token_masks.sum(dim=2) >= 2).reshape(-1).nonzero().squeeze(1)
+        flat = labelled.reshape(-1).nonzero().squeeze(1)
         pair, region = flat // K, flat % K
         final_masks = final_masks.reshape(P * K, -1)[flat]
         inputs = UnsilInputs(masked_mean_embedding(final_masks[:, None], patch_emb[pair])[:, 0].detach(),
@@ -239,7 +244,7 @@ class LoupeModel(nn.Module):
                                 lam=lcfg.unsil_lambda, probe_size=lcfg.probe_size, step=step)
         values = patch_emb.new_zeros(P * K)
         values[flat] = out.values.to(values.dtype)
-        return values.reshape(P, K), out.unsil_loss, out.logs
+        return values.reshape(P, K), labelled, out.unsil_loss, out.logs
 
     def _semantic_labels(self, A, region_mask, phrase_mask, img_global, txt_global, region_emb, phrase_emb,
                          step, warmup):

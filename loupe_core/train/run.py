@@ -143,7 +143,9 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
                    "train_seconds": time.perf_counter() - start, "checkpoint": result.checkpoint,
                    "logs": {"jsonl": result.history_path, "csv": os.path.join(run_dir, "metrics.csv"),
                             "tensorboard": os.path.join(run_dir, "tb")},
-                   "final_loss": result.losses[-1] if result.losses else None, "metrics": {}, "report": None}
+                   "final_loss": result.losses[-1] if result.losses else None, "metrics": {}, "report": None,
+                   "eval_on": (f"ShapesWorld {cfg.eval.split} split" if cfg.data.dataset == "shapesworld"
+                               else "data.eval_paths")}
         if ctx.is_main and cfg.eval.final and result.step == result.total_steps:
             summary["metrics"] = _final_eval(evaluate, result, run_dir)
             if cfg.eval.report:
@@ -189,7 +191,7 @@ def _print_summary(summary: dict, echo) -> None:
     if metrics:
         headline = [(label, metrics[key]) for label, key in HEADLINE if key in metrics]
         if headline:
-            echo("zero-shot, held-out split: " + ", ".join(f"{label} {value:.2f}" for label, value in headline))
+            echo(f"zero-shot, {summary['eval_on']} (held out from training): " + ", ".join(f"{label} {value:.2f}" for label, value in headline))
         echo("all metrics (percent):")
         for name, value in sorted(metrics.items()):
             echo(f"  {name:<32} {value:8.2f}")

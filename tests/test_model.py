@@ -202,6 +202,28 @@ def test_single_candidate_gives_zero_tsa_not_nan():
     assert out.terms["tsa"].item() == 0.0 and torch.isfinite(out.total)
 
 
+@pytest.mark.parametrize("source", ["sampling", "hybrid"])
+def test_one_patch_candidates_carry_no_tsa_label(monkeypatch, source):
+    """Eq. 7 gives a one-patch region I = 0 whatever the model does: no label, left out of L_TSA."""
+    import loupe_core.model.loupe as loupe_module
+
+    torch.manual_seed(0)
+    model = LoupeModel(TINY, dict(FAST, tsa=True, token_source=source, unsil=source == "hybrid"))
+    B, A = 4, len(TINY["anchors"])  # grid 4 x 4; candidate = cell * A + anchor; anchors 1x1, 2x2, 3x2
+    chosen = torch.tensor([0 * A + 0, 5 * A + 1, 5 * A + 0, 6 * A + 2, 0 * A + 1])
+    monkeypatch.setattr(model.region_head, "select", lambda logits, *a, **k: chosen.expand(logits.shape[0], -1))
+    seen = {}
+    real_tsa = loupe_module.tsa_loss
+    monkeypatch.setattr(loupe_module, "tsa_loss", lambda c, i, v: seen.update(values=i, valid=v) or real_tsa(c, i, v))
+    out = model(make_batch(B), step=0, total_steps=10)
+    cells = model.region_head.geometry((4, 4), 8.0, "cpu", torch.float32).masks[chosen].sum(dim=1)
+    assert cells.tolist() == [1, 4, 1, 6, 1]  # the 2x2 box of the corner cell 0 is clipped to one cell
+    want = (cells >= 2).expand(B, -1)
+    P = FAST["pairs_per_step"]
+    assert torch.equal(seen["valid"], want[:P]) and (seen["values"][~seen["valid"]] == 0).all()
+    assert torch.isfinite(out.terms["tsa"])
+
+
 def test_float64_forward():
     torch.manual_seed(0)
     model = LoupeModel(TINY, dict(FAST, tsa=True, fsa=True)).double()

@@ -59,7 +59,8 @@ class _DictMixin:
 
 
 def _default_anchors() -> List[List[float]]:
-    return [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [2.0, 1.0], [1.0, 2.0]]
+    """No 1 x 1 shape: a one-cell region's token interaction is 0 by Eq. 7, so L_TSA cannot train it."""
+    return [[2.0, 2.0], [3.0, 3.0], [2.0, 1.0], [1.0, 2.0]]
 
 
 @dataclass
@@ -75,7 +76,9 @@ class ModelConfig(_DictMixin):
     box shapes [width, height] in units of the final patch grid; a candidate is a
     (cell, anchor) pair with one confidence logit; ``top_k`` candidates are kept after NMS at
     ``nms_iou`` and ``num_random`` (cell, anchor) pairs are drawn uniformly from the rest as
-    contrast candidates for L_TSA.
+    contrast candidates for L_TSA. Candidates whose region holds one patch (1 x 1 anchors,
+    clipped boxes at the border) get no L_TSA label (their Eq. 7 interaction is 0 whatever the
+    model does).
     Both the global and the region-phrase alignment logit scales start at
     ``logit_scale_init`` (CLIP's 1/0.07) and are clamped at ``logit_scale_max``.
     """

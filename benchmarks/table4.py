@@ -14,7 +14,9 @@ Each (row, seed) run is ``loupe_core.train.run.pretrain`` followed by its zero-s
 the config's evaluation split: retrieval R@1 both ways, grounding acc@0.5, detection mAP@0.3 and
 mAP@0.5. Seconds per iteration come from the same run's log (``train/samples_per_s`` of every
 step, so s/iter = batch_size / samples_per_s), averaged over the steps after ``--warmup``
-timing warm-up steps. Rows are reported as mean and sample standard deviation over the seeds.
+timing warm-up steps (every step is logged for that, so UNSIL's diagnostic probe, fresh samples
+that only feed a log, is switched off: ``loss.probe_size=0``). Rows are reported as mean and
+sample standard deviation over the seeds.
 
     python benchmarks/table4.py --steps N --seeds 0 1 [--rows row1 row3 ...] [--set key=value ...]
                                 [--out DIR] [--write-results]
@@ -106,7 +108,7 @@ def run_one(row: str, seed: int, steps: int, overrides: Sequence[str], out: str,
 
     cfg = load_config(ROWS[row][0], [f"train.steps={steps}", f"train.seed={seed}", "train.log_every=1",
                                      "train.ckpt_every=0", "train.progress=false", "train.tensorboard=false",
-                                     "eval.every=0", "eval.final=true", "eval.report=false",
+                                     "eval.every=0", "eval.final=true", "eval.report=false", "loss.probe_size=0",
                                      f"eval.tasks={json.dumps(list(EVAL_TASKS))}", *overrides])
     run_dir = os.path.join(out, f"{row}-seed{seed}")
     summary = pretrain(cfg, run_dir, echo=lambda *_: None)

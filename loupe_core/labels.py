@@ -154,7 +154,9 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
     logs = {f"unsil_share_{level}": 1.0 - float(need.float().mean()) if T else 0.0,
             f"label_time_{level}": time.perf_counter() - start}
     if probe_size > 0 and T > 0:
-        probe = torch.randperm(T, device=estimate.device)[:probe_size]
+        # the probe's own seeded stream: probing or not never changes the global RNG
+        chooser = torch.Generator().manual_seed(step_seed(step, f"{level}_probe"))
+        probe = torch.randperm(T, generator=chooser)[:probe_size].to(estimate.device)
         fresh = sample(probe, step_seed(step, f"{level}_probe")).to(estimate.dtype)
         logs[f"unsil_probe_error_{level}"] = float((estimate.detach()[probe] - fresh / scale).abs().mean())
     return LevelLabels(values, need, loss, logs)

@@ -29,7 +29,7 @@ class PairModel(torch.nn.Module):
         pooled = (self.tok(batch["input_ids"]) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return img, F.normalize(self.txt(pooled), dim=-1)
 
-    def forward(self, batch, step=0, total_steps=1, bank=None, embed_only=False):
+    def forward(self, batch, step=0, total_steps=1, bank=None, embed_only=False, diagnostics=True):
         img, txt = self.embed(batch)
         if embed_only:
             return img, txt

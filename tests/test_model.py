@@ -224,6 +224,20 @@ def test_one_patch_candidates_carry_no_tsa_label(monkeypatch, source):
     assert torch.isfinite(out.terms["tsa"])
 
 
+def test_diagnostics_off_skips_the_probe_and_changes_nothing_else():
+    losses = {}
+    for diagnostics in (True, False):
+        torch.manual_seed(0)
+        model = LoupeModel(TINY, dict(FAST, tsa=True, fsa=True, unsil=True, token_source="hybrid",
+                                      semantic_source="hybrid"))
+        out = model(make_batch(), step=5, total_steps=10, diagnostics=diagnostics)
+        assert ("unsil_probe_error_token" in out.logs) == diagnostics
+        assert ("unsil_probe_error_semantic" in out.logs) == diagnostics
+        losses[diagnostics] = {k: v.item() for k, v in out.terms.items()}
+        losses[diagnostics]["next_draw"] = torch.rand(()).item()  # the global RNG is left alone too
+    assert losses[True] == losses[False]
+
+
 def test_float64_forward():
     torch.manual_seed(0)
     model = LoupeModel(TINY, dict(FAST, tsa=True, fsa=True)).double()

@@ -146,8 +146,8 @@ class LossConfig(_DictMixin):
     ``token_baseline``: "zero" (spec **[choice]**) or "drop" (a different, cheaper game).
     ``pairs_per_step``: at most this many image-text pairs of a batch get token-level labels.
     ``warmup_fraction``: the share of steps during which hybrid always samples.
-    ``unsil_lambda``: lambda of Eq. 12. ``probe_size``: targets per level re-sampled each step
-    to log UNSIL's error (0: no probe).
+    ``unsil_lambda``: lambda of Eq. 12. ``probe_size``: targets per level re-sampled on each
+    logged step (``train.log_every``) to log UNSIL's error (0: no probe).
     """
 
     cmc: bool = True

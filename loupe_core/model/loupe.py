@@ -151,8 +151,12 @@ class LoupeModel(nn.Module):
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict, step: int = 0, total_steps: int = 1,
-                bank: Optional[ContrastiveBank] = None, embed_only: bool = False):
-        """Training: LossOutput(total, terms, logs). ``embed_only``: (img_global, txt_global) float[b, d]."""
+                bank: Optional[ContrastiveBank] = None, embed_only: bool = False, diagnostics: bool = True):
+        """Training: LossOutput(total, terms, logs). ``embed_only``: (img_global, txt_global) float[b, d].
+
+        ``diagnostics=False`` skips UNSIL's probe (fresh samples that only feed the
+        ``unsil_probe_error_*`` logs); the trainer asks for it on the steps it logs.
+        """
         needed = BATCH_KEYS + (PHRASE_KEYS if self.loss_config.fsa and not embed_only else ())
         for key in needed:
             if key not in batch:
@@ -163,6 +167,7 @@ class LoupeModel(nn.Module):
             return img.global_emb, txt.global_emb
         lcfg = self.loss_config
         warmup = step < lcfg.warmup_fraction * total_steps
+        probe_size = lcfg.probe_size if diagnostics else 0
         terms, logs, unsil_terms = {}, {}, []
         if lcfg.cmc:
             terms["cmc"] = cmc_loss(img.global_emb, txt.global_emb, self._scale(self.logit_scale), bank)
@@ -175,7 +180,7 @@ class LoupeModel(nn.Module):
             P = min(index.shape[0], lcfg.pairs_per_step)
             values, labelled, unsil_term, level_logs = self._token_labels(
                 image_tokens[:P], text_tokens[:P], batch["text_mask"][:P], img.patch_emb[:P], txt.token_emb[:P],
-                geometry, index[:P], step, warmup)
+                geometry, index[:P], step, warmup, probe_size)
             unsil_terms.append(unsil_term)
             logs.update(level_logs)
             terms["tsa"] = tsa_loss(logits.gather(1, index)[:P], values, labelled)
@@ -187,7 +192,7 @@ class LoupeModel(nn.Module):
             region_mask = torch.ones(A.shape[:2], dtype=torch.bool, device=A.device)
             values, unsil_term, level_logs = self._semantic_labels(
                 A, region_mask, batch["phrase_mask"], img.global_emb, txt.global_emb, regions.emb, phrases,
-                step, warmup)
+                step, warmup, probe_size)
             unsil_terms.append(unsil_term)
             logs.update(level_logs)
             terms["fsa"] = fsa_loss(A, values, region_mask, batch["phrase_mask"])
@@ -199,7 +204,7 @@ class LoupeModel(nn.Module):
         return LossOutput(total, terms, logs)
 
     def _token_labels(self, image_tokens, text_tokens, text_mask, patch_emb, token_emb, geometry, index,
-                      step, warmup):
+                      step, warmup, probe_size):
         """Token-level labels float[P, K'] of the candidates ``index`` LongTensor[P, K'] of P pairs.
 
         Returns (values, labelled bool[P, K'], L_UNSIL of the level or None where the source is
@@ -241,13 +246,13 @@ class LoupeModel(nn.Module):
                                                  **common)
 
         out = lab.hybrid_labels("token", self.unsil["token"], inputs, sample, warmup=warmup,
-                                lam=lcfg.unsil_lambda, probe_size=lcfg.probe_size, step=step)
+                                lam=lcfg.unsil_lambda, probe_size=probe_size, step=step)
         values = patch_emb.new_zeros(P * K)
         values[flat] = out.values.to(values.dtype)
         return values.reshape(P, K), labelled, out.unsil_loss, out.logs
 
     def _semantic_labels(self, A, region_mask, phrase_mask, img_global, txt_global, region_emb, phrase_emb,
-                         step, warmup):
+                         step, warmup, probe_size):
         """Semantic-level labels float[B, K, M] on the detached A: (values, L_UNSIL or None, logs)."""
         lcfg = self.loss_config
         if lcfg.semantic_source != "hybrid":
@@ -272,7 +277,7 @@ class LoupeModel(nn.Module):
                                                     num_samples=lcfg.semantic_num_samples, seed=seed)
 
         out = lab.hybrid_labels("semantic", self.unsil["semantic"], inputs, sample, warmup=warmup,
-                                lam=lcfg.unsil_lambda, probe_size=lcfg.probe_size, step=step)
+                                lam=lcfg.unsil_lambda, probe_size=probe_size, step=step)
         values = torch.zeros_like(A).detach()
         values[b, i, j] = out.values.to(A.dtype)
         return values, out.unsil_loss, out.logs

@@ -149,8 +149,10 @@ class _StepRunner:
         img, txt = (x.to(torch.promote_types(x.dtype, torch.float32)) for x in (img, txt))
         return all_gather_cat(img, self.ctx), all_gather_cat(txt, self.ctx)
 
-    def run(self, micros, step: int, total: int):
+    def run(self, micros, step: int, total: int, diagnostics: bool = True):
         """(term means over micro-batches and ranks, this rank's log means), gradients accumulated.
+
+        diagnostics: whether the model computes its log-only diagnostics (UNSIL's probe).
 
         On a non-finite term anywhere: (None, (term, value) on the rank that saw it else None),
         before any backward of that micro-batch.
@@ -165,7 +167,7 @@ class _StepRunner:
             sync = contextlib.nullcontext() if (last or not self.ctx.distributed) else self.ddp.no_sync()
             with sync:
                 with _autocast(self.cfg, self.ctx.device):
-                    out = self.ddp(mb, step=step, total_steps=total, bank=bank)
+                    out = self.ddp(mb, step=step, total_steps=total, bank=bank, diagnostics=diagnostics)
                 bad = _first_non_finite(out)
                 if any_rank(bad is not None, self.ctx):
                     return None, bad
@@ -233,7 +235,8 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
         for step in range(start, end):
             t0 = time.perf_counter()
             micros = [_to_device(_next_batch(batches, step), ctx.device) for _ in range(tc.accum_steps)]
-            means, logs = runner.run(micros, step, total)
+            logged = (step + 1) % tc.log_every == 0 or step + 1 == end
+            means, logs = runner.run(micros, step, total, diagnostics=logged)
             if means is None:  # logs holds (term, value) of this rank's non-finite term, or None
                 name, value = logs or ("(on another rank)", float("nan"))
                 raise TrainingDiverged(
@@ -250,7 +253,7 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
             done = step + 1
             losses.append(means["total"])
             sps = tc.batch_size / max(time.perf_counter() - t0, 1e-9)
-            if done % tc.log_every == 0 or done == end:
+            if logged:
                 record = {"loss": means["total"], **{f"loss/{k}": v for k, v in means.items() if k != "total"},
                           **{f"log/{k}": v for k, v in logs.items()},
                           "train/lr": lr, "train/beta1": beta1, "train/samples_per_s": sps}

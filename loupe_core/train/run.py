@@ -191,7 +191,8 @@ def _print_summary(summary: dict, echo) -> None:
     if metrics:
         headline = [(label, metrics[key]) for label, key in HEADLINE if key in metrics]
         if headline:
-            echo(f"zero-shot, {summary['eval_on']} (held out from training): " + ", ".join(f"{label} {value:.2f}" for label, value in headline))
+            scores = ", ".join(f"{label} {value:.2f}" for label, value in headline)
+            echo(f"zero-shot, {summary['eval_on']} (held out from training): {scores}")
         echo("all metrics (percent):")
         for name, value in sorted(metrics.items()):
             echo(f"  {name:<32} {value:8.2f}")

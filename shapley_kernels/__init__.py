@@ -1,6 +1,6 @@
 """shapley_kernels: Shapley values and interactions for batched games, with fused kernels.
 
-Stable public API (../shared/spec/api.md): shapley_values, interaction_index,
+Stable public API (docs/api.md): shapley_values, interaction_index,
 coalition_interaction, choose_method, Estimate, instability, alignment_game,
 region_phrase_interaction, dual_encoder_game, region_interaction, available_backends,
 backend_status. Everything with a leading underscore is private.

@@ -60,6 +60,7 @@ def test_swin_without_timm_is_a_clear_error(monkeypatch):
 
 # ------------------------------------------------------------------------------ region head
 def test_candidate_geometry_matches_the_box_definition():
+    """Cells: centres inside the centred anchor box (always the centre cell); box: the cells' rectangle."""
     model = LoupeModel(TINY)
     geo = model.region_head.geometry((4, 4), 8.0, torch.device("cpu"), torch.float32)
     anchors = TINY["anchors"]
@@ -69,13 +70,28 @@ def test_candidate_geometry_matches_the_box_definition():
         cx, cy = (c + 0.5) * 8, (r + 0.5) * 8
         w, h = anchors[a][0] * 8, anchors[a][1] * 8
         x0, y0, x1, y1 = max(cx - w / 2, 0), max(cy - h / 2, 0), min(cx + w / 2, 32), min(cy + h / 2, 32)
-        assert geo.boxes[cell * 3 + a].tolist() == [x0, y0, x1, y1]
         want = [x0 <= (cc + 0.5) * 8 < x1 and y0 <= (rr + 0.5) * 8 < y1 for rr in range(4) for cc in range(4)]
+        want[cell] = True  # always the centre cell
         assert geo.masks[cell * 3 + a].tolist() == want
-        assert geo.masks[cell * 3 + a, cell]  # always the centre cell
+        rows = [rr for rr in range(4) if any(want[rr * 4 + cc] for cc in range(4))]
+        cols = [cc for cc in range(4) if any(want[rr * 4 + cc] for rr in range(4))]
+        assert geo.boxes[cell * 3 + a].tolist() == [cols[0] * 8, rows[0] * 8, (cols[-1] + 1) * 8, (rows[-1] + 1) * 8]
     assert geo.masks[0::3].sum(1).eq(1).all()  # a 1x1 anchor is exactly its cell
     torch.testing.assert_close(geo.iou, box_iou(geo.boxes, geo.boxes))
-    assert torch.equal(cells_in_boxes(geo.boxes, (4, 4), 8.0), geo.masks)
+    assert torch.equal(cells_in_boxes(geo.boxes, (4, 4), 8.0), geo.masks)  # box and cells agree
+
+
+def test_even_anchor_box_is_its_cells_rectangle():
+    """Hand-computed: a 2x2 anchor at cell (row 1, col 2) of a 4x4 grid of 8-px cells takes rows
+    0-1 and columns 1-2 (the centre cell and its upper/left side), so its box is [8, 0, 24, 16]."""
+    head = LoupeModel(dict(TINY, anchors=[[2, 2], [2, 1]])).region_head
+    geo = head.geometry((4, 4), 8.0, torch.device("cpu"), torch.float32)
+    cell = 1 * 4 + 2
+    assert geo.boxes[cell * 2].tolist() == [8.0, 0.0, 24.0, 16.0]
+    assert geo.masks[cell * 2].nonzero().flatten().tolist() == [1, 2, 5, 6]
+    assert geo.boxes[cell * 2 + 1].tolist() == [8.0, 8.0, 24.0, 16.0]  # 2 wide, 1 high
+    corner = 0  # clipped at the image border: only the cell itself
+    assert geo.boxes[corner * 2].tolist() == [0.0, 0.0, 8.0, 8.0]
 
 
 def test_greedy_nms_against_brute_force():

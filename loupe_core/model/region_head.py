@@ -1,8 +1,11 @@
 """Region head: YOLOv3-style anchor candidates with one confidence logit each (spec section 3).
 
-A candidate is a (cell, anchor) pair of the final patch grid: a box of the anchor's shape
-(width, height in cells) centred on the cell's centre, clipped to the image. Its region R is
-the set of cells whose centres fall in the (half-open) box, which always holds the centre cell.
+A candidate is a (cell, anchor) pair of the final patch grid. Its region R is the set of cells
+whose centres fall in the (half-open) anchor box of the anchor's shape (width, height in cells)
+centred on the cell's centre, clipped to the image; R always holds the centre cell. The
+candidate's box is the rectangle of R's cells (spec section 9 **[choice]**: one definition for
+labels, pooling and IoU; for an even-sized anchor R takes the centre cell and its upper/left
+side, and the box follows R, not the centred anchor box).
 Candidates are indexed ``cell * A + anchor`` with cells in row-major order. The geometry
 depends only on the grid, so it is computed once per (grid, cell size, device, dtype).
 """
@@ -54,6 +57,22 @@ def cells_in_boxes(boxes: torch.Tensor, grid: Tuple[int, int], cell: float) -> t
     x, y = c[:, 0], c[:, 1]
     b = boxes[..., None, :]
     return (x >= b[..., 0]) & (x < b[..., 2]) & (y >= b[..., 1]) & (y < b[..., 3])
+
+
+def cell_rectangles(masks: torch.Tensor, grid: Tuple[int, int], cell: float) -> torch.Tensor:
+    """Boxes float[P, 4] xyxy pixels: the bounding rectangle of each region's cells, masks
+    bool[P, gh * gw] (each region non-empty; its cells form a rectangle for anchor candidates)."""
+    gh, gw = grid
+    cells = masks.view(-1, gh, gw)
+    rows, cols = cells.any(dim=2), cells.any(dim=1)
+    index_r = torch.arange(gh, device=masks.device)
+    index_c = torch.arange(gw, device=masks.device)
+    big = max(gh, gw)
+    y0 = torch.where(rows, index_r, big).amin(dim=1)
+    y1 = torch.where(rows, index_r, -1).amax(dim=1) + 1
+    x0 = torch.where(cols, index_c, big).amin(dim=1)
+    x1 = torch.where(cols, index_c, -1).amax(dim=1) + 1
+    return torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32) * cell
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -110,13 +129,14 @@ class RegionHead(nn.Module):
         return self.net(patch_emb).flatten(1)
 
     def geometry(self, grid: Tuple[int, int], cell: float, device, dtype) -> Geometry:
-        """The candidates' boxes, cell masks and IoU for this grid (cached)."""
+        """The candidates' boxes (their cells' rectangles), cell masks and IoU for this grid (cached)."""
         key = (tuple(grid), float(cell), str(device), dtype)
         if key not in self._cache:
-            boxes = anchor_boxes(grid, cell, self.anchors, device=device, dtype=dtype)
-            masks = cells_in_boxes(boxes, grid, cell)
+            anchor = anchor_boxes(grid, cell, self.anchors, device=device, dtype=dtype)
+            masks = cells_in_boxes(anchor, grid, cell)
             centre = torch.arange(grid[0] * grid[1], device=device).repeat_interleave(len(self.anchors))
             masks[torch.arange(masks.shape[0], device=device), centre] = True  # always the centre cell
+            boxes = cell_rectangles(masks, grid, cell).to(dtype)
             self._cache[key] = Geometry(boxes, masks, box_iou(boxes, boxes))
         return self._cache[key]
 

@@ -202,3 +202,40 @@ def unsil_loss(estimate: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor
     fixed_sigma = sigma.detach()
     # value: square / sigma (the two capped terms cancel); gradients as in the docstring
     return (square / fixed_sigma + capped / sigma - capped / fixed_sigma + lam * sigma).mean()
+
+
+def late_interaction_similarity(queries: torch.Tensor, query_mask: torch.Tensor,
+                                patches: torch.Tensor) -> torch.Tensor:
+    """Token-wise late-interaction similarity (FILIP's text side; PACL-style phrase-to-patch).
+
+    queries float[Bt, Q, d] (caption word tokens or phrase embeddings, L2-normalised),
+    query_mask bool[Bt, Q], patches float[Bi, P, d] (L2-normalised final patch embeddings).
+    Returns s float[Bt, Bi]: for text t and image i, the mean over t's present queries of each
+    query's best cosine with a patch of i (0 for a text without a present query).
+    """
+    best = torch.einsum("tqd,ipd->tiqp", queries, patches).amax(dim=3)  # [Bt, Bi, Q]
+    weight = query_mask.to(best.dtype)
+    return (best * weight[:, None, :]).sum(dim=2) / weight.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def fine_contrastive_loss(queries: torch.Tensor, query_mask: torch.Tensor, patches: torch.Tensor,
+                          logit_scale: torch.Tensor) -> torch.Tensor:
+    """Cross-image fine-grained contrastive loss (project choice, docs/fine_grained_alignment.md).
+
+    The late-interaction similarity s(T_t, I_i) of ``late_interaction_similarity`` times
+    ``logit_scale`` scored like L_CMC: each caption against the batch's images and each image
+    against the batch's captions (matched pairs on the diagonal). Captions without a present
+    query are left out of both directions. Shapes as in ``late_interaction_similarity`` with
+    Bt = Bi = b (the local micro-batch: no cross-rank gathering).
+    """
+    if queries.shape[0] != patches.shape[0]:
+        raise ValueError(f"queries and patches must hold the same pairs, got {queries.shape[0]} and "
+                         f"{patches.shape[0]}")
+    has_query = query_mask.any(dim=1)
+    if not bool(has_query.any()):
+        return _zero_like_graph(patches) + _zero_like_graph(queries)
+    logits = logit_scale * late_interaction_similarity(queries, query_mask, patches)  # [b_text, b_image]
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    t2i = F.cross_entropy(logits[has_query], labels[has_query])
+    i2t = F.cross_entropy(logits.t()[has_query][:, has_query], torch.arange(int(has_query.sum()), device=logits.device))
+    return 0.5 * (t2i + i2t)

@@ -83,6 +83,34 @@ def encode_text_list(model, tokenizer, texts: Sequence[str], *, device="cpu", ba
     return torch.cat(out)
 
 
+def encode_phrase_list(model, tokenizer, texts: Sequence[str], *, device="cpu", batch_size: int = 64,
+                       progress: Optional[bool] = None, desc: str = "phrases") -> torch.Tensor:
+    """Embeddings float[T, d] of each text's first noun phrase (``data.phrases`` chunker), the mean
+    of its word-token embeddings in the context of the whole text (L2-normalised); a text without
+    a noun phrase takes all its tokens."""
+    from loupe_core.data.phrases import extract_noun_phrases
+    from loupe_core.data.tokenizer import phrase_token_mask
+
+    out = []
+    with evaluating(model):
+        for sl in batches(len(texts), batch_size, progress=progress, desc=desc):
+            chunk = list(texts[sl])
+            ids, mask = tokenize(tokenizer, chunk, model.config.text_max_tokens)
+            phrase = torch.zeros(len(chunk), 1, ids.shape[1], dtype=torch.bool)
+            for row, text in enumerate(chunk):
+                spans = extract_noun_phrases(text)[:1]
+                offsets = tokenizer.encode(text)[1][: ids.shape[1]]
+                tokens = phrase_token_mask(offsets, spans)[0] if spans and offsets else torch.zeros(0, dtype=torch.bool)
+                phrase[row, 0, : len(tokens)] = tokens
+                if not bool(phrase[row, 0].any()):
+                    phrase[row, 0] = mask[row]
+            feats = model.encode_texts(ids.to(device), mask.to(device))
+            out.append(model.phrase_embeddings(feats, phrase.to(device))[:, 0].float().cpu())
+    if not out:
+        raise ValueError("texts must hold at least one text")
+    return torch.cat(out)
+
+
 def encode_image_array(model, images, *, device="cpu", batch_size: int = 64, progress: Optional[bool] = None,
                        desc: str = "images") -> torch.Tensor:
     """Global image embeddings float[N, d] of uint8 images ``[N, S, S, 3]`` (L2-normalised)."""

@@ -1,8 +1,10 @@
 """Zero-shot visual grounding (spec section 7): top-1 region per referring expression, acc@IoU 0.5.
 
 Tensor level: :func:`paired_box_iou` and :func:`grounding_accuracy`. Model level:
-:func:`evaluate_grounding` scores the region head's top-K regions of each image by cosine
-similarity of region embedding and expression embedding (global text [CLS]).
+:func:`evaluate_grounding` scores the region head's top-K regions of each image (K =
+``model.config.ground_top_k``, 0: ``top_k``) by the region logit scale times the cosine of region
+embedding and expression embedding (its [CLS] or its first noun phrase: ``model.config.ground_query``)
+plus ``model.config.ground_prior`` times log p(R).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 
 from shapley_kernels._checks import check_finite, check_tensor
 
-from .encode import batches, encode_text_list, evaluating, image_tensor
+from .encode import batches, encode_phrase_list, encode_text_list, evaluating, image_tensor
 
 IOU_THRESHOLD = 0.5
 
@@ -72,18 +74,40 @@ def region_proposals(model, images, *, top_k: int, device="cpu", batch_size: int
     return torch.cat(boxes), torch.cat(emb), torch.cat(scores)
 
 
+def expression_embeddings(model, tokenizer, expressions, *, device="cpu", batch_size: int = 64,
+                          progress=None) -> torch.Tensor:
+    """float[R, d]: the [CLS] or first-noun-phrase embedding of each expression (``model.config.ground_query``)."""
+    encode = encode_phrase_list if model.config.ground_query == "phrase" else encode_text_list
+    return encode(model, tokenizer, list(expressions), device=device, batch_size=batch_size, progress=progress,
+                  desc="referring expressions")
+
+
+def grounding_scores(model, region_emb: torch.Tensor, region_conf: torch.Tensor,
+                     query_emb: torch.Tensor) -> torch.Tensor:
+    """float[R, K]: region logit scale x cos(region, query) + ``ground_prior`` x log p(R).
+
+    region_emb float[R, K, d], region_conf float[R, K] (p(R) in (0, 1)), query_emb float[R, d].
+    """
+    scale = float(model.region_logit_scale.detach().exp().clamp(max=model.config.logit_scale_max))
+    cosine = (region_emb @ query_emb[:, :, None]).squeeze(2)
+    prior = model.config.ground_prior
+    return scale * cosine + (prior * region_conf.clamp(min=1e-12).log() if prior > 0 else 0.0)
+
+
 def evaluate_grounding(model, split, tokenizer, *, top_k: int, device="cpu", batch_size: int = 64,
                        progress=None) -> dict:
     """Model level: ``{"acc@0.5": percent}`` on a grounding split.
 
     split: images uint8 ``[N, S, S, 3]``, ``expressions`` (texts), ``expression_image`` (image
-    index of each) and ``boxes`` float[R, 4] xyxy in the model-input pixels.
+    index of each) and ``boxes`` float[R, 4] xyxy in the model-input pixels. ``top_k``: regions
+    per image (``model.config.ground_top_k`` overrides it when set).
     """
-    boxes, emb, _ = region_proposals(model, split.images, top_k=top_k, device=device, batch_size=batch_size,
-                                     progress=progress, desc="grounding regions")
-    txt = encode_text_list(model, tokenizer, list(split.expressions), device=device, batch_size=batch_size,
-                           progress=progress, desc="referring expressions")
+    k = model.config.ground_top_k or top_k
+    boxes, emb, conf = region_proposals(model, split.images, top_k=k, device=device, batch_size=batch_size,
+                                        progress=progress, desc="grounding regions")
+    query = expression_embeddings(model, tokenizer, split.expressions, device=device, batch_size=batch_size,
+                                  progress=progress)
     owner = torch.as_tensor(split.expression_image, dtype=torch.long)
-    scores = (emb[owner] @ txt[:, :, None]).squeeze(2)
+    scores = grounding_scores(model, emb[owner], conf[owner], query)
     gt = torch.as_tensor(split.boxes, dtype=torch.float32)
     return {"acc@0.5": grounding_accuracy(boxes[owner], scores, gt)}

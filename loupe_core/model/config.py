@@ -13,6 +13,10 @@ LABEL_SOURCES = ("exact", "sampling", "hybrid")
 TOKEN_BASELINES = ("zero", "drop")
 UNSIL_ARCHS = ("mlp_attention", "conv1d", "transformer")
 IMAGE_TOWERS = ("vit", "swin")
+FINE_QUERIES = ("tokens", "phrases")
+TOKEN_TARGETS = ("interaction", "negative_interaction", "phi")
+REGION_HEADS = ("mlp", "conv")
+GROUND_QUERIES = ("cls", "phrase")
 
 
 def _positive_int(name: str, value) -> None:
@@ -79,8 +83,14 @@ class ModelConfig(_DictMixin):
     contrast candidates for L_TSA. Candidates whose region holds one patch (1 x 1 anchors,
     clipped boxes at the border) get no L_TSA label (their Eq. 7 interaction is 0 whatever the
     model does).
+    ``region_head``: "mlp" (per-cell LayerNorm-Linear-GELU-Linear) or "conv" (the same with a
+    3 x 3 convolution over the patch grid first, so each cell's confidences see its neighbours).
     Both the global and the region-phrase alignment logit scales start at
     ``logit_scale_init`` (CLIP's 1/0.07) and are clamped at ``logit_scale_max``.
+    Grounding (``LoupeModel.ground_scores``): the head's top ``ground_top_k`` candidates after NMS
+    (0: ``top_k``) are scored by the region-text cosine times the region logit scale plus
+    ``ground_prior`` times log p(R); the text is the expression's [CLS] (``ground_query="cls"``)
+    or the mean embedding of its first noun phrase (``"phrase"``).
     """
 
     image_tower: str = "vit"
@@ -104,9 +114,17 @@ class ModelConfig(_DictMixin):
     nms_iou: float = 0.5
     logit_scale_init: float = 1.0 / 0.07
     logit_scale_max: float = 100.0
+    region_head: str = "mlp"
+    ground_top_k: int = 0
+    ground_query: str = "cls"
+    ground_prior: float = 0.0
 
     def __post_init__(self):
         _choice("image_tower", self.image_tower, IMAGE_TOWERS)
+        _choice("region_head", self.region_head, REGION_HEADS)
+        _choice("ground_query", self.ground_query, GROUND_QUERIES)
+        _non_negative_int("ground_top_k", self.ground_top_k)
+        _in_range("ground_prior", self.ground_prior, 0.0, 1e6)
         for name in ("image_size", "patch_size", "image_dim", "image_depth", "image_heads",
                      "text_vocab_size", "text_dim", "text_depth", "text_heads", "text_max_tokens",
                      "embed_dim", "top_k"):
@@ -148,6 +166,12 @@ class LossConfig(_DictMixin):
     ``warmup_fraction``: the share of steps during which hybrid always samples.
     ``unsil_lambda``: lambda of Eq. 12. ``probe_size``: targets per level re-sampled on each
     logged step (``train.log_every``) to log UNSIL's error (0: no probe).
+    ``token_target``: what L_TSA's min-max labels are made of: "interaction" (Eq. 7 as
+    published), "negative_interaction" (-Eq. 7) or "phi" (phi([R]), the region as one player);
+    docs/fine_grained_alignment.md gives the measurements behind the choice.
+    ``fine_contrast``: weight of the cross-image fine-grained contrastive term
+    (``losses.fine_contrastive_loss``; 0: off), whose queries are the caption's word tokens
+    (``fine_queries="tokens"``, FILIP's text side) or its noun phrases (``"phrases"``).
     """
 
     cmc: bool = True
@@ -165,6 +189,9 @@ class LossConfig(_DictMixin):
     unsil_lambda: float = 1.0
     warmup_fraction: float = 0.1
     probe_size: int = 4
+    token_target: str = "interaction"
+    fine_contrast: float = 0.0
+    fine_queries: str = "tokens"
 
     def __post_init__(self):
         for name in ("cmc", "tsa", "fsa", "unsil"):
@@ -174,13 +201,16 @@ class LossConfig(_DictMixin):
         _choice("semantic_source", self.semantic_source, LABEL_SOURCES)
         _choice("token_baseline", self.token_baseline, TOKEN_BASELINES)
         _choice("unsil_arch", self.unsil_arch, UNSIL_ARCHS)
+        _choice("token_target", self.token_target, TOKEN_TARGETS)
+        _choice("fine_queries", self.fine_queries, FINE_QUERIES)
+        _in_range("fine_contrast", self.fine_contrast, 0.0, 1e6)
         for name in ("token_num_samples", "semantic_num_samples", "pairs_per_step", "unsil_hidden"):
             _positive_int(name, getattr(self, name))
         _non_negative_int("probe_size", self.probe_size)
         _in_range("unsil_lambda", self.unsil_lambda, 1e-12, 1e12)
         _in_range("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
-        if not (self.cmc or self.tsa or self.fsa):
-            raise ValueError("at least one of cmc, tsa, fsa must be on")
+        if not (self.cmc or self.tsa or self.fsa or self.fine_contrast > 0):
+            raise ValueError("at least one of cmc, tsa, fsa, fine_contrast must be on")
         hybrid = self.hybrid_levels()
         if hybrid and not self.unsil:
             raise ValueError(f"label source 'hybrid' at level(s) {hybrid} needs unsil=True")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import labels as lab
-from ..losses import ContrastiveBank, LossOutput, cmc_loss, fsa_loss, tsa_loss
+from ..losses import ContrastiveBank, LossOutput, cmc_loss, fine_contrastive_loss, fsa_loss, tsa_loss
 from ..unsil import Unsil, UnsilInputs
 from .config import LossConfig, ModelConfig
 from .region_head import Geometry, RegionHead, cells_in_boxes
@@ -83,7 +83,7 @@ class LoupeModel(nn.Module):
         init = math.log(cfg.logit_scale_init)
         self.logit_scale = nn.Parameter(torch.tensor(init))
         self.region_logit_scale = nn.Parameter(torch.tensor(init))
-        self.region_head = RegionHead(cfg.embed_dim, cfg.anchors)
+        self.region_head = RegionHead(cfg.embed_dim, cfg.anchors, cfg.region_head)
         d, n_final = cfg.embed_dim, self.image_tower.final_grid[0] * self.image_tower.final_grid[1]
         shapes = {"token": (d, 1 + n_final + cfg.text_max_tokens),
                   "semantic": (2 * d, 3 + cfg.top_k + cfg.text_max_tokens)}
@@ -144,7 +144,7 @@ class LoupeModel(nn.Module):
         """The top_k candidate regions per image after NMS, best first (no random candidates)."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-        logits = self.region_head(image_feats.patch_emb)
+        logits = self.region_head(image_feats.patch_emb, image_feats.grid)
         geometry = self._geometry(image_feats)
         index = self.region_head.select(logits, geometry, top_k, 0, self.config.nms_iou)
         return self._regions(image_feats, logits, geometry, index)
@@ -157,7 +157,9 @@ class LoupeModel(nn.Module):
         ``diagnostics=False`` skips UNSIL's probe (fresh samples that only feed the
         ``unsil_probe_error_*`` logs); the trainer asks for it on the steps it logs.
         """
-        needed = BATCH_KEYS + (PHRASE_KEYS if self.loss_config.fsa and not embed_only else ())
+        lcfg = self.loss_config
+        uses_phrases = lcfg.fsa or (lcfg.fine_contrast > 0 and lcfg.fine_queries == "phrases")
+        needed = BATCH_KEYS + (PHRASE_KEYS if uses_phrases and not embed_only else ())
         for key in needed:
             if key not in batch:
                 raise ValueError(f"batch is missing {key!r} (needs {list(needed)})")
@@ -165,14 +167,19 @@ class LoupeModel(nn.Module):
         text_tokens, txt = self._encode_text_tokens(batch["input_ids"], batch["text_mask"])
         if embed_only:
             return img.global_emb, txt.global_emb
-        lcfg = self.loss_config
         warmup = step < lcfg.warmup_fraction * total_steps
         probe_size = lcfg.probe_size if diagnostics else 0
         terms, logs, unsil_terms = {}, {}, []
         if lcfg.cmc:
             terms["cmc"] = cmc_loss(img.global_emb, txt.global_emb, self._scale(self.logit_scale), bank)
+        phrases = self.phrase_embeddings(txt, batch["phrase_tokens"]) if uses_phrases else None
+        if lcfg.fine_contrast > 0:
+            queries, query_mask = ((txt.token_emb, batch["text_mask"]) if lcfg.fine_queries == "tokens"
+                                   else (phrases, batch["phrase_mask"]))
+            terms["fine"] = lcfg.fine_contrast * fine_contrastive_loss(
+                queries, query_mask, img.patch_emb, self._scale(self.region_logit_scale))
         if lcfg.tsa or lcfg.fsa:
-            logits = self.region_head(img.patch_emb)
+            logits = self.region_head(img.patch_emb, img.grid)
             geometry = self._geometry(img)
             index = self.region_head.select(logits.detach(), geometry, self.config.top_k,
                                             self.config.num_random if lcfg.tsa else 0, self.config.nms_iou)
@@ -187,7 +194,6 @@ class LoupeModel(nn.Module):
         if lcfg.fsa:
             top = index[:, : min(self.config.top_k, index.shape[1])]
             regions = self._regions(img, logits, geometry, top)
-            phrases = self.phrase_embeddings(txt, batch["phrase_tokens"])
             A = self._scale(self.region_logit_scale) * regions.emb @ phrases.transpose(1, 2)
             region_mask = torch.ones(A.shape[:2], dtype=torch.bool, device=A.device)
             values, unsil_term, level_logs = self._semantic_labels(

@@ -12,6 +12,7 @@ depends only on the grid, so it is computed once per (grid, cell size, device, d
 from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -112,21 +113,36 @@ def greedy_nms(scores: torch.Tensor, iou: torch.Tensor, top_k: int, threshold: f
 class RegionHead(nn.Module):
     """Confidence logits float[B, N * A] from the final patch embeddings float[B, N, d].
 
+    ``kind="mlp"``: per cell LayerNorm, Linear, GELU, Linear (A logits). ``kind="conv"``: the
+    hidden layer is a 3 x 3 convolution over the patch grid (zero padding), so a cell's
+    confidences see its neighbours: whether a box of an anchor's shape fits an object depends
+    on where the object ends, which one cell's embedding need not hold.
     ``select(logits, geometry, top_k, num_random, nms_iou)`` picks per image the top_k candidates
     after NMS and ``num_random`` (cell, anchor) pairs drawn uniformly from the rest (contrast
     candidates, spec section 3 **[choice]**), using torch's global generator.
     """
 
-    def __init__(self, embed_dim: int, anchors: Sequence[Sequence[float]]):
+    def __init__(self, embed_dim: int, anchors: Sequence[Sequence[float]], kind: str = "mlp"):
         super().__init__()
+        if kind not in ("mlp", "conv"):
+            raise ValueError(f"kind must be 'mlp' or 'conv', got {kind!r}")
         self.anchors = [list(a) for a in anchors]
-        self.net = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim), nn.GELU(),
-                                 nn.Linear(embed_dim, len(self.anchors)))
+        self.kind = kind
+        self.norm = nn.LayerNorm(embed_dim)
+        self.hidden = (nn.Linear(embed_dim, embed_dim) if kind == "mlp"
+                       else nn.Conv2d(embed_dim, embed_dim, kernel_size=3, padding=1))
+        self.out = nn.Linear(embed_dim, len(self.anchors))
         self._cache = {}
 
-    def forward(self, patch_emb: torch.Tensor) -> torch.Tensor:
-        """patch_emb float[B, N, d] -> confidence logits float[B, N * A]."""
-        return self.net(patch_emb).flatten(1)
+    def forward(self, patch_emb: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        """patch_emb float[B, N, d] (row-major over ``grid`` (gh, gw), N = gh * gw) -> logits float[B, N * A]."""
+        x = self.norm(patch_emb)
+        if self.kind == "conv":
+            B, N, d = x.shape
+            x = self.hidden(x.transpose(1, 2).reshape(B, d, grid[0], grid[1])).flatten(2).transpose(1, 2)
+        else:
+            x = self.hidden(x)
+        return self.out(F.gelu(x)).flatten(1)
 
     def geometry(self, grid: Tuple[int, int], cell: float, device, dtype) -> Geometry:
         """The candidates' boxes (their cells' rectangles), cell masks and IoU for this grid (cached)."""

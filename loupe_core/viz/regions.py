@@ -56,7 +56,7 @@ def region_candidates(model, view: PairView, num_random: int, seed: int):
     head = model.region_head
     with evaluating(model):
         geometry = head.geometry(feats.grid, feats.patch_size, feats.patch_emb.device, feats.patch_emb.dtype)
-        confidence = torch.sigmoid(head(feats.patch_emb))[0]
+        confidence = torch.sigmoid(head(feats.patch_emb, feats.grid))[0]
     chosen = set()
     for box in view.regions.boxes[0]:
         chosen.add(int((geometry.boxes - box).abs().sum(dim=1).argmin()))

@@ -27,10 +27,17 @@ class ShardReads:
         self.urls = None if urls is None else set(urls)
         self.failed: dict[str, str] = {}  # shard -> why, since the last read that gave a sample
 
-    def _read(self, url: str) -> Iterator[dict]:
+    @staticmethod
+    def _read(url: str, errors: list) -> Iterator[dict]:
+        """The samples of one shard; an error stops the read (appended to ``errors``) after the
+        samples before it, the last one complete or not (a partial one is then skipped downstream)."""
         from webdataset.tariterators import tarfile_samples
 
-        return tarfile_samples([{"url": url}])
+        def stop(exc):
+            errors.append(exc)
+            return True  # webdataset then ends this shard's read and flushes the sample being grouped
+
+        return tarfile_samples([{"url": url}], handler=stop)
 
     def _failure(self, url: str, why: str) -> None:
         self.stats.shard_errors += 1
@@ -43,17 +50,19 @@ class ShardReads:
 
     def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
         for shard in src:
-            url, count, why = shard["url"], 0, "no sample in it"
+            url, count, errors = shard["url"], 0, []
             try:
-                for raw in self._read(url):
+                for raw in self._read(url, errors):
                     count += 1
                     yield raw
-            except Exception as exc:  # tarfile, OS and gopen errors: the shard is bad, not the run
-                why = f"{type(exc).__name__}: {exc.args[0] if exc.args else exc}"
-                if count:
-                    self.stats.shard_errors += 1
-                    logger.warning("shard %s: read stopped after %d samples (%s)", url, count, why)
+            except Exception as exc:  # tarfile, OS and gopen errors the handler did not see
+                errors.append(exc)
+            why = f"{type(errors[0]).__name__}: {errors[0].args[0] if errors[0].args else errors[0]}" if errors \
+                else "no sample in it"
             if count:
                 self.failed.clear()
+                if errors:
+                    self.stats.shard_errors += 1
+                    logger.warning("shard %s: read stopped after %d samples (%s)", url, count, why)
             else:
                 self._failure(url, why)

@@ -137,16 +137,22 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+def check_weights(path: str, state: dict) -> dict:
+    """``state`` unless its ``"model"`` weights hold NaN or inf (ValueError naming ``path`` and the weight)."""
+    model = state.get("model")
+    for name, value in (model.items() if isinstance(model, dict) else ()):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"checkpoint {path!r} holds non-finite values in model weight {name!r}")
+    return state
+
+
 def check_training_state(path: str, state: dict) -> dict:
     """``state`` if it is a training checkpoint (the keys of ``TRAINING_KEYS``, finite model
     weights), else ValueError naming ``path`` and what is wrong."""
     missing = [k for k in TRAINING_KEYS if k not in state]
     if missing:
         raise ValueError(f"checkpoint {path!r} is not a training checkpoint of this project: it lacks {missing}")
-    for name, value in state["model"].items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"checkpoint {path!r} holds non-finite values in model weight {name!r}")
-    return state
+    return check_weights(path, state)
 
 
 def load_training_state(path: str) -> dict:
@@ -185,13 +191,13 @@ def prune_checkpoints(run_dir: str, keep: int) -> None:
 
 
 def latest_good_checkpoint(run_dir: str):
-    """Path of the run's newest checkpoint that loads as a training checkpoint, or None when it
-    has none; each damaged newer one is passed over with a warning naming it and the fallback.
-    Raises ValueError listing the damage when every checkpoint of the run is damaged."""
+    """Path of the run's newest checkpoint that loads intact (digest and finite weights), or None
+    when it has none; each damaged newer one is passed over with a warning naming it and the
+    fallback. Raises ValueError listing the damage when every checkpoint of the run is damaged."""
     damaged = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            load_training_state(path)
+            check_weights(path, load_checkpoint(path))
         except ValueError as exc:
             damaged.append((path, str(exc)))
             continue

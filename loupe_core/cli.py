@@ -56,6 +56,9 @@ def _pretrain(args) -> int:
     except TrainingDiverged as exc:
         print(f"loupe pretrain: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # bad data, checkpoint or setting: the message names it
+        print(f"loupe pretrain: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

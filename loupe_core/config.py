@@ -33,9 +33,14 @@ class DataConfig:
     resampled stream (shards drawn with replacement, seeded by ``train.seed``, rank and worker;
     ``shuffle_buffer`` samples shuffled), ``tokenizer`` a WordPiece ``vocab.txt`` or
     ``tokenizer.json``, ``eval_paths`` the evaluation files {task: path} (docs/CONTRACTS.md s4).
+    ``dataset="csv"``: ``train_csv`` a CSV/TSV of (image path, caption) rows (columns
+    ``csv_img_key`` / ``csv_caption_key``, separator ``csv_sep``, relative paths from the file's
+    folder), visited in a seeded order; ``tokenizer`` and ``eval_paths`` as for webdataset.
+    Real data skips and counts bad records; ``bad_limit`` records skipped in a row stop the run
+    with an error naming the data (``loupe_core.data.stats``).
     """
 
-    dataset: Literal["shapesworld", "webdataset"] = "shapesworld"
+    dataset: Literal["shapesworld", "webdataset", "csv"] = "shapesworld"
     root: Optional[str] = None
     train_size: int = 4000
     eval_size: int = 200
@@ -45,6 +50,14 @@ class DataConfig:
     eval_paths: Optional[dict] = None
     shuffle_buffer: int = 1000
     num_workers: int = 0
+    train_csv: Optional[str] = None
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_sep: str = "\t"
+    bad_limit: int = 1000
+
+    def __post_init__(self):
+        _at_least(self, "data", train_size=1, eval_size=1, shuffle_buffer=0, num_workers=0, bad_limit=1)
 
 
 @dataclass
@@ -84,6 +97,17 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
 
+    def __post_init__(self):
+        _at_least(self, "train", steps=0, epochs=1, batch_size=1, accum_steps=1, log_every=1, ckpt_every=0,
+                  keep_checkpoints=0)
+        _positive(self, "train", lr=self.lr, eps=self.eps, div_factor=self.div_factor,
+                  final_div_factor=self.final_div_factor)
+        for name in ("weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 < self.pct_start < 1:
+            raise ValueError(f"train.pct_start must be in (0, 1), got {self.pct_start!r}")
+
 
 @dataclass
 class EvalConfig:
@@ -95,6 +119,26 @@ class EvalConfig:
     tasks: tuple[str, ...] = ("retrieval", "grounding")
     batch_size: int = 64
     report: bool = True
+
+    def __post_init__(self):
+        _at_least(self, "eval", every=0, batch_size=1)
+
+
+def _at_least(section, prefix: str, **bounds) -> None:
+    """ValueError naming ``prefix.field`` when an int field is below its bound."""
+    for name, low in bounds.items():
+        value = getattr(section, name)
+        if isinstance(value, int) and not isinstance(value, bool) and value < low:
+            raise ValueError(f"{prefix}.{name} must be >= {low}, got {value}")
+
+
+def _positive(section, prefix: str, **values) -> None:
+    """ValueError naming ``prefix.field`` unless the float is finite and > 0."""
+    import math
+
+    for name, value in values.items():
+        if isinstance(value, (int, float)) and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{prefix}.{name} must be a finite number > 0, got {value!r}")
 
 
 def _model_sections():

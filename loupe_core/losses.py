@@ -62,6 +62,25 @@ def _distributed_world():
     return None
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """x [b, ...] on every rank -> [world * b, ...] in rank order; the gradient of this rank's
+    rows is the sum over ranks of theirs (what ``torch.distributed.nn``'s deprecated all_gather did)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        dist = torch.distributed
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = (dist.get_rank() * x.shape[0], (dist.get_rank() + 1) * x.shape[0])
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.rows[0]:ctx.rows[1]]
+
+
 def cmc_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
              bank: Optional[ContrastiveBank] = None) -> torch.Tensor:
     """Cross-modal contrastive loss L_CMC (spec Eq. 1): mean of both cross-entropies.
@@ -94,9 +113,7 @@ def cmc_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
         labels = torch.arange(img.shape[0], device=img.device)
         return _symmetric_ce(logits, logits.t(), labels)
     rank, _ = world
-    from torch.distributed.nn.functional import all_gather  # gather with gradients
-    all_img = torch.cat(all_gather(img), dim=0)
-    all_txt = torch.cat(all_gather(txt), dim=0)
+    all_img, all_txt = _GatherWithGrad.apply(img), _GatherWithGrad.apply(txt)
     labels = torch.arange(img.shape[0], device=img.device) + rank * img.shape[0]
     return _symmetric_ce(logit_scale * img @ all_txt.t(), logit_scale * txt @ all_img.t(), labels)
 

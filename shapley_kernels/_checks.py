@@ -1,4 +1,10 @@
-"""Boundary checks shared by every public function: one clear error naming the argument."""
+"""Boundary checks shared by every public function: one clear error naming the argument.
+
+Integer arguments (``num_samples``, ``max_batch``, ``seed``) follow one rule everywhere: any
+integral value (Python int or NumPy integer, never bool) within the argument's range; anything
+else is a TypeError, an integer out of range a ValueError, both naming the argument.
+"""
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -38,26 +44,51 @@ def check_shape(name: str, x: torch.Tensor, shape: Sequence[Optional[int]]) -> t
     return x
 
 
+def check_int(name: str, value, low: int, high: Optional[int] = None) -> int:
+    """``value`` as a Python int if it is integral (int or NumPy integer, not bool) and in
+    ``low..high``; TypeError / ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bound = ("positive" if low == 1 else f"at least {low}") if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
 def check_num_samples(num_samples, default: int = 500) -> int:
-    """Resolve ``num_samples`` (None means ``default``); raise on non-positive or non-int."""
-    if num_samples is None:
-        return default
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
-        raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
-    if num_samples <= 0:
-        raise ValueError(f"num_samples must be positive, got {num_samples}")
-    return num_samples
+    """Resolve ``num_samples`` (None means ``default``); raise on non-positive or non-integral."""
+    return default if num_samples is None else check_int("num_samples", num_samples, 1)
 
 
 def check_max_batch(max_batch, default: int = 4096) -> int:
-    """Resolve ``max_batch`` (None means ``default``); raise on non-positive."""
-    if max_batch is None:
-        return default
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int):
-        raise TypeError(f"max_batch must be an int, got {type(max_batch).__name__}")
-    if max_batch <= 0:
-        raise ValueError(f"max_batch must be positive, got {max_batch}")
-    return max_batch
+    """Resolve ``max_batch`` (None means ``default``); raise on non-positive or non-integral."""
+    return default if max_batch is None else check_int("max_batch", max_batch, 1)
+
+
+SEED_MAX = 2 ** 64 - 1
+"""Largest seed: ``torch.Generator.manual_seed`` takes a 64-bit unsigned value."""
+
+
+def check_seed(seed) -> Optional[int]:
+    """``seed`` as an int in 0..SEED_MAX, or None (then drawn from torch's global generator by the caller)."""
+    return None if seed is None else check_int("seed", seed, 0, SEED_MAX)
+
+
+def check_device(name: str, device) -> "torch.device":
+    """``device`` (a str or torch.device) as a torch.device this install can compute on, else
+    ValueError naming ``name``, the device and what this install supports."""
+    supported = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{name}={device!r} is not a device; this install supports {supported}") from exc
+    if dev.type not in supported:
+        why = "no CUDA device is available" if dev.type == "cuda" else f"{dev.type!r} devices cannot compute here"
+        raise ValueError(f"{name}={device!r}: {why}; this install supports {supported}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{name}={device!r}: there are {torch.cuda.device_count()} CUDA devices")
+    return dev
 
 
 def check_choice(name: str, value, choices: Sequence[str]) -> str:

@@ -17,7 +17,8 @@ from typing import Optional
 
 import torch
 
-from ._checks import check_choice, check_max_batch, check_num_samples, check_shape, check_tensor
+from ._checks import (check_choice, check_device, check_max_batch, check_num_samples, check_seed, check_shape,
+                      check_tensor)
 from ._enumeration import exact_indices, value_table
 from ._estimate import Estimate
 from ._sampling import sampled_indices, sampling_evaluations
@@ -84,10 +85,14 @@ def _check_n(n) -> int:
     return int(n)
 
 
-def _check_seed(seed):
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    return seed
+def _representable(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float64 ``x`` as ``dtype``; ValueError when finite game values gave a result that overflows it."""
+    out = x.to(dtype)
+    if not bool(torch.isfinite(out).all()):
+        where = "float64 accumulation" if not bool(torch.isfinite(x).all()) else f"the game's {dtype}"
+        raise ValueError(f"the game values overflow: the result exceeds the range of {where} "
+                         f"(largest |value| {float(x.abs().nan_to_num(float('inf')).max()):.3g}); rescale the game")
+    return out
 
 
 def _generator(seed, device: torch.device) -> torch.Generator:
@@ -105,7 +110,7 @@ def _estimate(game, n: int, targets: torch.Tensor, shapley: bool, method, num_sa
     check_choice("method", method, METHODS)
     num_samples = check_num_samples(num_samples, DEFAULT_NUM_SAMPLES)
     max_batch = check_max_batch(max_batch)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if not isinstance(return_stderr, bool):
         raise TypeError(f"return_stderr must be a bool, got {type(return_stderr).__name__}")
     if method == "exact" and n > EXACT_MAX_PLAYERS:
@@ -126,7 +131,7 @@ def _estimate(game, n: int, targets: torch.Tensor, shapley: bool, method, num_sa
     else:
         value, stderr = sampled_indices(checked, targets, num_samples, _generator(seed, device),
                                         shapley)
-    value, stderr = value.to(checked.dtype), stderr.to(checked.dtype)
+    value, stderr = _representable(value, checked.dtype), _representable(stderr, checked.dtype)
     return Estimate(value, stderr, checked.evaluations) if return_stderr else value
 
 
@@ -145,7 +150,7 @@ def shapley_values(game, n: int, *, method: str = "auto", num_samples: Optional[
     ``return_stderr=True`` an Estimate(value[n], stderr[n], evaluations).
     """
     n = _check_n(n)
-    device = torch.device("cpu") if device is None else torch.device(device)
+    device = torch.device("cpu") if device is None else check_device("device", device)
     targets = torch.eye(n, dtype=torch.bool, device=device)
     return _estimate(game, n, targets, True, method, num_samples, seed, max_batch,
                      return_stderr, device)
@@ -168,7 +173,7 @@ def interaction_index(game, n: int, pairs: torch.Tensor, *, method: str = "auto"
                          f"{int(pairs.min())}..{int(pairs.max())}")
     if bool((pairs[:, 0] == pairs[:, 1]).any()):
         raise ValueError("pairs must hold two distinct players per row (found i == j)")
-    device = pairs.device if device is None else torch.device(device)
+    device = pairs.device if device is None else check_device("device", device)
     pairs = pairs.to(device=device, dtype=torch.long)
     targets = torch.zeros(pairs.shape[0], n, dtype=torch.bool, device=device)
     targets.scatter_(1, pairs, True)
@@ -194,6 +199,6 @@ def coalition_interaction(game, n: int, coalitions: torch.Tensor, *, method: str
         row = int((sizes < 2).nonzero()[0])
         raise ValueError(f"coalitions must each have at least 2 members; row {row} has "
                          f"{int(sizes[row])}")
-    device = coalitions.device if device is None else torch.device(device)
+    device = coalitions.device if device is None else check_device("device", device)
     return _estimate(game, n, coalitions.to(device), False, method, num_samples, seed,
                      max_batch, return_stderr, device)

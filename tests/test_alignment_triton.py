@@ -85,9 +85,9 @@ def test_sampling_replays_documented_draws(rng_seed):
 
 
 def test_sampling_one_pair_one_sample():
-    """n = 2 players: every sample's delta is v({i,j}) = 1; one sample gives stderr 0 (not NaN)."""
+    """n = 2 players: every sample's delta is v({i,j}) = 1; equal samples give stderr 0 (not NaN)."""
     A = torch.tensor([[[1e4]]], dtype=torch.float64, device=DEVICE)
-    est = sk.region_phrase_interaction(A, method="sampling", num_samples=1, seed=3, backend="triton",
+    est = sk.region_phrase_interaction(A, method="sampling", num_samples=2, seed=3, backend="triton",
                                        return_stderr=True)
     assert est.value.dtype == torch.float64
     assert est.value.item() == 1.0 and est.stderr.item() == 0.0

@@ -1,32 +1,45 @@
-"""Counting what the real-data loaders skip, and a loader wrapper that sums the counts.
+"""Counting what the real-data loaders skip, the bound that turns unusable data into an error,
+and a loader wrapper that sums the counts.
 
 Worker processes cannot share a counter, so each batch travels with the counts of the records
 it consumed: the underlying DataLoader yields ``(batch | None, DataStats)`` and
 ``CountingLoader`` sums them in the main process and yields the batches alone.
+
+No hang on data that cannot be used: ``BadRunGuard`` raises ValueError once
+``limit`` records in a row were skipped with none kept, and ``CountingLoader`` raises when a
+whole pass kept nothing. Both messages name the sources and the counts by reason.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
 
 logger = logging.getLogger("loupe_core.data")
+
+DEFAULT_BAD_LIMIT = 1000
+"""Records skipped in a row (none kept in between) after which the data counts as unusable."""
 
 
 @dataclass
 class DataStats:
-    """Records seen, kept, skipped (by reason), and kept captions without any noun phrase."""
+    """Records seen, kept, skipped (by reason), kept captions without any noun phrase, and shard
+    reads that failed (unreadable, truncated or empty shards: not records, so not in ``seen``)."""
 
     seen: int = 0
     kept: int = 0
     corrupt_image: int = 0
     missing_image: int = 0
     empty_caption: int = 0
+    missing_caption: int = 0
+    bad_text: int = 0
     no_phrase: int = 0
+    shard_errors: int = 0
 
     @property
     def skipped(self) -> int:
-        return self.corrupt_image + self.missing_image + self.empty_caption
+        return self.corrupt_image + self.missing_image + self.empty_caption + self.missing_caption + self.bad_text
 
     def add(self, other: "DataStats") -> "DataStats":
         for f in dataclasses.fields(self):
@@ -46,19 +59,63 @@ class DataStats:
     def summary(self) -> str:
         return (f"{self.seen} records: {self.kept} kept, {self.skipped} skipped (corrupt image "
                 f"{self.corrupt_image}, missing image {self.missing_image}, empty caption "
-                f"{self.empty_caption}); {self.no_phrase} kept captions have no noun phrase")
+                f"{self.empty_caption}, missing caption {self.missing_caption}, bad text {self.bad_text}); "
+                f"{self.no_phrase} kept captions have no noun phrase; {self.shard_errors} shard read errors")
+
+
+class BadRunGuard:
+    """Raises ValueError when ``limit`` records in a row are skipped with none kept.
+
+    ``skipped(source)`` / ``kept()`` after each record; ``stats`` (the counts by reason) and
+    ``hint`` (e.g. which setting to check) go into the message, with the sources seen in the run.
+    """
+
+    def __init__(self, stats: DataStats, limit: int = DEFAULT_BAD_LIMIT, hint: str = ""):
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"bad_limit must be a positive int, got {limit!r}")
+        self.stats, self.limit, self.hint = stats, limit, hint
+        self.in_a_row, self.sources = 0, []
+
+    def kept(self) -> None:
+        self.in_a_row, self.sources = 0, []
+
+    def skipped(self, source: str) -> None:
+        self.in_a_row += 1
+        if source not in self.sources and len(self.sources) < 5:
+            self.sources.append(source)
+        if self.in_a_row >= self.limit:
+            raise ValueError(f"no usable sample in the last {self.in_a_row} records (from {self.sources}); "
+                             f"counts so far: {self.stats.summary()}{self.hint}")
+
+
+def batches_with_counts(samples: Iterable[dict], stats: DataStats, batch_size: int, max_phrases: int,
+                        partial: bool) -> Iterator[tuple]:
+    """``make_sample`` dicts -> ``(batch, DataStats since the last batch)`` (CONTRACTS s3 batches of
+    ``batch_size``); at the end a last partial batch (or None) carries the remaining counts."""
+    from .batch import collate_batch
+
+    batch = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == batch_size:
+            yield collate_batch(batch, max_phrases), stats.take()
+            batch = []
+    last = collate_batch(batch, max_phrases) if batch and partial else None
+    yield last, stats.take()
 
 
 class CountingLoader:
     """Yields the batches of ``loader`` (items ``(batch | None, DataStats)``), summing the counts.
 
     ``epoch_stats``: counts of the last (or current) pass; ``stats``: all passes. At the end of
-    each pass the summary is logged (logger ``loupe_core.data``).
+    each pass the summary is logged (logger ``loupe_core.data``); a pass that read records or
+    shards but kept none raises ValueError (``hint``: what to check, appended to the message).
     """
 
-    def __init__(self, loader, name: str = "data"):
+    def __init__(self, loader, name: str = "data", hint: Optional[str] = None):
         self.loader = loader
         self.name = name
+        self.hint = hint
         self.stats = DataStats()
         self.epoch_stats = DataStats()
 
@@ -70,6 +127,10 @@ class CountingLoader:
             if batch is not None:
                 yield batch
         logger.info("%s epoch: %s", self.name, self.epoch_stats.summary())
+        e = self.epoch_stats
+        if e.kept == 0 and (e.seen or e.shard_errors):
+            raise ValueError(f"{self.name}: no usable sample in a whole pass ({e.summary()})"
+                             + (f"; check {self.hint}" if self.hint else ""))
 
     def __len__(self) -> int:
         return len(self.loader)

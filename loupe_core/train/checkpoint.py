@@ -1,14 +1,25 @@
-"""Atomic checkpoints and the RNG state that makes a resumed run continue exactly.
+"""Atomic, verified checkpoints and the RNG state that makes a resumed run continue exactly.
 
 A checkpoint is one ``torch.save`` file ``<run_dir>/checkpoints/step_<NNNNNNNN>.pt`` holding a
-dict (model, optimizer, scheduler, scaler, rng, step, epoch, batch position, config). It is
-written to a temporary file in the same directory, flushed, fsynced and ``os.replace``d onto its
-name, so a crash mid-write leaves every earlier checkpoint intact. Files load with
-``weights_only=True`` (no pickled code).
+dict (model, optimizer, scheduler, scaler, rng, step, total_steps, world_size, config). It is
+written to a temporary file ``.tmp-<pid>-*.pt`` in the same directory, flushed, fsynced and
+``os.replace``d onto its name, so a crash mid-write leaves every earlier checkpoint intact; the
+temporary files a killed process leaves are removed when a run starts there
+(``remove_partial_writes``). Files load with ``weights_only=True`` (no pickled code).
+
+Integrity: ``save_checkpoint`` stores ``"sha256"``, a digest of every value in the dict (tensor
+bytes, dtypes, shapes and plain values, in key order); ``load_checkpoint`` recomputes it, so a
+flipped bit anywhere in the content is a ValueError naming the file (a file without a digest
+loads with a warning: it cannot be verified). A training checkpoint must
+also hold the keys of ``TRAINING_KEYS`` and finite model weights (``check_training_state``).
+``resolve_resume`` given a run directory or ``latest`` falls back from a damaged newest
+checkpoint to the newest good one, with a warning naming both files.
 """
 from __future__ import annotations
 
 import glob
+import hashlib
+import logging
 import os
 import random
 import re
@@ -18,6 +29,35 @@ import numpy as np
 import torch
 
 _NAME = re.compile(r"step_(\d+)\.pt$")
+DIGEST_KEY = "sha256"
+TRAINING_KEYS = ("step", "total_steps", "model", "optimizer", "scheduler", "scaler", "rng", "config")
+logger = logging.getLogger("loupe_core.train")
+
+
+def _feed(h, value, path: str) -> None:
+    """Add ``value`` (nested dicts / lists / tuples of tensors and plain values) to the hash ``h``."""
+    h.update(path.encode())
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        for k in sorted(value, key=repr):
+            _feed(h, value[k], f"{path}/{k!r}")
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__}{len(value)}".encode())
+        for i, v in enumerate(value):
+            _feed(h, v, f"{path}[{i}]")
+    else:
+        h.update(repr(value).encode())
+
+
+def state_digest(state: dict) -> str:
+    """sha256 (hex) of the content of ``state``: every tensor's dtype, shape and bytes, every plain value."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != DIGEST_KEY}, "")
+    return h.hexdigest()
 
 
 def capture_rng_state() -> dict:
@@ -49,13 +89,13 @@ def checkpoint_path(run_dir: str, step: int) -> str:
 
 
 def save_checkpoint(path: str, state: dict) -> str:
-    """Write ``state`` to ``path`` atomically (temp file in the same dir, fsync, os.replace)."""
+    """Write ``state`` with its digest to ``path`` atomically (temp file in the same dir, fsync, os.replace)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".pt", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
+            torch.save({**state, DIGEST_KEY: state_digest(state)}, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -72,13 +112,63 @@ def save_checkpoint(path: str, state: dict) -> str:
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """The dict saved by :func:`save_checkpoint`; ValueError naming ``path`` if missing or unreadable."""
+    """The dict saved by :func:`save_checkpoint` (without its digest); ValueError naming ``path``
+    if it is missing, unreadable, not a dict, without a digest or with content that does not
+    match its digest (damaged)."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path!r} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"checkpoint {path!r} could not be read: {exc}") from exc
+        raise ValueError(f"checkpoint {path!r} could not be read: {_first_line(exc)}") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path!r} is not a checkpoint of this project (it holds a {type(state).__name__})")
+    if DIGEST_KEY not in state:  # written before digests existed, or by another program
+        logger.warning("checkpoint %s has no %r digest: its content cannot be verified", path, DIGEST_KEY)
+        return state
+    stored = state.pop(DIGEST_KEY)
+    if stored != state_digest(state):
+        raise ValueError(f"checkpoint {path!r} is damaged: its content does not match its sha256 digest")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def check_weights(path: str, state: dict) -> dict:
+    """``state`` unless its ``"model"`` weights hold NaN or inf (ValueError naming ``path`` and the weight)."""
+    model = state.get("model")
+    for name, value in (model.items() if isinstance(model, dict) else ()):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"checkpoint {path!r} holds non-finite values in model weight {name!r}")
+    return state
+
+
+def check_training_state(path: str, state: dict) -> dict:
+    """``state`` if it is a training checkpoint (the keys of ``TRAINING_KEYS``, finite model
+    weights), else ValueError naming ``path`` and what is wrong."""
+    missing = [k for k in TRAINING_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint {path!r} is not a training checkpoint of this project: it lacks {missing}")
+    return check_weights(path, state)
+
+
+def load_training_state(path: str) -> dict:
+    """:func:`load_checkpoint` then :func:`check_training_state`."""
+    return check_training_state(path, load_checkpoint(path))
+
+
+def remove_partial_writes(run_dir: str) -> list[str]:
+    """Delete the temporary files of interrupted checkpoint writes in ``<run_dir>/checkpoints``
+    (a warning lists them); returns their paths."""
+    paths = sorted(glob.glob(os.path.join(run_dir, "checkpoints", ".tmp-*.pt")))
+    for path in paths:
+        os.unlink(path)
+    if paths:
+        logger.warning("removed %d partial checkpoint write(s) of an interrupted run: %s", len(paths), paths)
+    return paths
 
 
 def list_checkpoints(run_dir: str) -> list[str]:
@@ -100,14 +190,34 @@ def prune_checkpoints(run_dir: str, keep: int) -> None:
             os.unlink(path)
 
 
+def latest_good_checkpoint(run_dir: str):
+    """Path of the run's newest checkpoint that loads intact (digest and finite weights), or None
+    when it has none; each damaged newer one is passed over with a warning naming it and the
+    fallback. Raises ValueError listing the damage when every checkpoint of the run is damaged."""
+    damaged = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            check_weights(path, load_checkpoint(path))
+        except ValueError as exc:
+            damaged.append((path, str(exc)))
+            continue
+        for bad, why in damaged:
+            logger.warning("%s; resuming from the previous good checkpoint %s instead", why, path)
+        return path
+    if damaged:
+        raise ValueError(f"no usable checkpoint in {run_dir!r}: " + "; ".join(why for _, why in damaged))
+    return None
+
+
 def resolve_resume(resume: str, run_dir: str | None, runs_root: str = "runs", config_name: str | None = None) -> str:
     """Checkpoint path for ``--resume``: a file, a run directory, or ``latest``.
 
-    ``latest`` takes the newest checkpoint of ``run_dir`` when given, else of the most recently
-    modified ``<runs_root>/<config_name>-*`` run that has one.
+    ``latest`` takes the newest good checkpoint (``latest_good_checkpoint``) of ``run_dir`` when
+    given, else of the most recently modified ``<runs_root>/<config_name>-*`` run that has one.
+    A file is taken as it is (no fallback: it was named).
     """
     if resume != "latest":
-        path = latest_checkpoint(resume) if os.path.isdir(resume) else resume
+        path = latest_good_checkpoint(resume) if os.path.isdir(resume) else resume
         if path is None or not os.path.isfile(path):
             raise ValueError(f"--resume {resume!r}: no checkpoint there")
         return path
@@ -117,7 +227,7 @@ def resolve_resume(resume: str, run_dir: str | None, runs_root: str = "runs", co
         pattern = f"{config_name}-*" if config_name else "*"
         candidates = sorted(glob.glob(os.path.join(runs_root, pattern)), key=os.path.getmtime, reverse=True)
     for cand in candidates:
-        path = latest_checkpoint(cand)
+        path = latest_good_checkpoint(cand)
         if path is not None:
             return path
     where = run_dir if run_dir is not None else os.path.join(runs_root, f"{config_name or ''}-*")

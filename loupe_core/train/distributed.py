@@ -34,17 +34,17 @@ class DistContext:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``"auto"``: the local GPU when there is one, else the CPU; otherwise ``torch.device(name)``."""
+    """``"auto"``: the local GPU when there is one, else the CPU; ``"cuda"``: the local GPU;
+    otherwise ``torch.device(name)``. ValueError naming ``train.device`` for a device this install
+    cannot train on (``shapley_kernels._checks.check_device``)."""
+    from shapley_kernels._checks import check_device
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("train.device='cuda' but no CUDA device is available")
+    device = check_device("train.device", name)
+    if device.type == "cuda" and device.index is None:
         return torch.device("cuda", local_rank)
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"train.device={name!r} is not a device ({exc})") from exc
+    return device
 
 
 def init_distributed(device: str = "auto") -> DistContext:
@@ -97,6 +97,14 @@ def all_reduce_mean(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= ctx.world_size
+    return t
+
+
+def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum of ``t`` over ranks (returns a new tensor)."""
+    t = t.clone()
+    if ctx.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 

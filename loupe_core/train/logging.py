@@ -5,14 +5,18 @@ One record per logged step: ``{"step": int, "<name>": float, ...}`` with names s
 ``eval/<metric>``. ``metrics.jsonl`` is the history (one JSON object per line); ``metrics.csv``
 holds the same records as a table (one column per name, rewritten when a new name appears);
 ``tb/`` holds TensorBoard event files. On resume the records after the checkpoint's step are
-dropped, so the history of a resumed run is the uninterrupted one's.
+dropped, so the history of a resumed run is the uninterrupted one's; a line that is not a JSON
+record (torn by a kill mid-write) is dropped with a warning naming the file and line.
 """
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
+
+logger = logging.getLogger("loupe_core.train")
 
 
 class MetricLogger:
@@ -33,8 +37,7 @@ class MetricLogger:
             return
         os.makedirs(run_dir, exist_ok=True)
         if resume_step is not None and os.path.exists(self.jsonl_path):
-            with open(self.jsonl_path) as fh:
-                self.records = [r for r in map(json.loads, filter(str.strip, fh)) if r["step"] <= resume_step]
+            self.records = [r for r in read_history(self.jsonl_path) if r["step"] <= resume_step]
         with open(self.jsonl_path, "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in self.records)
         self._rewrite_csv()
@@ -77,6 +80,25 @@ class MetricLogger:
             self._writer.flush()
             self._writer.close()
             self._writer = None
+
+
+def read_history(path: str) -> list[dict]:
+    """The records of a ``metrics.jsonl``; lines that are not a record with an int ``step`` (a
+    torn last line after a kill) are dropped, each with a warning naming the file and line."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError("not a record with an int 'step'")
+            except ValueError as exc:
+                logger.warning("%s:%d: dropped a partial or invalid line (%s): %r", path, number, exc, line[:80])
+                continue
+            records.append(record)
+    return records
 
 
 def _number(v):

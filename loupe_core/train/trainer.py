@@ -17,7 +17,13 @@ Logged values per step: every term and the total, averaged over micro-batches an
 global batch's loss); the model's diagnostic logs (rank 0's, averaged over its micro-batches);
 learning rate, beta1, samples/s. A NaN or inf in any term stops training (all ranks) with
 ``TrainingDiverged`` naming the step and the term, before the optimiser step: the last
-checkpoint on disk is the last good state.
+checkpoint on disk is the last good state. So do weights that an optimiser step made non-finite
+and a forward pass that fails on NaN / inf values (e.g. ``train.lr=1e30``), both before any
+checkpoint of that state is written.
+
+Streaming data may yield ``(batch, DataStats)`` items (the real-data loaders do): the counts
+of skipped records are summed over ranks and reach ``metrics.jsonl`` (``data/<count>``, run
+totals at each logged step), the progress bar (``skipped=``) and ``TrainResult.data_counts``.
 """
 from __future__ import annotations
 
@@ -32,8 +38,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from loupe_core.config import RunConfig, save_config
 from loupe_core.train import checkpoint as ckpt
-from loupe_core.train.distributed import (DistContext, all_gather_cat, all_reduce_mean, any_rank, barrier,
-                                          gather_objects, init_distributed, shard_bounds)
+from loupe_core.train.distributed import (DistContext, all_gather_cat, all_reduce_mean, all_reduce_sum, any_rank,
+                                          barrier, gather_objects, init_distributed, shard_bounds)
 from loupe_core.train.logging import MetricLogger
 from loupe_core.train.sampler import StepBatchSampler
 from loupe_core.train.schedule import build_optimizer, build_scheduler
@@ -49,7 +55,9 @@ class TrainResult:
 
     model: the trained (unwrapped) model; step: optimiser steps completed in all;
     losses: the global-batch total loss of each step run by this call; checkpoint: the last
-    checkpoint written (None if none); history_path: the run's ``metrics.jsonl``.
+    checkpoint written (None if none); history_path: the run's ``metrics.jsonl``;
+    data_counts: the run's record counts summed over ranks (``DataStats.as_dict()``), None for
+    data that does not count (map-style datasets).
     """
 
     model: torch.nn.Module
@@ -59,6 +67,7 @@ class TrainResult:
     losses: list
     checkpoint: Optional[str]
     history_path: str
+    data_counts: Optional[dict] = None
 
 
 def _length(dataset) -> Optional[int]:
@@ -80,20 +89,37 @@ def _batches(cfg: RunConfig, dataset, collate_fn, ctx: DistContext, start: int, 
     if _length(dataset) is not None:
         sampler = StepBatchSampler(len(dataset), tc.batch_size, seed=tc.seed, start_step=start, total_steps=total,
                                    world_size=ctx.world_size, rank=ctx.rank, accum_steps=tc.accum_steps)
-        return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common))
+        return _CountedBatches(iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)))
     micro = shard_bounds(tc.batch_size, ctx.world_size, ctx.rank, tc.accum_steps)[0]
     size = None if collate_fn is None else micro[1] - micro[0]
-    stream = iter(torch.utils.data.DataLoader(dataset, batch_size=size, drop_last=size is not None, **common))
-    for _ in range(start * tc.accum_steps):
-        next(stream)
+    stream = _CountedBatches(iter(torch.utils.data.DataLoader(dataset, batch_size=size, drop_last=size is not None,
+                                                              **common)))
+    for _ in range(start * tc.accum_steps):  # replayed: the counts of a resumed run are the straight run's
+        stream.next(_)
     return stream
 
 
-def _next_batch(batches, step: int):
-    try:
-        return next(batches)
-    except StopIteration:
-        raise ValueError(f"the training data ran out at step {step + 1}; a stream must repeat its epochs") from None
+class _CountedBatches:
+    """The micro-batches of ``batches``; items ``(batch | None, DataStats)`` (tuple or list) have their counts
+    summed into ``counts`` (a ``DataStats``, None until the stream yields one) and a None batch
+    (counts only) passed over."""
+
+    def __init__(self, batches):
+        self.batches, self.counts = batches, None
+
+    def next(self, step: int):
+        while True:
+            try:
+                item = next(self.batches)
+            except StopIteration:
+                raise ValueError(f"the training data ran out at step {step + 1}; a stream must repeat its "
+                                 "epochs") from None
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and hasattr(item[1], "as_dict")):
+                return item
+            batch, counts = item
+            self.counts = counts if self.counts is None else self.counts.add(counts)
+            if batch is not None:
+                return batch
 
 
 def total_steps_for(cfg: RunConfig, dataset_size: Optional[int]) -> int:
@@ -166,8 +192,15 @@ class _StepRunner:
             last = m == A - 1
             sync = contextlib.nullcontext() if (last or not self.ctx.distributed) else self.ddp.no_sync()
             with sync:
-                with _autocast(self.cfg, self.ctx.device):
-                    out = self.ddp(mb, step=step, total_steps=total, bank=bank, diagnostics=diagnostics)
+                try:
+                    with _autocast(self.cfg, self.ctx.device):
+                        out = self.ddp(mb, step=step, total_steps=total, bank=bank, diagnostics=diagnostics)
+                except ValueError as exc:  # a library check that met NaN / inf activations
+                    if not _is_non_finite_error(exc):
+                        raise
+                    bad = ("forward pass", str(exc))
+                    any_rank(True, self.ctx)
+                    return None, bad
                 bad = _first_non_finite(out)
                 if any_rank(bad is not None, self.ctx):
                     return None, bad
@@ -180,6 +213,18 @@ class _StepRunner:
         names = sorted(sums)
         means = all_reduce_mean(torch.stack([sums[n] for n in names]), self.ctx).tolist()
         return dict(zip(names, means)), logs
+
+
+def _is_non_finite_error(exc: ValueError) -> bool:
+    text = str(exc)
+    return "NaN" in text or " inf" in text or "non-finite" in text
+
+
+def _weights_finite(model: torch.nn.Module, ctx: DistContext) -> bool:
+    """Whether every parameter of ``model`` is finite on every rank (one reduction per tensor)."""
+    flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]
+    ok = bool(torch.stack(flags).all()) if flags else True
+    return not any_rank(not ok, ctx)
 
 
 def _batch_size(batch) -> int:
@@ -209,13 +254,15 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
     ctx = ctx or init_distributed(cfg.train.device)
     tc = cfg.train
     total = total_steps_for(cfg, _length(dataset))
+    if ctx.is_main:
+        ckpt.remove_partial_writes(run_dir)
     model.to(ctx.device)
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, total)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=tc.precision == "fp16")
     start = 0
     if resume is not None:
-        start = _load_state(resume, model, optimizer, scheduler, scaler, ctx, total)
+        start = _load_state(resume, model, optimizer, scheduler, scaler, ctx, total, cfg)
     if ctx.is_main:
         os.makedirs(run_dir, exist_ok=True)
         save_config(cfg, os.path.join(run_dir, "config.json"))
@@ -234,14 +281,14 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
     try:
         for step in range(start, end):
             t0 = time.perf_counter()
-            micros = [_to_device(_next_batch(batches, step), ctx.device) for _ in range(tc.accum_steps)]
+            micros = [_to_device(batches.next(step), ctx.device) for _ in range(tc.accum_steps)]
             logged = (step + 1) % tc.log_every == 0 or step + 1 == end
             means, logs = runner.run(micros, step, total, diagnostics=logged)
             if means is None:  # logs holds (term, value) of this rank's non-finite term, or None
                 name, value = logs or ("(on another rank)", float("nan"))
                 raise TrainingDiverged(
                     f"non-finite loss at step {step + 1}: term {name!r} = {value}; training stopped before "
-                    f"the optimiser step. Last good checkpoint: {ckpt.latest_checkpoint(run_dir) or 'none'}")
+                    f"the optimiser step. {_last_good(run_dir)}")
             if tc.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -251,15 +298,21 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
+            if not _weights_finite(model, ctx):
+                raise TrainingDiverged(f"non-finite weights after the optimiser step of step {done} (train.lr={lr:g}); "
+                                       f"nothing of that state was saved. {_last_good(run_dir)}")
             losses.append(means["total"])
             sps = tc.batch_size / max(time.perf_counter() - t0, 1e-9)
+            counts = _global_counts(batches.counts, ctx)
             if logged:
                 record = {"loss": means["total"], **{f"loss/{k}": v for k, v in means.items() if k != "total"},
                           **{f"log/{k}": v for k, v in logs.items()},
-                          "train/lr": lr, "train/beta1": beta1, "train/samples_per_s": sps}
+                          "train/lr": lr, "train/beta1": beta1, "train/samples_per_s": sps,
+                          **{f"data/{k}": v for k, v in (counts or {}).items()}}
                 logger.log(done, record)
             bar.update(1)
-            bar.set_postfix(loss=f"{means['total']:.4f}", samples_per_s=f"{sps:.1f}")
+            bar.set_postfix(loss=f"{means['total']:.4f}", samples_per_s=f"{sps:.1f}",
+                            **({"skipped": counts["skipped"]} if counts else {}))
             if evaluate_fn is not None and cfg.eval.every > 0 and done % cfg.eval.every == 0:
                 metrics = _evaluate_keeping_rng(evaluate_fn, model, ctx)
                 logger.log(done, {f"eval/{k}": v for k, v in metrics.items()})
@@ -269,7 +322,22 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
         bar.close()
         logger.close()
     return TrainResult(model=model, run_dir=run_dir, step=max(start, end), total_steps=total, losses=losses,
-                       checkpoint=last_ckpt or ckpt.latest_checkpoint(run_dir), history_path=logger.jsonl_path)
+                       checkpoint=last_ckpt or ckpt.latest_checkpoint(run_dir), history_path=logger.jsonl_path,
+                       data_counts=_global_counts(batches.counts, ctx))
+
+
+def _last_good(run_dir: str) -> str:
+    return f"Last good checkpoint: {ckpt.latest_checkpoint(run_dir) or 'none'}"
+
+
+def _global_counts(counts, ctx: DistContext) -> Optional[dict]:
+    """``counts`` (a DataStats or None) as a dict summed over ranks; None when the data has none."""
+    if counts is None:
+        return None
+    local = counts.as_dict()
+    names = sorted(local)
+    summed = all_reduce_sum(torch.tensor([float(local[n]) for n in names], dtype=torch.float64), ctx)
+    return {n: int(v) for n, v in zip(names, summed.tolist())}
 
 
 def _progress(enabled: bool, total: int, start: int):
@@ -308,15 +376,35 @@ def _save_state(cfg, run_dir, step, total, model, optimizer, scheduler, scaler, 
     return path
 
 
-def _load_state(path, model, optimizer, scheduler, scaler, ctx, total) -> int:
-    state = ckpt.load_checkpoint(path)
+def _load_state(path, model, optimizer, scheduler, scaler, ctx, total, cfg) -> int:
+    """Restore every state from the checkpoint ``path``; returns its step. ValueError naming the
+    file for a damaged or foreign file, another schedule length or a model it does not fit (with
+    the config keys that differ)."""
+    state = ckpt.load_training_state(path)
     if state["total_steps"] != total:
         raise ValueError(f"--resume {path!r}: the checkpoint's run has {state['total_steps']} steps in all, this "
                          f"config {total}; the schedule cannot be stretched (keep train.steps / train.epochs)")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    rngs = state["rng"]
-    ckpt.restore_rng_state(rngs[ctx.rank] if ctx.rank < len(rngs) else rngs[0])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"--resume {path!r}: the checkpoint's weights do not fit this model "
+                         f"({_config_difference(state['config'], cfg)}): {str(exc).splitlines()[0]}") from None
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"]
+        ckpt.restore_rng_state(rngs[ctx.rank] if ctx.rank < len(rngs) else rngs[0])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise ValueError(f"--resume {path!r}: its optimiser, schedule or RNG state does not fit this run "
+                         f"({type(exc).__name__}: {exc})") from None
     return int(state["step"])
+
+
+def _config_difference(saved: dict, cfg: RunConfig) -> str:
+    """``"model.embed_dim: 64 in the checkpoint, 32 here; ..."`` over the model and loss sections."""
+    now = cfg.to_dict()
+    diffs = [f"{section}.{key}: {saved.get(section, {}).get(key)!r} in the checkpoint, {value!r} here"
+             for section in ("model", "loss") for key, value in now[section].items()
+             if isinstance(saved.get(section), dict) and saved[section].get(key) != value]
+    return "; ".join(diffs) if diffs else "the model and loss configs are the same"

@@ -11,7 +11,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .._backends import resolve_backend
-from .._checks import check_choice, check_num_samples, check_shape, check_tensor, result_dtype
+from .._checks import check_choice, check_num_samples, check_seed, check_shape, check_tensor, result_dtype
 from .._estimate import Estimate
 
 # Largest number of PRESENT regions and of present phrases (each) that the exact path accepts.
@@ -105,11 +105,8 @@ def choose_alignment_method(num_regions: int, num_phrases: int, method: str = "a
 
 
 def _check_seed(seed) -> int:
-    if seed is None:
-        return int(torch.randint(0, 2**62, (1,)).item())
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    return seed
+    seed = check_seed(seed)
+    return int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed
 
 
 def region_phrase_interaction(A: torch.Tensor, region_mask: Optional[torch.Tensor] = None,
@@ -148,6 +145,9 @@ def region_phrase_interaction(A: torch.Tensor, region_mask: Optional[torch.Tenso
         stderr = torch.zeros_like(value)
         evaluations = sum(k * 2**m + m * 2**k for k, m in counts if k and m)
     else:
+        if num_samples < 2:
+            raise ValueError(f"num_samples must be at least 2 for sampling (a standard error needs two "
+                             f"samples), got {num_samples}")
         value, stderr = _backend_module(name).sampling(A, region_mask, phrase_mask, num_samples, seed)
         evaluations = 4 * num_samples * sum(k * m for k, m in counts)
     return Estimate(value, stderr, evaluations) if return_stderr else value

@@ -46,16 +46,32 @@ def check_encoders(image_encoder, text_encoder, baseline: str) -> None:
             )
 
 
+def check_encoder_output(name: str, out, rows: int, dim: Optional[int]) -> torch.Tensor:
+    """The output of one encoder call on ``rows`` coalition rows: float[rows, d] (d = ``dim`` when
+    an earlier call fixed it), else ValueError (TypeError for a non-tensor) naming the encoder."""
+    want = f"[{rows}, {'d' if dim is None else dim}]"
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor of shape {want}, got {type(out).__name__}")
+    if out.dim() != 2 or out.shape[0] != rows or (dim is not None and out.shape[1] != dim):
+        raise ValueError(f"{name} must return shape {want} (one embedding per coalition row) for tokens of "
+                         f"{rows} rows, got {list(out.shape)}")
+    if not out.is_floating_point():
+        raise ValueError(f"{name} must return floating-point embeddings, got {out.dtype}")
+    return out
+
+
 def encode_halves(encoder, tokens: torch.Tensor, pair: torch.Tensor, keep: torch.Tensor, *,
                   baseline: str, max_batch: Optional[int],
-                  token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  token_mask: Optional[torch.Tensor] = None, name: Optional[str] = None) -> torch.Tensor:
     """Global embeddings of many coalition halves, each distinct half encoded once.
 
     tokens float[B, N, D] (B pairs), pair LongTensor[C] (which pair each row belongs to),
     keep bool[C, N] (present tokens), token_mask bool[B, N] or None (padding: never present,
     always dropped), max_batch: rows per encoder call (None: TOKENS_PER_CALL // N). Returns
-    float[C, d], rows in the order of ``keep``.
+    float[C, d], rows in the order of ``keep``. Every call's output is checked
+    (``check_encoder_output``; ``name`` names the encoder, default its type).
     """
+    name = name or f"encoder {type(encoder).__name__}"
     C, N = keep.shape
     rows_per_call = max(1, TOKENS_PER_CALL // max(N, 1)) if max_batch is None else max_batch
     if token_mask is not None:
@@ -72,7 +88,7 @@ def encode_halves(encoder, tokens: torch.Tensor, pair: torch.Tensor, keep: torch
         if baseline == "zero":
             x = x * k[..., None].to(x.dtype)
             k = token_mask[p] if token_mask is not None else torch.ones_like(k)
-        outs.append(encoder(x, k))
+        outs.append(check_encoder_output(name, encoder(x, k), x.shape[0], outs[0].shape[1] if outs else None))
     emb = torch.cat(outs) if outs else tokens.new_zeros(0, 1)
     return emb[inverse]
 
@@ -130,9 +146,9 @@ def dual_encoder_game(image_encoder, text_encoder, image_tokens: torch.Tensor,
         keep_txt[:, txt_players] = coalitions[:, n_img:]
         with torch.inference_mode():
             e_img = encode_halves(image_encoder, img, pair, keep_img, baseline=baseline,
-                                  max_batch=max_batch, token_mask=img_mask)
+                                  max_batch=max_batch, token_mask=img_mask, name="image_encoder")
             e_txt = encode_halves(text_encoder, txt, pair, keep_txt, baseline=baseline,
-                                  max_batch=max_batch, token_mask=txt_mask)
+                                  max_batch=max_batch, token_mask=txt_mask, name="text_encoder")
             return cosine(e_img, e_txt, dtype)
 
     game.n_players = n

@@ -11,6 +11,7 @@ weight of one S is
 sum_S w_k(|S|) * delta_T(S) with
 
     Shapley     (k = 1):  delta(S) = v(S + i) - v(S)
+                (k >= 1): delta(S) = v(S + T) - v(S), phi([T]) of T as one player
     interaction (Eq. 7):  delta(S) = v(S + T) - sum_{x in T} v(S + x) + (k - 1) v(S)
 
 (for k = 2 the interaction is exactly Eq. 10's v(S+ij) - v(S+i) - v(S+j) + v(S)).
@@ -67,8 +68,8 @@ def subset_weights(n: int, k: int, device) -> torch.Tensor:
 
 def _patterns(k: int, shapley: bool):
     """(presence of each of the k members, coefficient) pairs of delta_T, module docstring."""
-    if shapley:
-        return [((1,), 1.0), ((0,), -1.0)]
+    if shapley:  # the target as one player [T]: v(S + T) - v(S)
+        return [((1,) * k, 1.0), ((0,) * k, -1.0)]
     singles = [(tuple(int(a == b) for b in range(k)), -1.0) for a in range(k)]
     return [((1,) * k, 1.0), ((0,) * k, k - 1.0)] + singles
 
@@ -77,7 +78,8 @@ def exact_indices(table: torch.Tensor, n: int, targets: torch.Tensor, shapley: b
     """Exact index of every target from the value table.
 
     table float64[2^n] (``value_table``), targets bool[T, n] (the players of each target).
-    shapley=True: targets are single players and the result is phi (Eq. 3); otherwise the
+    shapley=True: the result is phi (Eq. 3) of each target taken as one player [T] in the game
+    over N\\T plus [T] (a single player's Shapley value when |T| = 1); otherwise the
     result is the Eq. 7 interaction of each target (Eq. 10 for pairs). Returns float64[T].
     """
     out = torch.zeros(targets.shape[0], dtype=torch.float64, device=table.device)

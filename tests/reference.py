@@ -61,6 +61,13 @@ def _reduced_shapley(value_fn, outside, unit):
     return total
 
 
+def brute_region_phi(value_fn, n, members):
+    """Spec Eq. 3 for a coalition taken as one player: phi([S] | N\\S u {[S]}), the Shapley
+    value of the super-player [S] in the game over the players outside S plus [S]."""
+    members = frozenset(int(m) for m in members)
+    return _reduced_shapley(value_fn, [p for p in range(n) if p not in members], members)
+
+
 def brute_coalition_interaction(value_fn, n, members):
     """Spec Eq. 4: I([S]) = phi([S] | N\\S u {[S]}) - sum_{i in S} phi(i | N\\S u {i}).
 

@@ -1,20 +1,38 @@
-"""Token-level interaction of candidate regions (spec Eq. 7), batched over image-text pairs.
+"""Token-level scores of candidate regions (spec Eq. 7 and phi([R])), batched over image-text pairs.
 
-For region R (n_R patches) of pair b, in that pair's game v1 over its real tokens X:
+For region R (n_R patches) of pair b, in that pair's game v1 over its real tokens X, with S a
+subset of X\\R drawn by the q-trick (q ~ U(0, 1), each player of X\\R kept with probability q:
+exactly c uniform over 0..|X| - n_R, then S uniform among the size-c subsets), the scores are
 
-    I([R]) = E_c E_{S subset X\\R, |S| = c} [ v1(S u R) - sum_{x in R} v1(S u {x}) + (n_R - 1) v1(S) ]
+    "interaction"           I([R]) = E_q E_S [ v1(S u R) - sum_{x in R} v1(S u {x}) + (n_R - 1) v1(S) ]  (Eq. 7)
+    "phi"                   phi([R]) = E_q E_S [ v1(S u R) - v1(S) ]: the Shapley value (Eq. 3) of R
+                            taken as one player [R] in the game over X\\R plus [R]; the first
+                            bracket of Eq. 7's term, 2 image halves per sample instead of n_R + 2
+    "negative_interaction"  -I([R]) (the sign-corrected form)
+    "magnitude"             |I([R])|, estimated as |estimate of I([R])|: exact for method="exact";
+                            sampled, it is biased upwards, by at most the standard error
+                            (0 <= E|I^| - |I| <= E|I^ - I| <= stderr), most where I is near 0
 
-with c uniform over 0..|X| - n_R. Sampling draws q ~ U(0, 1) per sample and keeps every player
-of X\\R with probability q: that gives exactly c uniform, then S uniform among the size-c subsets
-(a Beta(1, 1) integral), with no sort. One sample costs n_R + 2 game evaluations; all samples of
-all regions and pairs form one coalition stream per tower, whose distinct halves are encoded once
-(the n_R + 2 terms of a sample share their text half) in chunks of ``max_batch`` rows
-(default: ``game.TOKENS_PER_CALL`` tokens per call).
+A region of one patch has I([R]) = 0 exactly (the terms cancel); its phi is the patch's own
+Shapley value. Several scores asked at once are computed on the same draws.
 
-A region of one patch has I([R]) = 0 exactly (the terms cancel). ``method="exact"`` enumerates
-each pair's game through its dual-encoder factorisation (every distinct half encoded once, the
-2^n value table an outer cosine product) and the library's exact machinery
-(``_enumeration.exact_indices``); tests check it against brute-force Eq. 4.
+Estimators for ``method="sampling"`` (same expectation; ``num_samples`` J per region):
+  "stratified" (default): q is stratified, q_j = (j + u_j) / J (``_strata``), one draw per
+      stratum; the J strata are shared by all regions of a pair, as are their random numbers
+      (common random numbers: one base image half per stratum, S = base \\ R, so candidate
+      regions of one image are compared on the same coalitions) and the stratum's text half
+      (the text half never depends on the region: encoded once per stratum and pair, not once
+      per region). Standard errors: collapsed strata (``_strata.strata_stderr``).
+  "paper": the paper's plain Monte Carlo estimator: an independent q and joint coalition per
+      sample and region; standard error std / sqrt(J).
+One sample costs n_R + 2 game evaluations (2 for "phi" alone); all coalitions of all regions
+and pairs form one stream per tower, whose distinct halves are encoded once in chunks of
+``max_batch`` rows (default: ``game.TOKENS_PER_CALL`` tokens per call). Values are cosines of
+L2-normalised embeddings, so v1 = image direction . text direction.
+
+``method="exact"`` enumerates each pair's game through its dual-encoder factorisation (every
+distinct half encoded once, the 2^n value table an outer cosine product) and the library's exact
+machinery (``_enumeration.exact_indices``); tests check it against brute-force Eq. 4 and Eq. 3.
 """
 from typing import Optional
 
@@ -23,18 +41,28 @@ import torch.nn.functional as F
 
 from .._checks import check_choice, check_num_samples, check_shape, check_tensor, result_dtype
 from .._estimate import Estimate
-from .game import check_encoders, check_tokens, cosine, encode_halves, resolve_max_batch
+from .._strata import iid_stderr, strata_stderr, stratified_uniform
+from .game import check_encoders, check_tokens, encode_halves, resolve_max_batch
 
 METHODS = ("auto", "exact", "sampling")
+SCORES = ("interaction", "phi", "negative_interaction", "magnitude")
+ESTIMATORS = ("stratified", "paper")
 
 
-def choose_region_method(n_players: int, region_sizes, num_samples: int) -> str:
+def _pair_evaluations(region_sizes, num_samples: int, singles: bool) -> int:
+    """Game evaluations sampling spends on one pair: num_samples * sum_k (n_R_k + 2), or
+    num_samples * 2 per region when no Eq. 7 term is needed (``singles`` False: "phi" only)."""
+    return num_samples * sum((int(s) + 2) if singles else 2 for s in region_sizes)
+
+
+def choose_region_method(n_players: int, region_sizes, num_samples: int, *, singles: bool = True) -> str:
     """What ``method="auto"`` does for one pair: ``estimators.choose_method`` with the game
-    evaluations sampling would spend, num_samples * sum_k (n_R_k + 2): "exact" when n_players
-    is within ``estimators.EXACT_MAX_PLAYERS`` and 2^n_players is no more, else "sampling"."""
+    evaluations sampling would spend, num_samples * sum_k (n_R_k + 2) (``singles=False``, the
+    cost of "phi" alone: num_samples * 2 per region): "exact" when n_players is within
+    ``estimators.EXACT_MAX_PLAYERS`` and 2^n_players is no more, else "sampling"."""
     from ..estimators import choose_method
 
-    return choose_method(n_players, num_samples * sum(int(s) + 2 for s in region_sizes))
+    return choose_method(n_players, _pair_evaluations(region_sizes, num_samples, singles))
 
 
 def _check_mask(name, mask, B, N, device):
@@ -44,8 +72,19 @@ def _check_mask(name, mask, B, N, device):
     return check_shape(name, mask, (B, N)).to(device)
 
 
-def _sample_terms(regions, image_mask, text_mask, num_samples, generator):
-    """Draw the coalitions of every sample of every region.
+def _check_scores(score):
+    """A score name or a non-empty tuple/list of names -> (tuple of distinct names, as_dict)."""
+    if isinstance(score, str):
+        return (check_choice("score", score, SCORES),), False
+    if not isinstance(score, (tuple, list)) or not score:
+        raise ValueError(f"score must be one of {list(SCORES)} or a non-empty tuple of them, got {score!r}")
+    for name in score:
+        check_choice("score", name, SCORES)
+    return tuple(dict.fromkeys(score)), True
+
+
+def _draw_paper(regions, image_mask, text_mask, num_samples, generator):
+    """The paper's draws: an independent q and coalition per (pair, region, sample).
 
     regions bool[B, K, N_I]; masks bool[B, N_I] / bool[B, N_T]. Returns
     (s_img bool[B, K, S, N_I], s_txt bool[B, K, S, N_T]): the sampled S of each sample.
@@ -61,39 +100,86 @@ def _sample_terms(regions, image_mask, text_mask, num_samples, generator):
     return s_img, s_txt
 
 
-def _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions, image_mask,
-              text_mask, baseline, num_samples, generator, max_batch, dtype):
-    """Monte Carlo Eq. 7 for every (pair, region): (value float[B, K], stderr float[B, K])."""
+def _draw_stratified(regions, image_mask, text_mask, num_strata, generator):
+    """Stratified draws shared by the regions of a pair: one q_j per stratum and pair, one base
+    image half (S = base \\ R per region: common random numbers) and one text half per stratum.
+
+    Returns (s_img bool[B, K, J, N_I], s_txt bool[B, J, N_T]).
+    """
     B, K, N_I = regions.shape
-    S, dev = num_samples, regions.device
-    s_img, s_txt = _sample_terms(regions, image_mask, text_mask, S, generator)
-    # one row per sample for S u R, S and the text half: [B*K*S]
-    pair = torch.arange(B, device=dev).repeat_interleave(K * S)
-    full = (s_img | regions[:, :, None, :]).reshape(-1, N_I)
-    empty = s_img.reshape(-1, N_I)
-    # singletons S u {x}: one row per (region member m, sample s)
-    mb, mk, mx = regions.nonzero(as_tuple=True)
+    N_T = text_mask.shape[1]
+    dev = regions.device
+    q = stratified_uniform((B,), num_strata, generator, dev)[..., None]  # [B, J, 1]
+    base = (torch.rand(B, num_strata, N_I, generator=generator, device=dev) < q) & image_mask[:, None, :]
+    s_txt = (torch.rand(B, num_strata, N_T, generator=generator, device=dev) < q) & text_mask[:, None, :]
+    s_img = base[:, None] & ~regions[:, :, None, :]
+    return s_img, s_txt
+
+
+def _directions(encoder, tokens, keep, token_mask, baseline, max_batch, dtype):
+    """Unit global embeddings of coalition halves: keep bool[B, ..., N] -> float[B, ..., d]
+    (a zero embedding stays zero, so its cosines are 0)."""
+    B, N = keep.shape[0], keep.shape[-1]
+    flat = keep.reshape(-1, N)
+    pair = torch.arange(B, device=keep.device).repeat_interleave(flat.shape[0] // B)
+    emb = encode_halves(encoder, tokens, pair, flat, baseline=baseline, max_batch=max_batch,
+                        token_mask=token_mask)
+    return F.normalize(emb.to(dtype), dim=-1, eps=1e-12).view(*keep.shape[:-1], -1)
+
+
+def _sample_terms(image_encoder, image_tokens, regions, image_mask, s_img, text_dir, singles,
+                  baseline, max_batch, dtype):
+    """Per-sample terms of every (pair, region, sample).
+
+    s_img bool[B, K, S, N_I] (the sampled image halves of S), text_dir float[B, K, S, d] (unit
+    text embedding each sample pairs with). Returns (phi float[B, K, S]: v1(S u R) - v1(S),
+    interaction float[B, K, S] (Eq. 7's term) or None when ``singles`` is False).
+    """
+    B, K, S, N_I = s_img.shape
+    dev = regions.device
+    full = s_img | regions[:, :, None, :]
+    # singletons S u {x}: one row per (region member m, sample s); none for "phi" alone
+    mb, mk, mx = regions.nonzero(as_tuple=True) if singles else (regions.new_zeros(0, dtype=torch.long),) * 3
     M = len(mb)
-    sample_of = ((mb * K + mk) * S)[:, None] + torch.arange(S, device=dev)  # [M, S] row in full/empty
-    single = empty[sample_of.flatten()].clone()
-    single[torch.arange(M * S, device=dev), mx.repeat_interleave(S)] = True
-    keep_img = torch.cat([full, empty, single])
-    pair_img = torch.cat([pair, pair, pair[sample_of.flatten()]])
-    e_img = encode_halves(image_encoder, image_tokens, pair_img, keep_img, baseline=baseline,
-                          max_batch=max_batch, token_mask=image_mask)
-    e_txt = encode_halves(text_encoder, text_tokens, pair, s_txt.reshape(B * K * S, s_txt.shape[-1]),
-                          baseline=baseline, max_batch=max_batch, token_mask=text_mask)
+    single = s_img[mb, mk].clone()  # [M, S, N_I]
+    single[torch.arange(M, device=dev)[:, None], torch.arange(S, device=dev), mx[:, None]] = True
+    rows = torch.cat([full.reshape(-1, N_I), s_img.reshape(-1, N_I), single.reshape(-1, N_I)])
+    pair = torch.cat([torch.arange(B, device=dev).repeat_interleave(K * S).repeat(2),
+                      mb.repeat_interleave(S)])
+    emb = encode_halves(image_encoder, image_tokens, pair, rows, baseline=baseline,
+                        max_batch=max_batch, token_mask=image_mask)
+    e = F.normalize(emb.to(dtype), dim=-1, eps=1e-12)
     n = B * K * S
-    v_full = cosine(e_img[:n], e_txt, dtype)
-    v_empty = cosine(e_img[n:2 * n], e_txt, dtype)
-    v_single = cosine(e_img[2 * n:], e_txt[sample_of.flatten()], dtype)
-    n_r = regions.sum(-1).to(dtype).reshape(-1, 1)  # [B*K, 1]
+    t = text_dir.reshape(n, -1)
+    v_full = (e[:n] * t).sum(-1).view(B, K, S)
+    v_empty = (e[n:2 * n] * t).sum(-1).view(B, K, S)
+    if not singles:
+        return v_full - v_empty, None
+    v_single = (e[2 * n:].view(M, S, -1) * text_dir[mb, mk]).sum(-1)  # [M, S]
     single_sum = torch.zeros(B * K, S, dtype=dtype, device=dev)
-    single_sum.index_add_(0, mb * K + mk, v_single.view(M, S))
-    terms = v_full.view(B * K, S) - single_sum + (n_r - 1) * v_empty.view(B * K, S)
-    value = terms.mean(1).view(B, K)
-    stderr = (terms.std(1, correction=1) / S ** 0.5).view(B, K)
-    return value, stderr
+    single_sum.index_add_(0, mb * K + mk, v_single)
+    n_r = regions.sum(-1).to(dtype)[..., None]  # [B, K, 1]
+    return v_full - v_empty, v_full - single_sum.view(B, K, S) + (n_r - 1) * v_empty
+
+
+def _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions, image_mask,
+              text_mask, baseline, num_samples, generator, max_batch, dtype, singles, estimator):
+    """Monte Carlo scores of every (pair, region): {"phi": (value, stderr), "interaction":
+    (value, stderr) when ``singles``}, each float[B, K]."""
+    B, K, _ = regions.shape
+    if estimator == "paper":
+        s_img, s_txt = _draw_paper(regions, image_mask, text_mask, num_samples, generator)
+        text_dir = _directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
+        stderr_of = iid_stderr
+    else:
+        s_img, s_txt = _draw_stratified(regions, image_mask, text_mask, num_samples, generator)
+        text_dir = _directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
+        text_dir = text_dir[:, None].expand(B, K, *text_dir.shape[1:])
+        stderr_of = strata_stderr
+    phi, inter = _sample_terms(image_encoder, image_tokens, regions, image_mask, s_img, text_dir,
+                               singles, baseline, max_batch, dtype)
+    terms = {"phi": phi} if inter is None else {"phi": phi, "interaction": inter}
+    return {name: (t.mean(-1), stderr_of(t)) for name, t in terms.items()}
 
 
 def _all_halves(mask: torch.Tensor) -> torch.Tensor:
@@ -110,12 +196,13 @@ def _all_halves(mask: torch.Tensor) -> torch.Tensor:
 
 def _exact(image_encoder, text_encoder, image_tokens, text_tokens, regions, image_mask, text_mask,
            baseline, max_batch, dtype):
-    """Eq. 7 by enumeration: (value float[B, K], evaluations LongTensor[B]).
+    """Scores by enumeration: ({"interaction": float[B, K] (Eq. 7), "phi": float[B, K]},
+    evaluations LongTensor[B]).
 
     The dual encoder factorises the value table: v(U) = cos(f_I(U_I), f_T(U_T)), so every
     image half (2^n_I) and text half (2^n_T) of all pairs is encoded once in one stream per
     tower, the 2^n table is the outer cosine product, and ``_enumeration.exact_indices`` (the
-    library's exact machinery) derives each region's interaction from it.
+    library's exact machinery) derives each region's interaction and phi([R]) from it.
     """
     from .._enumeration import exact_indices
     from ..estimators import EXACT_MAX_PLAYERS
@@ -136,6 +223,7 @@ def _exact(image_encoder, text_encoder, image_tokens, text_tokens, regions, imag
                             token_mask=mask)
         embeddings.append(F.normalize(emb.to(dtype), dim=-1, eps=1e-12).split([2 ** c for c in counts]))
     value = torch.zeros(B, K, dtype=dtype, device=regions.device)
+    phi = torch.zeros_like(value)
     for b in range(B):
         n = n_img[b] + n_txt[b]
         table = (embeddings[1][b] @ embeddings[0][b].T).reshape(-1)  # row U = low image bits, high text bits
@@ -144,8 +232,19 @@ def _exact(image_encoder, text_encoder, image_tokens, text_tokens, regions, imag
         multi = players.sum(1) >= 2  # a one-patch region's interaction is 0 exactly
         if bool(multi.any()):
             value[b, multi] = exact_indices(table.double(), n, targets[multi], False).to(dtype)
+        phi[b] = exact_indices(table.double(), n, targets, True).to(dtype)
     evaluations = torch.tensor([2 ** (i + t) for i, t in zip(n_img, n_txt)], dtype=torch.long)
-    return value, evaluations
+    return {"interaction": value, "phi": phi}, evaluations
+
+
+def _derive(score: str, base: dict, evaluations: torch.Tensor) -> Estimate:
+    """Estimate of one score from the base estimates {"interaction"/"phi": (value, stderr)}."""
+    if score == "phi":
+        value, stderr = base["phi"]
+    else:
+        value, stderr = base["interaction"]
+        value = {"interaction": value, "negative_interaction": -value, "magnitude": value.abs()}[score]
+    return Estimate(value, stderr.clone(), evaluations.clone())
 
 
 def region_interaction(image_encoder, text_encoder, image_tokens: torch.Tensor,
@@ -153,8 +252,10 @@ def region_interaction(image_encoder, text_encoder, image_tokens: torch.Tensor,
                        image_mask: Optional[torch.Tensor] = None,
                        text_mask: Optional[torch.Tensor] = None, baseline: str = "zero",
                        method: str = "auto", num_samples: Optional[int] = None,
-                       seed: Optional[int] = None, max_batch: Optional[int] = None) -> Estimate:
-    """I([R_k]) of spec Eq. 7 for every candidate region of every pair, in pair b's game v1.
+                       seed: Optional[int] = None, max_batch: Optional[int] = None,
+                       score="interaction", estimator: str = "stratified"):
+    """Token-level scores (module docstring) of every candidate region of every pair, in pair
+    b's game v1: by default I([R_k]) of spec Eq. 7.
 
     image_tokens float[B, N_I, D_I], text_tokens float[B, N_T, D_T] (before position embeddings),
     regions bool[B, K, N_I] (each region's patches, at least one, none of them padding),
@@ -163,11 +264,20 @@ def region_interaction(image_encoder, text_encoder, image_tokens: torch.Tensor,
     n_I + n_T within estimators.EXACT_MAX_PLAYERS) or "auto" (exact when
     ``choose_region_method`` says so for every pair). seed: int for reproducible draws, None
     for torch's global generator.
+    score: "interaction" (Eq. 7), "phi" (phi([R]), R as one player), "negative_interaction"
+    (-Eq. 7) or "magnitude" (|Eq. 7|, biased upwards when sampled), or a tuple of these names:
+    then a dict name -> Estimate, all computed on the same draws (the cost is that of the
+    dearest: n_R + 2 evaluations per sample if any Eq. 7 form is asked, 2 for "phi" alone).
+    estimator: "stratified" (default: stratified q, strata and text halves shared by the
+    regions of a pair, common random numbers) or "paper" (the paper's plain sampler), for
+    method="sampling"; both unbiased.
     Returns Estimate(value float[B, K], stderr float[B, K] (zeros for exact),
-    evaluations LongTensor[B] (game evaluations spent per pair)).
+    evaluations LongTensor[B] (game evaluations spent per pair)), or a dict of them.
     """
     check_encoders(image_encoder, text_encoder, baseline)
     check_choice("method", method, METHODS)
+    check_choice("estimator", estimator, ESTIMATORS)
+    scores, as_dict = _check_scores(score)
     check_tokens("image_tokens", image_tokens, 3)
     check_tokens("text_tokens", text_tokens, 3)
     B, N_I, _ = image_tokens.shape
@@ -189,23 +299,30 @@ def region_interaction(image_encoder, text_encoder, image_tokens: torch.Tensor,
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     dtype = result_dtype(image_tokens)
+    singles = scores != ("phi",)
     if regions.shape[1] == 0:  # no candidate region: nothing to evaluate
         empty = torch.zeros(B, 0, dtype=dtype, device=dev)
-        return Estimate(empty, empty.clone(), torch.zeros(B, dtype=torch.long))
-    n_players = (image_mask.sum(1) + text_mask.sum(1)).tolist()
-    if method == "auto":
-        picks = {choose_region_method(n, sizes[b].tolist(), num_samples) for b, n in enumerate(n_players)}
-        method = "exact" if picks == {"exact"} else "sampling"
-    with torch.inference_mode():
-        if method == "exact":
-            value, evaluations = _exact(image_encoder, text_encoder, image_tokens, text_tokens,
-                                        regions, image_mask, text_mask, baseline, max_batch, dtype)
-            return Estimate(value, torch.zeros_like(value), evaluations)
-        if num_samples < 2:
+        base = {"interaction": (empty, empty), "phi": (empty, empty)}
+        evaluations = torch.zeros(B, dtype=torch.long)
+    else:
+        n_players = (image_mask.sum(1) + text_mask.sum(1)).tolist()
+        if method == "auto":
+            picks = {choose_region_method(n, sizes[b].tolist(), num_samples, singles=singles)
+                     for b, n in enumerate(n_players)}
+            method = "exact" if picks == {"exact"} else "sampling"
+        if method == "sampling" and num_samples < 2:
             raise ValueError(f"num_samples must be at least 2 for sampling (a standard error), got {num_samples}")
-        generator = None if seed is None else torch.Generator(device=dev).manual_seed(seed)
-        value, stderr = _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions,
-                                  image_mask, text_mask, baseline, num_samples, generator,
-                                  max_batch, dtype)
-    evaluations = (num_samples * (sizes + 2).sum(1)).cpu()
-    return Estimate(value, stderr, evaluations)
+        with torch.inference_mode():
+            if method == "exact":
+                values, evaluations = _exact(image_encoder, text_encoder, image_tokens, text_tokens,
+                                             regions, image_mask, text_mask, baseline, max_batch, dtype)
+                base = {name: (v, torch.zeros_like(v)) for name, v in values.items()}
+            else:
+                generator = None if seed is None else torch.Generator(device=dev).manual_seed(seed)
+                base = _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions,
+                                 image_mask, text_mask, baseline, num_samples, generator,
+                                 max_batch, dtype, singles, estimator)
+                evaluations = torch.tensor([_pair_evaluations(sizes[b].tolist(), num_samples, singles)
+                                            for b in range(B)], dtype=torch.long)
+    out = {name: _derive(name, base, evaluations) for name in scores}
+    return out if as_dict else out[scores[0]]

@@ -49,22 +49,24 @@ def _for_engine(x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- token level (Eq. 7)
 def token_interactions(image_tower, text_tower, image_tokens, text_tokens, text_mask, regions, *,
-                       method: str, baseline: str, num_samples: int, seed: int) -> torch.Tensor:
-    """I([R_k]) float[P, K] for the candidate regions of P pairs.
+                       method: str, baseline: str, num_samples: int, seed: int,
+                       score: str = "interaction") -> torch.Tensor:
+    """Token-level score float[P, K] (default I([R_k]), Eq. 7) of the candidate regions of P pairs.
 
     image_tokens float[P, N_I, D_I], text_tokens float[P, L, D_T] (the towers' ``embed_tokens``),
-    text_mask bool[P, L], regions bool[P, K, N_I]; method "exact" or "sampling".
+    text_mask bool[P, L], regions bool[P, K, N_I]; method "exact" or "sampling"; score: a
+    ``shapley_kernels.region_interaction`` score ("interaction", "negative_interaction", "phi").
     """
     with inference_mode(image_tower, text_tower):
         est = sk.region_interaction(image_tower, text_tower, _for_engine(image_tokens), _for_engine(text_tokens),
                                     regions, text_mask=text_mask, baseline=baseline, method=method,
-                                    num_samples=num_samples, seed=seed)
+                                    num_samples=num_samples, seed=seed, score=score)
     return est.value
 
 
 def token_target_interactions(image_tower, text_tower, image_tokens, text_tokens, text_mask, regions,
                               targets: torch.Tensor, *, baseline: str, num_samples: int, seed: int,
-                              method: str = "sampling") -> torch.Tensor:
+                              method: str = "sampling", score: str = "interaction") -> torch.Tensor:
     """I([R]) float[T] of selected targets only: targets LongTensor[T, 2] of (pair, region).
 
     Each target becomes its own one-region pair, so the cost follows the targets asked for.
@@ -74,7 +76,7 @@ def token_target_interactions(image_tower, text_tower, image_tokens, text_tokens
     b, k = targets[:, 0], targets[:, 1]
     value = token_interactions(image_tower, text_tower, image_tokens[b], text_tokens[b], text_mask[b],
                                regions[b, k][:, None, :], method=method, baseline=baseline,
-                               num_samples=num_samples, seed=seed)
+                               num_samples=num_samples, seed=seed, score=score)
     return value[:, 0]
 
 

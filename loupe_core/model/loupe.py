@@ -224,9 +224,10 @@ class LoupeModel(nn.Module):
             token_masks = final_masks
         else:
             token_masks = cells_in_boxes(geometry.boxes[index], tower.token_grid, tower.token_cell)
-        common = dict(baseline=lcfg.token_baseline, num_samples=lcfg.token_num_samples)
+        common = dict(baseline=lcfg.token_baseline, num_samples=lcfg.token_num_samples, score=lcfg.token_target)
         towers = (self.image_tower, self.text_tower)
-        labelled = token_masks.sum(dim=2) >= 2
+        # Eq. 7 is 0 for one patch whatever the model does; phi([R]) of one patch is informative
+        labelled = token_masks.sum(dim=2) >= (1 if lcfg.token_target == "phi" else 2)
         if lcfg.token_source != "hybrid":
             start = time.perf_counter()
             values = lab.token_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,

@@ -149,13 +149,40 @@ def ratios(rows):
             for r in rows if r["estimator"] != "paper" and key(r) in paper]
 
 
+def collect(steps_tsv: str, estimator_json: str, out_json: str) -> dict:
+    """benchmarks/gpu_suite.sh's summary: steps.tsv rows (name, exit status, start, end, command)
+    and the estimator benchmark's JSON (None when that step wrote none) into one JSON file."""
+    steps = []
+    with open(steps_tsv) as f:
+        for line in f:
+            name, rc, start, end, command = line.rstrip("\n").split("\t", 4)
+            steps.append(dict(name=name, exit_status=int(rc), seconds=round(float(end) - float(start), 2),
+                              command=command, timed_out=int(rc) in (124, 137)))
+    estimator = None
+    try:
+        with open(estimator_json) as f:
+            estimator = json.load(f)
+    except (OSError, ValueError):
+        pass
+    summary = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__,
+                   cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                   all_passed=all(s["exit_status"] == 0 for s in steps), steps=steps, estimator=estimator)
+    with open(out_json, "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--samples", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--json", default=None)
+    parser.add_argument("--collect", nargs=3, metavar=("STEPS_TSV", "ESTIMATOR_JSON", "OUT_JSON"),
+                        help="only write benchmarks/gpu_suite.sh's summary JSON (see collect)")
     args = parser.parse_args(argv)
+    if args.collect:
+        return collect(*args.collect)
     device = torch.device(args.device)
     rows = bench_tiny(device, args.runs, args.samples) + bench_unanimity(device, args.runs, args.samples)
     result = dict(machine=f"{platform.machine()} {platform.processor() or ''}".strip(), torch=torch.__version__,

@@ -85,3 +85,29 @@ def test_benchmark_runs_small():
     assert {r["estimator"] for r in result["rows"]} == set(ESTIMATORS)
     assert all(r["mse"] >= 0 and r["evaluations"] > 0 for r in result["rows"])
     assert len(result["ratios"]) == 2 * len(result["rows"]) // 3
+
+
+def test_gpu_suite_summary(tmp_path):
+    """The CPU-testable part of benchmarks/gpu_suite.sh: its steps table and the estimator JSON
+    become one summary JSON (a timed-out step is marked; a missing estimator JSON gives None)."""
+    import json
+
+    steps = tmp_path / "steps.tsv"
+    steps.write_text("gpu_tests\t0\t100.0\t130.5\tpython -m pytest -m gpu tests\n"
+                     "token_bench\t124\t130.5\t220.5\tpython benchmarks/gpu_token_bench.py\n")
+    est = tmp_path / "estimator.json"
+    est.write_text(json.dumps({"rows": []}))
+    out = tmp_path / "gpu_suite.json"
+    summary = bench.main(["--collect", str(steps), str(est), str(out)])
+    assert json.loads(out.read_text()) == summary
+    assert [s["seconds"] for s in summary["steps"]] == [30.5, 90.0]
+    assert [s["timed_out"] for s in summary["steps"]] == [False, True]
+    assert not summary["all_passed"] and summary["estimator"] == {"rows": []}
+    assert bench.collect(str(steps), str(tmp_path / "missing.json"), str(out))["estimator"] is None
+
+
+def test_gpu_suite_script_is_valid_bash():
+    import subprocess
+
+    script = os.path.join(os.path.dirname(_PATH), "gpu_suite.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0

@@ -23,6 +23,11 @@ Estimators for ``method="sampling"`` (same expectation; ``num_samples`` J per re
       regions of one image are compared on the same coalitions) and the stratum's text half
       (the text half never depends on the region: encoded once per stratum and pair, not once
       per region). Standard errors: collapsed strata (``_strata.strata_stderr``).
+  "control_variate": "stratified" plus cross-fitted control variates: every player's presence
+      bit minus q (mean 0 given q) as features, coefficients of the even strata fitted on the odd
+      ones and vice versa (``_strata.crossfit_control``: exactly unbiased; standard error with a
+      degrees-of-freedom factor). Pays off once J is several times the number of players
+      (benchmarks/RESULTS.md); below that the fits are noisy and it is worse than "stratified".
   "paper": the paper's plain Monte Carlo estimator: an independent q and joint coalition per
       sample and region; standard error std / sqrt(J).
 One sample costs n_R + 2 game evaluations (2 for "phi" alone); all coalitions of all regions
@@ -276,8 +281,9 @@ def region_interaction(image_encoder, text_encoder, image_tokens: torch.Tensor,
     then a dict name -> Estimate, all computed on the same draws (the cost is that of the
     dearest: n_R + 2 evaluations per sample if any Eq. 7 form is asked, 2 for "phi" alone).
     estimator: "stratified" (default: stratified q, strata and text halves shared by the
-    regions of a pair, common random numbers) or "paper" (the paper's plain sampler), for
-    method="sampling"; both unbiased.
+    regions of a pair, common random numbers), "control_variate" (stratified plus cross-fitted
+    presence-bit control variates; for num_samples well above n_I + n_T) or "paper" (the
+    paper's plain sampler), for method="sampling"; all unbiased, same evaluations.
     Returns Estimate(value float[B, K], stderr float[B, K] (zeros for exact),
     evaluations LongTensor[B] (game evaluations spent per pair)), or a dict of them.
     """

@@ -46,3 +46,32 @@ def strata_stderr(terms: torch.Tensor) -> torch.Tensor:
         tail = terms[..., pairs:]
         total = total + 1.5 * (tail - tail.mean(-1, keepdim=True)).pow(2).sum(-1)
     return total.sqrt() / J
+
+
+def crossfit_control(terms: torch.Tensor, features: torch.Tensor, ridge: float = 1e-2):
+    """Control-variate adjusted terms (float[..., J], stderr factor float[...]) from terms float[..., J] and zero-mean
+    features float[..., J, F] (E[features_j | q_j] = 0 for each stratum j, e.g. a player's
+    presence bit minus q_j).
+
+    Cross-fitting keeps the expectation exactly: the coefficients applied to the even strata
+    are a ridge regression (centred, penalty ``ridge`` x the mean feature variance) of the odd
+    strata's terms on their features, and vice versa, so every coefficient is independent of
+    the features it multiplies and every correction has mean 0. The adjusted terms stay one
+    per stratum; their ``strata_stderr`` times the factor sqrt(h / max(h - F, 1)) (h = J // 2
+    strata per half, F the features not identically 0: the residual degrees of freedom of each
+    fit) is the standard error.
+    """
+    def fit(y, X):
+        Xc, yc = X - X.mean(-2, keepdim=True), y - y.mean(-1, keepdim=True)
+        gram = Xc.transpose(-1, -2) @ Xc
+        scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+        eye = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
+        return torch.linalg.solve(gram + (ridge * scale + 1e-12) * eye, Xc.transpose(-1, -2) @ yc[..., None])
+
+    beta_even, beta_odd = fit(terms[..., 0::2], features[..., 0::2, :]), fit(terms[..., 1::2], features[..., 1::2, :])
+    out = terms.clone()
+    out[..., 0::2] -= (features[..., 0::2, :] @ beta_odd)[..., 0]
+    out[..., 1::2] -= (features[..., 1::2, :] @ beta_even)[..., 0]
+    h = terms.shape[-1] // 2
+    used = (features != 0).any(-2).sum(-1).to(terms.dtype)
+    return out, (h / (h - used).clamp(min=1)).sqrt()

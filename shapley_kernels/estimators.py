@@ -7,8 +7,10 @@ A batched game is ``game(coalitions bool[C, n]) -> Tensor[C]`` (True = player pr
     coalition_interaction(game, n, coal[R, n]) -> Tensor[R]  I([R]) of Eq. 4, via its Eq. 7 form
 
 Methods: ``"exact"`` evaluates all 2^n coalitions once (n <= EXACT_MAX_PLAYERS = 24) and
-derives every index from that table (``_enumeration``); ``"sampling"`` is the paper's unbiased
-Monte Carlo estimator with ``num_samples`` samples per target (``_sampling``); ``"auto"`` is
+derives every index from that table (``_enumeration``); ``"sampling"`` is an unbiased Monte
+Carlo estimator with ``num_samples`` samples per target (``_sampling``): ``estimator=
+"stratified"`` (default: q stratified over num_samples strata, collapsed-strata standard
+errors) or ``"paper"`` (the paper's plain estimator), same expectation and evaluations; ``"auto"`` is
 ``choose_method(n, evaluations sampling would spend)``. Values are float64 when the game
 returns float64, float32 otherwise (accumulated in float64 either way).
 """
@@ -27,6 +29,7 @@ EXACT_MAX_PLAYERS = 24
 """Largest n for ``method="exact"``: 2^24 ~ 16.8M game evaluations and a 128 MB value table."""
 
 METHODS = ("auto", "exact", "sampling")
+ESTIMATORS = ("control_variate", "stratified", "paper")
 DEFAULT_NUM_SAMPLES = 500
 
 
@@ -103,11 +106,12 @@ def _generator(seed, device: torch.device) -> torch.Generator:
 
 
 def _estimate(game, n: int, targets: torch.Tensor, shapley: bool, method, num_samples, seed,
-              max_batch, return_stderr, device):
+              max_batch, return_stderr, device, estimator):
     """Shared body of the three estimators. targets bool[T, n] on ``device``."""
     if not callable(game):
         raise TypeError(f"game must be callable, got {type(game).__name__}")
     check_choice("method", method, METHODS)
+    check_choice("estimator", estimator, ESTIMATORS)
     num_samples = check_num_samples(num_samples, DEFAULT_NUM_SAMPLES)
     max_batch = check_max_batch(max_batch)
     seed = check_seed(seed)
@@ -130,14 +134,14 @@ def _estimate(game, n: int, targets: torch.Tensor, shapley: bool, method, num_sa
         stderr = torch.zeros_like(value)
     else:
         value, stderr = sampled_indices(checked, targets, num_samples, _generator(seed, device),
-                                        shapley)
+                                        shapley, estimator)
     value, stderr = _representable(value, checked.dtype), _representable(stderr, checked.dtype)
     return Estimate(value, stderr, checked.evaluations) if return_stderr else value
 
 
 def shapley_values(game, n: int, *, method: str = "auto", num_samples: Optional[int] = None,
                    seed: Optional[int] = None, max_batch: Optional[int] = None,
-                   return_stderr: bool = False, device=None):
+                   return_stderr: bool = False, device=None, estimator: str = "stratified"):
     """Shapley value phi(i) of every player (spec Eq. 3): Tensor[n].
 
     game: batched game ``game(bool[C, n]) -> Tensor[C]``; n >= 1 players.
@@ -145,7 +149,8 @@ def shapley_values(game, n: int, *, method: str = "auto", num_samples: Optional[
     ``num_samples`` per player, default 500) or "auto" (``choose_method``).
     seed: int for reproducible sampling, None to draw one from torch's global generator.
     max_batch: most coalitions per game call (default 4096). device: where coalitions are
-    built and the result lives (default CPU).
+    built and the result lives (default CPU). estimator: "stratified" (default) or "paper"
+    (module docstring), for sampling.
     Returns Tensor[n] (float64 if the game returns float64, else float32), or with
     ``return_stderr=True`` an Estimate(value[n], stderr[n], evaluations).
     """
@@ -153,12 +158,13 @@ def shapley_values(game, n: int, *, method: str = "auto", num_samples: Optional[
     device = torch.device("cpu") if device is None else check_device("device", device)
     targets = torch.eye(n, dtype=torch.bool, device=device)
     return _estimate(game, n, targets, True, method, num_samples, seed, max_batch,
-                     return_stderr, device)
+                     return_stderr, device, estimator)
 
 
 def interaction_index(game, n: int, pairs: torch.Tensor, *, method: str = "auto",
                       num_samples: Optional[int] = None, seed: Optional[int] = None,
-                      max_batch: Optional[int] = None, return_stderr: bool = False, device=None):
+                      max_batch: Optional[int] = None, return_stderr: bool = False, device=None,
+                      estimator: str = "stratified"):
     """Pairwise Shapley interaction index of every pair (spec Eq. 9-10): Tensor[P].
 
     pairs: LongTensor[P, 2] of distinct player indices in 0..n-1. Each sample costs 4 game
@@ -178,13 +184,13 @@ def interaction_index(game, n: int, pairs: torch.Tensor, *, method: str = "auto"
     targets = torch.zeros(pairs.shape[0], n, dtype=torch.bool, device=device)
     targets.scatter_(1, pairs, True)
     return _estimate(game, n, targets, False, method, num_samples, seed, max_batch,
-                     return_stderr, device)
+                     return_stderr, device, estimator)
 
 
 def coalition_interaction(game, n: int, coalitions: torch.Tensor, *, method: str = "auto",
                           num_samples: Optional[int] = None, seed: Optional[int] = None,
                           max_batch: Optional[int] = None, return_stderr: bool = False,
-                          device=None):
+                          device=None, estimator: str = "stratified"):
     """Interaction I([R]) of every coalition (spec Eq. 4, computed in its Eq. 7 form): Tensor[R].
 
     coalitions: bool[R, n], each row with at least 2 members. Each sample costs |R| + 2 game
@@ -201,4 +207,4 @@ def coalition_interaction(game, n: int, coalitions: torch.Tensor, *, method: str
                          f"{int(sizes[row])}")
     device = coalitions.device if device is None else check_device("device", device)
     return _estimate(game, n, coalitions.to(device), False, method, num_samples, seed,
-                     max_batch, return_stderr, device)
+                     max_batch, return_stderr, device, estimator)

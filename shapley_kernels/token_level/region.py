@@ -23,6 +23,11 @@ Estimators for ``method="sampling"`` (same expectation; ``num_samples`` J per re
       regions of one image are compared on the same coalitions) and the stratum's text half
       (the text half never depends on the region: encoded once per stratum and pair, not once
       per region). Standard errors: collapsed strata (``_strata.strata_stderr``).
+  "control_variate": "stratified" plus cross-fitted control variates: every player's presence
+      bit minus q (mean 0 given q) as features, coefficients of the even strata fitted on the odd
+      ones and vice versa (``_strata.crossfit_control``: exactly unbiased; standard error with a
+      degrees-of-freedom factor). Pays off once J is several times the number of players
+      (benchmarks/RESULTS.md); below that the fits are noisy and it is worse than "stratified".
   "paper": the paper's plain Monte Carlo estimator: an independent q and joint coalition per
       sample and region; standard error std / sqrt(J).
 One sample costs n_R + 2 game evaluations (2 for "phi" alone); all coalitions of all regions
@@ -39,14 +44,14 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_choice, check_num_samples, check_shape, check_tensor, result_dtype
+from .._checks import check_choice, check_num_samples, check_seed, check_shape, check_tensor, result_dtype
 from .._estimate import Estimate
-from .._strata import iid_stderr, strata_stderr, stratified_uniform
+from .._strata import crossfit_control, iid_stderr, strata_stderr, stratified_uniform
 from .game import check_encoders, check_tokens, encode_halves, resolve_max_batch
 
 METHODS = ("auto", "exact", "sampling")
 SCORES = ("interaction", "phi", "negative_interaction", "magnitude")
-ESTIMATORS = ("stratified", "paper")
+ESTIMATORS = ("control_variate", "stratified", "paper")
 
 
 def _pair_evaluations(region_sizes, num_samples: int, singles: bool) -> int:
@@ -104,7 +109,7 @@ def _draw_stratified(regions, image_mask, text_mask, num_strata, generator):
     """Stratified draws shared by the regions of a pair: one q_j per stratum and pair, one base
     image half (S = base \\ R per region: common random numbers) and one text half per stratum.
 
-    Returns (s_img bool[B, K, J, N_I], s_txt bool[B, J, N_T]).
+    Returns (q float[B, J, 1], s_img bool[B, K, J, N_I], s_txt bool[B, J, N_T]).
     """
     B, K, N_I = regions.shape
     N_T = text_mask.shape[1]
@@ -113,7 +118,7 @@ def _draw_stratified(regions, image_mask, text_mask, num_strata, generator):
     base = (torch.rand(B, num_strata, N_I, generator=generator, device=dev) < q) & image_mask[:, None, :]
     s_txt = (torch.rand(B, num_strata, N_T, generator=generator, device=dev) < q) & text_mask[:, None, :]
     s_img = base[:, None] & ~regions[:, :, None, :]
-    return s_img, s_txt
+    return q, s_img, s_txt
 
 
 def _directions(encoder, tokens, keep, token_mask, baseline, max_batch, dtype):
@@ -170,16 +175,23 @@ def _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions, i
     if estimator == "paper":
         s_img, s_txt = _draw_paper(regions, image_mask, text_mask, num_samples, generator)
         text_dir = _directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
-        stderr_of = iid_stderr
     else:
-        s_img, s_txt = _draw_stratified(regions, image_mask, text_mask, num_samples, generator)
+        q, s_img, s_txt = _draw_stratified(regions, image_mask, text_mask, num_samples, generator)
         text_dir = _directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
         text_dir = text_dir[:, None].expand(B, K, *text_dir.shape[1:])
-        stderr_of = strata_stderr
     phi, inter = _sample_terms(image_encoder, image_tokens, regions, image_mask, s_img, text_dir,
                                singles, baseline, max_batch, dtype)
     terms = {"phi": phi} if inter is None else {"phi": phi, "interaction": inter}
-    return {name: (t.mean(-1), stderr_of(t)) for name, t in terms.items()}
+    if estimator == "paper":
+        return {name: (t.mean(-1), iid_stderr(t)) for name, t in terms.items()}
+    if estimator == "control_variate":  # features: each player's presence minus q, 0 off X\\R
+        players = (image_mask[:, None, :] & ~regions)[:, :, None, :].to(dtype)
+        features = torch.cat([(s_img.to(dtype) - q[:, None].to(dtype)) * players,
+                              ((s_txt.to(dtype) - q.to(dtype)) * text_mask[:, None, :].to(dtype))[:, None]
+                              .expand(B, K, -1, -1)], -1)
+        adjusted = {name: crossfit_control(t, features) for name, t in terms.items()}
+        return {name: (t.mean(-1), strata_stderr(t) * factor) for name, (t, factor) in adjusted.items()}
+    return {name: (t.mean(-1), strata_stderr(t)) for name, t in terms.items()}
 
 
 def _all_halves(mask: torch.Tensor) -> torch.Tensor:
@@ -269,8 +281,9 @@ def region_interaction(image_encoder, text_encoder, image_tokens: torch.Tensor,
     then a dict name -> Estimate, all computed on the same draws (the cost is that of the
     dearest: n_R + 2 evaluations per sample if any Eq. 7 form is asked, 2 for "phi" alone).
     estimator: "stratified" (default: stratified q, strata and text halves shared by the
-    regions of a pair, common random numbers) or "paper" (the paper's plain sampler), for
-    method="sampling"; both unbiased.
+    regions of a pair, common random numbers), "control_variate" (stratified plus cross-fitted
+    presence-bit control variates; for num_samples well above n_I + n_T) or "paper" (the
+    paper's plain sampler), for method="sampling"; all unbiased, same evaluations.
     Returns Estimate(value float[B, K], stderr float[B, K] (zeros for exact),
     evaluations LongTensor[B] (game evaluations spent per pair)), or a dict of them.
     """
@@ -296,8 +309,7 @@ def region_interaction(image_encoder, text_encoder, image_tokens: torch.Tensor,
         raise ValueError("regions: every region must hold at least 1 patch")
     num_samples = check_num_samples(num_samples)
     max_batch = resolve_max_batch(max_batch)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    seed = check_seed(seed)
     dtype = result_dtype(image_tokens)
     singles = scores != ("phi",)
     if regions.shape[1] == 0:  # no candidate region: nothing to evaluate

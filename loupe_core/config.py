@@ -81,7 +81,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    schedule: Literal["onecycle", "constant"] = "onecycle"
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     pct_start: float = 0.1
     div_factor: float = 25.0
     final_div_factor: float = 1e4

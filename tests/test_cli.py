@@ -52,7 +52,7 @@ def test_overrides_are_type_checked():
     assert cfg.train.betas == (0.8, 0.9) and cfg.train.schedule == "constant" and cfg.data.root == "/tmp/x"
     assert cfg.model.anchors == [[1.0, 1.0], [2.0, 3.0]] and cfg.train.weight_decay == 0.0
     bad = {"train.steps=1.5": "train.steps", "train.steps=abc": "train.steps", "loss.fsa=maybe": "loss.fsa",
-           "train.betas=[0.9]": "train.betas", "train.schedule=cosine": "train.schedule",
+           "train.betas=[0.9]": "train.betas", "train.schedule=linear": "train.schedule",
            "train.lr=true": "train.lr", "model.image_dim=[1]": "model.image_dim"}
     for text, key in bad.items():
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):

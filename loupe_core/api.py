@@ -126,18 +126,27 @@ class Loupe(LoupeModel):
 
     def ground(self, images, expressions: Sequence[str], top_k: Optional[int] = None) -> torch.Tensor:
         """The box float[B, 4] (xyxy, model-input pixels) of each image's region that best matches
-        its expression: among the region head's ``top_k`` regions (default ``config.top_k``), the
-        one whose embedding has the highest cosine with the expression's global embedding
-        (the protocol of ``loupe_core.eval.grounding``). ``expressions``: one per image."""
+        its expression, by the protocol of ``loupe_core.eval.grounding``: among the region head's
+        ``top_k`` regions (default ``config.ground_top_k`` or ``config.top_k``), the best by
+        ``ground_scores`` against the expression's [CLS] or first noun phrase
+        (``config.ground_query``). ``expressions``: one string per image."""
+        from .eval.grounding import expression_embeddings, ground_expressions
+
         x = self._images(images)
         if isinstance(expressions, str):
             expressions = [expressions]
         if len(expressions) != x.shape[0]:
             raise ValueError(f"expressions must hold one expression per image ({x.shape[0]}), got {len(expressions)}")
-        regions = self.propose_regions(self.encode_images(x), top_k or self.config.top_k)
-        txt = self.encode_text(list(expressions))
-        best = (regions.emb @ txt[:, :, None]).squeeze(2).argmax(dim=1)
-        return regions.boxes[torch.arange(x.shape[0], device=best.device), best]
+        if self.tokenizer is None:
+            raise ValueError("expressions need a tokenizer (create_model(..., tokenizer=...) or "
+                             "model.tokenizer = loupe_core.get_tokenizer(...))")
+        query = expression_embeddings(self, self.tokenizer, list(expressions), device=self._device(),
+                                      batch_size=x.shape[0], progress=False)
+        k = top_k or self.config.ground_top_k or self.config.top_k
+        boxes, scores = ground_expressions(self, x, list(range(x.shape[0])),
+                                           query, top_k=k, device=self._device(), batch_size=x.shape[0],
+                                           progress=False)
+        return boxes[torch.arange(x.shape[0]), scores.argmax(dim=1)].to(x.device)
 
     def save_pretrained(self, folder: str) -> str:
         """Write ``folder``/model.safetensors, config.json (model and loss sections) and, with a

@@ -2,9 +2,8 @@
 
 Tensor level: :func:`paired_box_iou` and :func:`grounding_accuracy`. Model level:
 :func:`evaluate_grounding` scores the region head's top-K regions of each image (K =
-``model.config.ground_top_k``, 0: ``top_k``) by the region logit scale times the cosine of region
-embedding and expression embedding (its [CLS] or its first noun phrase: ``model.config.ground_query``)
-plus ``model.config.ground_prior`` times log p(R).
+``model.config.ground_top_k``, 0: ``top_k``) with ``LoupeModel.ground_scores`` against the
+expression's embedding (its [CLS] or its first noun phrase: ``model.config.ground_query``).
 """
 from __future__ import annotations
 
@@ -82,16 +81,33 @@ def expression_embeddings(model, tokenizer, expressions, *, device="cpu", batch_
                   desc="referring expressions")
 
 
-def grounding_scores(model, region_emb: torch.Tensor, region_conf: torch.Tensor,
-                     query_emb: torch.Tensor) -> torch.Tensor:
-    """float[R, K]: region logit scale x cos(region, query) + ``ground_prior`` x log p(R).
+def ground_expressions(model, images, expression_image, query_emb: torch.Tensor, *, top_k: int, device="cpu",
+                       batch_size: int = 64, progress=None):
+    """(boxes float[R, K, 4] xyxy model-input pixels, scores float[R, K]) of each expression's candidates.
 
-    region_emb float[R, K, d], region_conf float[R, K] (p(R) in (0, 1)), query_emb float[R, d].
+    images uint8 [N, S, S, 3]; expression_image: image index of each of the R expressions;
+    query_emb float[R, d]. The candidates are the head's ``top_k`` regions of the expression's
+    image, scored by ``LoupeModel.ground_scores``.
     """
-    scale = float(model.alignment_scale())
-    cosine = (region_emb @ query_emb[:, :, None]).squeeze(2)
-    prior = model.config.ground_prior
-    return scale * cosine + (prior * region_conf.clamp(min=1e-12).log() if prior > 0 else 0.0)
+    owner = torch.as_tensor(expression_image, dtype=torch.long)
+    R = owner.shape[0]
+    boxes, scores = None, None
+    with evaluating(model):
+        for sl in batches(len(images), batch_size, progress=progress, desc="grounding regions"):
+            feats = model.encode_images(image_tensor(images[sl], device))
+            regions = model.propose_regions(feats, top_k)
+            mine = ((owner >= sl.start) & (owner < sl.stop)).nonzero().squeeze(1)
+            local = (owner[mine] - sl.start).to(feats.patch_emb.device)
+            picked = type(regions)(*(field[local] for field in regions))
+            s = model.ground_scores(feats.patch_emb[local], picked, query_emb[mine].to(feats.patch_emb.device))
+            if boxes is None:
+                boxes = torch.zeros(R, s.shape[1], 4)
+                scores = torch.full((R, s.shape[1]), float("-inf"))
+            boxes[mine] = picked.boxes.float().cpu()
+            scores[mine] = s.float().cpu()
+    if boxes is None:
+        raise ValueError("images must hold at least one image")
+    return boxes, scores
 
 
 def evaluate_grounding(model, split, tokenizer, *, top_k: int, device="cpu", batch_size: int = 64,
@@ -103,11 +119,9 @@ def evaluate_grounding(model, split, tokenizer, *, top_k: int, device="cpu", bat
     per image (``model.config.ground_top_k`` overrides it when set).
     """
     k = model.config.ground_top_k or top_k
-    boxes, emb, conf = region_proposals(model, split.images, top_k=k, device=device, batch_size=batch_size,
-                                        progress=progress, desc="grounding regions")
     query = expression_embeddings(model, tokenizer, split.expressions, device=device, batch_size=batch_size,
                                   progress=progress)
-    owner = torch.as_tensor(split.expression_image, dtype=torch.long)
-    scores = grounding_scores(model, emb[owner], conf[owner], query)
+    boxes, scores = ground_expressions(model, split.images, split.expression_image, query, top_k=k, device=device,
+                                       batch_size=batch_size, progress=progress)
     gt = torch.as_tensor(split.boxes, dtype=torch.float32)
-    return {"acc@0.5": grounding_accuracy(boxes[owner], scores, gt)}
+    return {"acc@0.5": grounding_accuracy(boxes, scores, gt)}

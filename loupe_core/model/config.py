@@ -14,7 +14,10 @@ TOKEN_BASELINES = ("zero", "drop")
 UNSIL_ARCHS = ("mlp_attention", "conv1d", "transformer")
 IMAGE_TOWERS = ("vit", "swin")
 FINE_QUERIES = ("tokens", "phrases")
-TOKEN_TARGETS = ("interaction", "negative_interaction", "phi")
+TOKEN_GAMES = ("encoder", "alignment")
+TOKEN_TARGETS = {"encoder": ("interaction", "negative_interaction", "phi"), "alignment": ("phi", "excess")}
+TOKEN_CANDIDATES = ("selected", "all")
+GROUND_SCORES = ("cosine", "shapley")
 REGION_HEADS = ("mlp", "conv")
 GROUND_QUERIES = ("cls", "phrase")
 
@@ -88,9 +91,12 @@ class ModelConfig(_DictMixin):
     Both the global and the region-phrase alignment logit scales start at
     ``logit_scale_init`` (CLIP's 1/0.07) and are clamped at ``logit_scale_max``.
     Grounding (``LoupeModel.ground_scores``): the head's top ``ground_top_k`` candidates after NMS
-    (0: ``top_k``) are scored by the region-text cosine times the region logit scale plus
+    (0: ``top_k``) are scored by the region logit scale times a region-text match plus
     ``ground_prior`` times log p(R); the text is the expression's [CLS] (``ground_query="cls"``)
-    or the mean embedding of its first noun phrase (``"phrase"``).
+    or the mean embedding of its first noun phrase (``"phrase"``); the match is the cosine of the
+    region's pooled embedding (``ground_score="cosine"``) or the region's exact excess Shapley
+    value in the text's maximum game over the patches (``"shapley"``,
+    ``shapley_kernels.max_game_region_values``, docs/fine_grained_alignment.md).
     """
 
     image_tower: str = "vit"
@@ -118,9 +124,11 @@ class ModelConfig(_DictMixin):
     ground_top_k: int = 0
     ground_query: str = "cls"
     ground_prior: float = 0.0
+    ground_score: str = "cosine"
 
     def __post_init__(self):
         _choice("image_tower", self.image_tower, IMAGE_TOWERS)
+        _choice("ground_score", self.ground_score, GROUND_SCORES)
         _choice("region_head", self.region_head, REGION_HEADS)
         _choice("ground_query", self.ground_query, GROUND_QUERIES)
         _non_negative_int("ground_top_k", self.ground_top_k)
@@ -166,9 +174,17 @@ class LossConfig(_DictMixin):
     ``warmup_fraction``: the share of steps during which hybrid always samples.
     ``unsil_lambda``: lambda of Eq. 12. ``probe_size``: targets per level re-sampled on each
     logged step (``train.log_every``) to log UNSIL's error (0: no probe).
-    ``token_target``: what L_TSA's min-max labels are made of: "interaction" (Eq. 7 as
-    published), "negative_interaction" (-Eq. 7) or "phi" (phi([R]), the region as one player);
-    docs/fine_grained_alignment.md gives the measurements behind the choice.
+    ``token_game``: the game whose region scores label L_TSA: "encoder" (the paper's v1, masked
+    re-encoding through both towers, Eq. 7; priced per Monte Carlo sample) or "alignment" (the
+    maximum game of each caption phrase over the final patch embeddings, v(S) = max(0,
+    max_{p in S} cos(p, phrase)), averaged over the caption's phrases: exact in closed form,
+    ``shapley_kernels.max_game_region_values``; ``token_source`` must then be "exact").
+    ``token_target``: what L_TSA's min-max labels are made of. Encoder game: "interaction"
+    (Eq. 7 as published), "negative_interaction" (-Eq. 7) or "phi" (phi([R]), the region as one
+    player). Alignment game: "phi" or "excess" (phi([R]) minus the region's equal share of v(N)).
+    ``token_candidates``: "selected" (the head's top_k after NMS plus num_random random ones, for
+    ``pairs_per_step`` pairs) or "all" (every candidate of every pair of the batch: dense labels).
+    docs/fine_grained_alignment.md gives the measurements behind the choices.
     ``fine_contrast``: weight of the cross-image fine-grained contrastive term
     (``losses.fine_contrastive_loss``; 0: off), whose queries are the caption's word tokens
     (``fine_queries="tokens"``, FILIP's text side) or its noun phrases (``"phrases"``).
@@ -189,7 +205,9 @@ class LossConfig(_DictMixin):
     unsil_lambda: float = 1.0
     warmup_fraction: float = 0.1
     probe_size: int = 4
+    token_game: str = "encoder"
     token_target: str = "interaction"
+    token_candidates: str = "selected"
     fine_contrast: float = 0.0
     fine_queries: str = "tokens"
 
@@ -201,7 +219,12 @@ class LossConfig(_DictMixin):
         _choice("semantic_source", self.semantic_source, LABEL_SOURCES)
         _choice("token_baseline", self.token_baseline, TOKEN_BASELINES)
         _choice("unsil_arch", self.unsil_arch, UNSIL_ARCHS)
-        _choice("token_target", self.token_target, TOKEN_TARGETS)
+        _choice("token_game", self.token_game, TOKEN_GAMES)
+        _choice("token_target", self.token_target, TOKEN_TARGETS[self.token_game])
+        _choice("token_candidates", self.token_candidates, TOKEN_CANDIDATES)
+        if self.token_game == "alignment" and self.token_source != "exact":
+            raise ValueError(f"token_game='alignment' is exact in closed form: token_source must be 'exact', "
+                             f"got {self.token_source!r}")
         _choice("fine_queries", self.fine_queries, FINE_QUERIES)
         _in_range("fine_contrast", self.fine_contrast, 0.0, 1e6)
         for name in ("token_num_samples", "semantic_num_samples", "pairs_per_step", "unsil_hidden"):

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import shapley_kernels as sk
+
 from .. import labels as lab
 from ..losses import ContrastiveBank, LossOutput, cmc_loss, fine_contrastive_loss, fsa_loss, tsa_loss
 from ..unsil import Unsil, UnsilInputs
@@ -153,6 +155,26 @@ class LoupeModel(nn.Module):
         index = self.region_head.select(logits, geometry, top_k, 0, self.config.nms_iou)
         return self._regions(image_feats, logits, geometry, index)
 
+    def ground_scores(self, patch_emb: torch.Tensor, regions: Regions, query_emb: torch.Tensor) -> torch.Tensor:
+        """float[R, K]: how well each of the K regions of an image matches the query of that image.
+
+        patch_emb float[R, N, d] (final patch embeddings of each query's image), regions: the
+        image's ``Regions`` (fields with leading dims [R, K]), query_emb float[R, d] (L2-normalised).
+        Score: region logit scale x match + ``ground_prior`` x log p(R), the match being the cosine
+        of the pooled region embedding (``ground_score="cosine"``) or the region's exact excess
+        Shapley value in the query's maximum game over the patches (``"shapley"``).
+        """
+        cfg = self.config
+        if cfg.ground_score == "cosine":
+            match = (regions.emb @ query_emb[:, :, None]).squeeze(2)
+        else:
+            cosines = (patch_emb @ query_emb[:, :, None]).squeeze(2).float()  # [R, N]
+            match = sk.max_game_region_values(cosines, regions.patch_masks, score="excess").to(patch_emb.dtype)
+        scores = self.alignment_scale() * match
+        if cfg.ground_prior > 0:
+            scores = scores + cfg.ground_prior * regions.scores.clamp(min=1e-12).log()
+        return scores
+
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict, step: int = 0, total_steps: int = 1,
                 bank: Optional[ContrastiveBank] = None, embed_only: bool = False, diagnostics: bool = True):
@@ -162,7 +184,8 @@ class LoupeModel(nn.Module):
         ``unsil_probe_error_*`` logs); the trainer asks for it on the steps it logs.
         """
         lcfg = self.loss_config
-        uses_phrases = lcfg.fsa or (lcfg.fine_contrast > 0 and lcfg.fine_queries == "phrases")
+        uses_phrases = (lcfg.fsa or (lcfg.fine_contrast > 0 and lcfg.fine_queries == "phrases")
+                        or (lcfg.tsa and lcfg.token_game == "alignment"))
         needed = BATCH_KEYS + (PHRASE_KEYS if uses_phrases and not embed_only else ())
         for key in needed:
             if key not in batch:
@@ -187,7 +210,18 @@ class LoupeModel(nn.Module):
             geometry = self._geometry(img)
             index = self.region_head.select(logits.detach(), geometry, self.config.top_k,
                                             self.config.num_random if lcfg.tsa else 0, self.config.nms_iou)
-        if lcfg.tsa:
+        if lcfg.tsa and lcfg.token_game == "alignment":
+            if lcfg.token_candidates == "selected":
+                label_index, label_masks = index, geometry.masks[index]
+            else:  # every candidate: one geometry shared by the batch
+                label_index = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
+                label_masks = geometry.masks[None]
+            start = time.perf_counter()
+            values, labelled = self._alignment_token_labels(img.patch_emb, phrases, batch["phrase_mask"],
+                                                            label_masks)
+            logs["label_time_token"] = time.perf_counter() - start
+            terms["tsa"] = tsa_loss(logits.gather(1, label_index), values, labelled)
+        elif lcfg.tsa:
             P = min(index.shape[0], lcfg.pairs_per_step)
             values, labelled, unsil_term, level_logs = self._token_labels(
                 image_tokens[:P], text_tokens[:P], batch["text_mask"][:P], img.patch_emb[:P], txt.token_emb[:P],
@@ -212,6 +246,24 @@ class LoupeModel(nn.Module):
         logs["region_logit_scale"] = float(self._scale(self.region_logit_scale.detach()))
         total = sum(terms.values())
         return LossOutput(total, terms, logs)
+
+    def _alignment_token_labels(self, patch_emb, phrases, phrase_mask, region_masks):
+        """Token-level labels in the alignment game (``token_game="alignment"``), exact.
+
+        patch_emb float[B, N, d], phrases float[B, M, d] (L2-normalised, 0 at padding),
+        phrase_mask bool[B, M], region_masks bool[B or 1, K, N]. Each phrase j gives the maximum game
+        v_j(S) = max(0, max_{p in S} cos(p, phrase_j)); the label of region R is its
+        ``token_target`` score (phi or excess) averaged over the caption's phrases, i.e. the score
+        in the mean game, the late-interaction similarity of the caption with the patches in S.
+        Returns (values float[B, K], labelled bool[B, K]: False for captions without a phrase).
+        """
+        with torch.no_grad():
+            cosines = (phrases.detach() @ patch_emb.detach().transpose(1, 2)).float()  # [B, M, N]
+            scores = sk.max_game_region_values(cosines, region_masks[:, None], score=self.loss_config.token_target)
+            weight = phrase_mask.to(scores.dtype)
+            values = (scores * weight[..., None]).sum(dim=1) / weight.sum(dim=1, keepdim=True).clamp(min=1.0)
+        labelled = phrase_mask.any(dim=1, keepdim=True).expand(values.shape[0], values.shape[1])
+        return values.to(patch_emb.dtype), labelled
 
     def _token_labels(self, image_tokens, text_tokens, text_mask, patch_emb, token_emb, geometry, index,
                       step, warmup, probe_size):

@@ -1,0 +1,71 @@
+"""shapley_kernels.max_game_region_values against brute-force enumeration of spec Eq. 3
+(tests/reference.py) on maximum games v(S) = max(0, max_{i in S} x_i)."""
+import pytest
+import torch
+
+from reference import brute_region_phi, brute_shapley
+from shapley_kernels import max_game_region_values
+
+
+def max_value_fn(x):
+    """Value function of the maximum game with values x (list of floats), v(empty) = 0."""
+    return lambda s: max([0.0] + [x[i] for i in s])
+
+
+def random_regions(n, K, generator):
+    regions = torch.rand(K, n, generator=generator) < 0.4
+    regions[torch.arange(K), torch.randint(n, (K,), generator=generator)] = True
+    return regions
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_region_phi_and_excess_match_enumeration(seed):
+    g = torch.Generator().manual_seed(seed)
+    n, K = 7, 5
+    x = torch.randn(3, n, generator=g, dtype=torch.float64)   # negatives included: floored at 0
+    x[0, 2] = x[0, 5]                                          # a tie
+    regions = random_regions(n, K, g)
+    got = max_game_region_values(x, regions, score=("phi", "excess"))
+    for b in range(3):
+        fn = max_value_fn(x[b].tolist())
+        v_all = fn(frozenset(range(n)))
+        for k in range(K):
+            members = regions[k].nonzero().flatten().tolist()
+            phi = brute_region_phi(fn, n, members)
+            assert got["phi"][b, k].item() == pytest.approx(phi, abs=1e-12)
+            assert got["excess"][b, k].item() == pytest.approx(phi - len(members) / n * v_all, abs=1e-12)
+
+
+def test_single_players_are_the_shapley_values_and_sum_to_the_maximum():
+    g = torch.Generator().manual_seed(9)
+    n = 6
+    x = torch.rand(n, generator=g, dtype=torch.float64)
+    x[1] = x[4]
+    phi = max_game_region_values(x, torch.eye(n, dtype=torch.bool))
+    assert torch.allclose(phi, torch.tensor(brute_shapley(max_value_fn(x.tolist()), n), dtype=torch.float64))
+    assert phi.sum().item() == pytest.approx(x.max().item())
+
+
+def test_edges_whole_set_all_zero_and_broadcast():
+    x = torch.tensor([[0.3, 0.9, -1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    whole = torch.ones(1, 3, dtype=torch.bool)
+    got = max_game_region_values(x, whole, score=("phi", "excess"))
+    assert torch.allclose(got["phi"][:, 0], torch.tensor([0.9, 0.0], dtype=torch.float64))  # [N] gets v(N)
+    assert torch.allclose(got["excess"][:, 0], torch.zeros(2, dtype=torch.float64))  # its equal share
+    # per-game regions [B, K, n] broadcast against values [B, n]
+    regions = torch.tensor([[[True, False, False]], [[False, True, True]]])
+    out = max_game_region_values(x, regions)
+    assert out.shape == (2, 1) and out[0, 0].item() == pytest.approx(0.3 / 2)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(values=torch.tensor([1.0, float("nan")]), regions=torch.ones(1, 2, dtype=torch.bool)), "values"),
+    (dict(values=torch.ones(2), regions=torch.zeros(1, 2, dtype=torch.bool)), "at least one player"),
+    (dict(values=torch.ones(2), regions=torch.ones(1, 3, dtype=torch.bool)), "regions must be bool"),
+    (dict(values=torch.ones(2), regions=torch.ones(1, 2)), "regions must be bool"),
+    (dict(values=torch.ones(3, 2), regions=torch.ones(2, 1, 2, dtype=torch.bool)), "broadcast"),
+    (dict(values=torch.ones(2), regions=torch.ones(1, 2, dtype=torch.bool), score="interaction"), "score"),
+])
+def test_bad_input_names_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        max_game_region_values(**kwargs)

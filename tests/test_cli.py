@@ -16,32 +16,49 @@ TABLE4 = ["table4_row1_backbone", "table4_row2_tsa", "table4_row3_tsa_fsa", "tab
 
 def test_every_named_config_loads():
     names = list_configs()
-    assert {"default", "tiny", "swin_l", *TABLE4} <= set(names)
+    assert {"default", "paper", "tiny", "tiny_default", "swin_l", *TABLE4} <= set(names)
     for name in names:
         assert load_config(name).name == name
 
 
-def test_default_is_full_loupe_with_exact_semantic_labels():
-    cfg = load_config("default")
+def test_paper_is_full_loupe_with_exact_semantic_labels():
+    cfg = load_config("paper")
     loss = cfg.loss
     assert (loss.cmc, loss.tsa, loss.fsa, loss.unsil) == (True, True, True, True)
-    assert loss.semantic_source == "exact" and loss.token_source == "hybrid"
+    assert loss.semantic_source == "exact" and loss.token_source == "hybrid" and loss.token_game == "encoder"
     assert cfg.data.dataset == "shapesworld"
     t = cfg.train
     assert (t.weight_decay, tuple(t.betas), t.base_momentum, t.max_momentum) == (0.01, (0.9, 0.999), 0.85, 0.95)
 
 
+def test_default_is_the_project_recipe_on_the_paper_budget():
+    default, paper = load_config("default").to_dict(), load_config("paper").to_dict()
+    assert default["data"] == paper["data"] and default["train"] == paper["train"]
+    loss = default["loss"]
+    assert (loss["cmc"], loss["tsa"], loss["fsa"], loss["unsil"]) == (True, True, False, False)
+    assert (loss["token_game"], loss["token_target"], loss["token_candidates"]) == ("alignment", "excess", "all")
+    assert loss["fine_contrast"] > 0 and default["model"]["ground_score"] == "shapley"
+
+
+GROUNDING_FIELDS = {"region_head", "ground_query", "ground_score", "ground_top_k", "ground_prior"}
+
+
 def test_table4_rows_share_one_budget_and_differ_only_in_the_losses():
     rows = [load_config(name).to_dict() for name in TABLE4]
     for row in rows[1:]:
-        for section in ("model", "data", "train"):
+        for section in ("data", "train"):
             assert row[section] == rows[0][section], section
+    for row in rows[1:4]:
+        assert row["model"] == rows[0]["model"]
+    differs = {key for key, value in rows[4]["model"].items() if rows[0]["model"][key] != value}
+    assert differs <= GROUNDING_FIELDS, differs   # row 5: same encoders, its own head and grounding score
     losses = [r["loss"] for r in rows]
     assert [(d["tsa"], d["fsa"], d["unsil"]) for d in losses] == [
-        (False, False, False), (True, False, False), (True, True, False), (True, True, True), (True, True, True)]
+        (False, False, False), (True, False, False), (True, True, False), (True, True, True), (True, False, False)]
     assert losses[2]["token_source"] == losses[2]["semantic_source"] == "sampling"
     assert losses[3]["token_source"] == losses[3]["semantic_source"] == "hybrid"
-    assert losses[4]["semantic_source"] == "exact"
+    assert all(d["token_game"] == "encoder" and d["token_target"] == "interaction" for d in losses[:4])
+    assert losses[4]["token_game"] == "alignment" and losses[4]["fine_contrast"] > 0
 
 
 def test_overrides_are_type_checked():

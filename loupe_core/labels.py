@@ -50,18 +50,19 @@ def _for_engine(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- token level (Eq. 7)
 def token_interactions(image_tower, text_tower, image_tokens, text_tokens, text_mask, regions, *,
                        method: str, baseline: str, num_samples: int, seed: int,
-                       score: str = "interaction") -> torch.Tensor:
+                       score="interaction"):
     """Token-level score float[P, K] (default I([R_k]), Eq. 7) of the candidate regions of P pairs.
 
     image_tokens float[P, N_I, D_I], text_tokens float[P, L, D_T] (the towers' ``embed_tokens``),
     text_mask bool[P, L], regions bool[P, K, N_I]; method "exact" or "sampling"; score: a
-    ``shapley_kernels.region_interaction`` score ("interaction", "negative_interaction", "phi").
+    ``shapley_kernels.region_interaction`` score ("interaction", "negative_interaction", "phi"),
+    or a tuple of them: then a dict name -> float[P, K], all on the same draws.
     """
     with inference_mode(image_tower, text_tower):
         est = sk.region_interaction(image_tower, text_tower, _for_engine(image_tokens), _for_engine(text_tokens),
                                     regions, text_mask=text_mask, baseline=baseline, method=method,
                                     num_samples=num_samples, seed=seed, score=score)
-    return est.value
+    return {name: e.value for name, e in est.items()} if isinstance(est, dict) else est.value
 
 
 def token_target_interactions(image_tower, text_tower, image_tokens, text_tokens, text_mask, regions,

@@ -13,7 +13,7 @@ import torch
 
 from loupe_core.data import ShapesWorldDataset, Tokenizer, collate_batch, prepare_shapesworld
 from loupe_core.data.eval_splits import load_grounding_split
-from loupe_core.eval import TASKS, check_tasks, evaluate
+from loupe_core.eval import PROTOCOL_TASKS, check_tasks, evaluate
 from loupe_core.eval.encode import tokenize
 from loupe_core.model import LoupeModel
 from loupe_core.viz import write_run_report
@@ -96,7 +96,7 @@ def test_evaluate_is_deterministic_and_accepts_a_dict(model, world, tokenizer, m
 
 
 def test_bad_tasks_and_paths(model, world, tokenizer):
-    assert check_tasks("all") == TASKS
+    assert check_tasks("all") == PROTOCOL_TASKS
     with pytest.raises(ValueError, match="tasks must be names"):
         check_tasks(("retrieval", "segmentation"))
     with pytest.raises(ValueError, match="no 'detection' file"):

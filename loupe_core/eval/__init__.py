@@ -1,10 +1,12 @@
 """Zero-shot evaluation of LOUPE (spec section 7): retrieval, classification, detection, grounding,
-linear probe.
+linear probe; plus the alignment diagnostics (``diagnostics``: why the model grounds or not).
 
 Each task has a tensor-level metric (tested against references written from the definitions)
 and a model-level function that runs the model (CONTRACTS s5 methods) on a split in batches
 under ``torch.inference_mode``. :func:`evaluate` runs several tasks and returns flat metric
-names such as ``retrieval/i2t_r1``, ``grounding/acc@0.5``, ``detection/map@0.5``.
+names such as ``retrieval/i2t_r1``, ``grounding/acc@0.5``, ``detection/map@0.5``,
+``diagnostics/diag_truebox_cls``. "all" runs the evaluation protocols (``PROTOCOL_TASKS``); the
+diagnostics, slower and partly not percentages, run only when named.
 """
 from __future__ import annotations
 
@@ -13,20 +15,23 @@ from typing import Optional, Sequence
 from . import splits
 from .classification import evaluate_classification
 from .detection import evaluate_detection
+from .diagnostics import evaluate_diagnostics
 from .grounding import evaluate_grounding
 from .linear_probe import evaluate_linear_probe
 from .retrieval import evaluate_retrieval
 
-TASKS = ("retrieval", "classification", "detection", "grounding", "linear_probe")
+PROTOCOL_TASKS = ("retrieval", "classification", "detection", "grounding", "linear_probe")
+TASKS = PROTOCOL_TASKS + ("diagnostics",)
 
 
 def check_tasks(tasks) -> tuple[str, ...]:
-    """Tuple of task names; "all" expands to every task; an unknown name is a ValueError."""
+    """Tuple of task names; "all" expands to ``PROTOCOL_TASKS`` (every task but the diagnostics);
+    an unknown name is a ValueError."""
     if isinstance(tasks, str):
         tasks = (tasks,)
     tasks = tuple(tasks)
     if "all" in tasks:
-        return TASKS
+        return PROTOCOL_TASKS + tuple(t for t in tasks if t == "diagnostics")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ValueError(f"tasks must be names from {list(TASKS) + ['all']}, got {list(tasks)}")
@@ -35,11 +40,13 @@ def check_tasks(tasks) -> tuple[str, ...]:
 
 def evaluate(model, eval_paths, tokenizer, tasks: Sequence[str] = ("retrieval", "grounding"), device="cpu",
              batch_size: int = 64, progress: Optional[bool] = None) -> dict[str, float]:
-    """Run ``tasks`` on the evaluation files; returns {"<task>/<metric>": value (percent)}.
+    """Run ``tasks`` on the evaluation files; returns {"<task>/<metric>": value (percent; the
+    diagnostics' AUCs and correlations as they are)}.
 
     model: a ``LoupeModel`` already on ``device``; eval_paths: ``ShapesWorldPaths``,
     ``SplitFiles`` or {task: JSON path} (see ``loupe_core.eval.splits``); tokenizer:
-    ``loupe_core.data.Tokenizer``. Regions: the model's ``config.top_k`` per image.
+    ``loupe_core.data.Tokenizer``. Regions: the model's ``config.top_k`` per image. The
+    diagnostics run on the grounding file (``evaluate_diagnostics``, its default sample).
     """
     tasks = check_tasks(tasks)
     files = splits.eval_files(eval_paths)
@@ -68,6 +75,9 @@ def evaluate(model, eval_paths, tokenizer, tasks: Sequence[str] = ("retrieval", 
         elif task == "grounding":
             add(task, evaluate_grounding(model, splits.load(task, splits.require(files, task), size), tokenizer,
                                          top_k=top_k, **common))
+        elif task == "diagnostics":
+            add(task, evaluate_diagnostics(model, splits.load("grounding", splits.require(files, "grounding"), size),
+                                           tokenizer, **common))
         else:
             train = splits.load("classification", splits.require(files, "linear_probe_train"), size)
             test = splits.load("classification", splits.require(files, "linear_probe_test"), size)
@@ -75,5 +85,5 @@ def evaluate(model, eval_paths, tokenizer, tasks: Sequence[str] = ("retrieval", 
     return out
 
 
-__all__ = ["TASKS", "evaluate", "check_tasks", "evaluate_retrieval", "evaluate_classification",
-           "evaluate_detection", "evaluate_grounding", "evaluate_linear_probe"]
+__all__ = ["TASKS", "PROTOCOL_TASKS", "evaluate", "check_tasks", "evaluate_retrieval", "evaluate_classification",
+           "evaluate_detection", "evaluate_grounding", "evaluate_linear_probe", "evaluate_diagnostics"]

@@ -7,10 +7,12 @@
 rebuilt from the checkpoint's resolved config; the tokenizer and, by default, the evaluation
 data are the run's own ShapesWorld (found in the cache, generated there if missing, as
 ``loupe pretrain`` does). ``--task``: retrieval, classification, detection, grounding,
-linear_probe or all (default). ``--data``: a ShapesWorld root folder, or a JSON file
-``{task: path}`` naming evaluation files of CONTRACTS s4 (real data). ``--split``: the ShapesWorld
-split scored (default: the config's ``eval.split``). ``--out``: where ``metrics.json`` and the
-pictures (``report/index.html``) go (default ``<run_dir>/eval-step<N>``).
+linear_probe, diagnostics (the alignment diagnostics on the grounding file:
+``loupe_core.eval.diagnostics``) or all (default: every task but the diagnostics).
+``--data``: a ShapesWorld root folder, or a JSON file ``{task: path}`` naming evaluation files
+of CONTRACTS s4 (real data). ``--split``: the ShapesWorld split scored (default: the config's
+``eval.split``). ``--out``: where ``metrics.json`` and the pictures (``report/index.html``) go
+(default ``<run_dir>/eval-step<N>``).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("eval", help="zero-shot evaluation of a checkpoint, with pictures",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
-    p.add_argument("--task", nargs="+", default=["all"], choices=list(TASKS) + ["all"], help="tasks (default all)")
+    p.add_argument("--task", nargs="+", default=["all"], choices=list(TASKS) + ["all"],
+                   help="tasks (default all: every task but diagnostics)")
     p.add_argument("--data", default=None, help="ShapesWorld root, or JSON file {task: path} (default: the run's data)")
     p.add_argument("--split", default=None, help="ShapesWorld split to score (default: the config's eval.split)")
     p.add_argument("--out", default=None, help="output folder (default <run_dir>/eval-step<N>)")

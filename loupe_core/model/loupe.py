@@ -60,6 +60,38 @@ def masked_mean_embedding(masks: torch.Tensor, emb: torch.Tensor) -> torch.Tenso
     return F.normalize(pooled, dim=-1)
 
 
+def token_unsil_inputs(patch_emb: torch.Tensor, token_emb: torch.Tensor, text_mask: torch.Tensor,
+                       pair: torch.Tensor, final_masks: torch.Tensor) -> UnsilInputs:
+    """Detached token-level UNSIL inputs (``unsil`` module docstring) of T targets.
+
+    patch_emb float[P, N_I, d] (final grid), token_emb float[P, L, d] and text_mask bool[P, L] of
+    P image-text pairs; pair LongTensor[T]: each target's pair; final_masks bool[T, N_I]: each
+    target region's final-grid cells.
+    """
+    patches = patch_emb[pair].detach()
+    return UnsilInputs(masked_mean_embedding(final_masks[:, None], patches)[:, 0], patches,
+                       torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device), final_masks,
+                       token_emb[pair].detach(), text_mask[pair], torch.zeros_like(text_mask[pair]))
+
+
+def semantic_unsil_inputs(img_global: torch.Tensor, txt_global: torch.Tensor, region_emb: torch.Tensor,
+                          phrase_emb: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
+                          targets: torch.Tensor) -> UnsilInputs:
+    """Detached semantic-level UNSIL inputs (``unsil`` module docstring) of T targets.
+
+    img_global / txt_global float[B, d], region_emb float[B, K, d], phrase_emb float[B, M, d],
+    region_mask bool[B, K], phrase_mask bool[B, M]; targets LongTensor[T, 3] of (b, i, j).
+    """
+    b, i, j = targets.unbind(1)
+    K, M = region_emb.shape[1], phrase_emb.shape[1]
+    ones = torch.ones(region_emb.shape[0], 1, dtype=torch.bool, device=region_emb.device)
+    seq_a = torch.cat([img_global[:, None], region_emb], dim=1).detach()
+    seq_b = torch.cat([txt_global[:, None], phrase_emb], dim=1).detach()
+    return UnsilInputs(torch.cat([region_emb[b, i], phrase_emb[b, j]], dim=1).detach(),
+                       seq_a[b], torch.cat([ones, region_mask], dim=1)[b], F.one_hot(i + 1, K + 1).bool(),
+                       seq_b[b], torch.cat([ones, phrase_mask], dim=1)[b], F.one_hot(j + 1, M + 1).bool())
+
+
 def _as_config(cls, value):
     if value is None:
         return cls()
@@ -140,6 +172,15 @@ class LoupeModel(nn.Module):
         """Candidate boxes in float32 (float64 for a float64 model), also under bf16 autocast."""
         dtype = torch.float64 if feats.patch_emb.dtype == torch.float64 else torch.float32
         return self.region_head.geometry(feats.grid, feats.patch_size, feats.patch_emb.device, dtype)
+
+    def _token_masks(self, boxes: torch.Tensor, final_masks: torch.Tensor) -> torch.Tensor:
+        """The token-level game's players of candidate regions: bool[..., N_tokens], the cells of the
+        image tower's token grid in boxes float[..., 4]; final_masks bool[..., N_I] (the regions'
+        final-grid cells) themselves where the token grid is the final grid (ViT)."""
+        tower = self.image_tower
+        if tower.token_grid == tower.final_grid:
+            return final_masks
+        return cells_in_boxes(boxes, tower.token_grid, tower.token_cell)
 
     def _regions(self, feats: ImageFeatures, logits, geometry, index) -> Regions:
         masks = geometry.masks[index]
@@ -274,12 +315,9 @@ class LoupeModel(nn.Module):
         so it carries no label (``labelled`` False, left out of L_TSA's min-max and loss): kept in,
         its constant 0 becomes the top label of every image whose other candidates interact
         negatively, and the head learns to propose single background cells."""
-        lcfg, tower = self.loss_config, self.image_tower
+        lcfg = self.loss_config
         final_masks = geometry.masks[index]
-        if tower.token_grid == tower.final_grid:
-            token_masks = final_masks
-        else:
-            token_masks = cells_in_boxes(geometry.boxes[index], tower.token_grid, tower.token_cell)
+        token_masks = self._token_masks(geometry.boxes[index], final_masks)
         common = dict(baseline=lcfg.token_baseline, num_samples=lcfg.token_num_samples, score=lcfg.token_target)
         towers = (self.image_tower, self.text_tower)
         # Eq. 7 is 0 for one patch whatever the model does; phi([R]) of one patch is informative
@@ -294,10 +332,7 @@ class LoupeModel(nn.Module):
         flat = labelled.reshape(-1).nonzero().squeeze(1)
         pair, region = flat // K, flat % K
         final_masks = final_masks.reshape(P * K, -1)[flat]
-        inputs = UnsilInputs(masked_mean_embedding(final_masks[:, None], patch_emb[pair])[:, 0].detach(),
-                             patch_emb[pair].detach(),
-                             torch.ones(patch_emb.shape[:2], dtype=torch.bool, device=index.device)[pair],
-                             final_masks, token_emb[pair].detach(), text_mask[pair], torch.zeros_like(text_mask[pair]))
+        inputs = token_unsil_inputs(patch_emb, token_emb, text_mask, pair, final_masks)
 
         def sample(which, seed):
             if which.numel() == flat.numel():
@@ -326,14 +361,8 @@ class LoupeModel(nn.Module):
             return values, None, {"label_time_semantic": time.perf_counter() - start}
         targets = (region_mask[:, :, None] & phrase_mask[:, None, :]).nonzero()
         b, i, j = targets.unbind(1)
-        K, M = A.shape[1], A.shape[2]
-        ones = torch.ones(A.shape[0], 1, dtype=torch.bool, device=A.device)
-        seq_a = torch.cat([img_global[:, None], region_emb], dim=1).detach()
-        seq_b = torch.cat([txt_global[:, None], phrase_emb], dim=1).detach()
-        inputs = UnsilInputs(torch.cat([region_emb[b, i], phrase_emb[b, j]], dim=1).detach(),
-                             seq_a[b], torch.cat([ones, region_mask], dim=1)[b],
-                             F.one_hot(i + 1, K + 1).bool(), seq_b[b], torch.cat([ones, phrase_mask], dim=1)[b],
-                             F.one_hot(j + 1, M + 1).bool())
+        inputs = semantic_unsil_inputs(img_global, txt_global, region_emb, phrase_emb, region_mask, phrase_mask,
+                                       targets)
 
         def sample(which, seed):
             return lab.semantic_target_interactions(A, region_mask, phrase_mask, targets[which],

@@ -205,9 +205,10 @@ def _print_summary(summary: dict, echo) -> None:
         if headline:
             scores = ", ".join(f"{label} {value:.2f}" for label, value in headline)
             echo(f"zero-shot, {summary['eval_on']} (held out from training): {scores}")
-        echo("all metrics (percent):")
+        echo("all metrics (percent; the diagnostics' *_auc* and *_corr* as they are):")
+        width = max(32, max(len(name) for name in metrics))
         for name, value in sorted(metrics.items()):
-            echo(f"  {name:<32} {value:8.2f}")
+            echo(f"  {name:<{width}} {value:8.2f}")
     echo(f"checkpoint: {summary['checkpoint']}")
     echo(f"logs:       {summary['logs']['jsonl']} (also metrics.csv, TensorBoard in {summary['logs']['tensorboard']})")
     if summary["report"]:

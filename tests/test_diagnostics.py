@@ -29,7 +29,7 @@ KEYS = {"diag_truebox_cls", "diag_truebox_phrase", "diag_truebox_chance", "diag_
         "diag_recall@64", "diag_recall_random@4", "diag_recall_random@16", "diag_recall_random@64",
         "diag_recall_oracle", "diag_label_auc", "diag_label_auc_interaction",
         "diag_label_auc_negative_interaction", "diag_label_auc_phi", "diag_label_corr", "diag_semantic_gold",
-        "diag_semantic_chance"}
+        "diag_semantic_chance", "diag_label_auc_alignment_phi", "diag_label_auc_alignment_excess"}
 UNSIL_KEYS = {"diag_unsil_corr_token", "diag_unsil_corr_semantic"}
 PERCENT_KEYS = {k for k in KEYS if "auc" not in k and "corr" not in k}
 
@@ -273,8 +273,8 @@ def test_model_level_is_seeded_and_checks_arguments(tiny, tiny_metrics):
     model, tokenizer, split = tiny
     assert D.evaluate_diagnostics(model, split, tokenizer, batch_size=4, progress=False) == tiny_metrics
     skipped = D.evaluate_diagnostics(model, split, tokenizer, progress=False, num_label_images=0)
-    assert skipped == {k: v for k, v in tiny_metrics.items() if "label" not in k and "semantic" not in k
-                       and "unsil" not in k}
+    assert skipped == {k: v for k, v in tiny_metrics.items() if ("label" not in k or "alignment" in k)
+                       and "semantic" not in k and "unsil" not in k}   # part 3b is cheap: always on
     no_unsil = LoupeModel(model.config, {"token_num_samples": 4})
     assert not set(D.evaluate_diagnostics(no_unsil, split, tokenizer, progress=False, num_label_images=1)) & UNSIL_KEYS
     for bad in (-1, 1.5, True):
@@ -330,3 +330,27 @@ def test_text_views_match_the_training_batches_and_the_single_encoders(tiny):
                                        batch["phrase_tokens"])
     assert views.phrase_mask.tolist() == batch["phrase_mask"].tolist()
     torch.testing.assert_close(views.phrases, want * batch["phrase_mask"][..., None], atol=1e-5, rtol=1e-4)
+
+
+def test_alignment_game_labels_peak_at_the_region_that_is_the_object():
+    """One-hot patch embeddings: the object's 4 cells carry the phrase's direction, the rest another;
+    among regions of 2 x 2, 3 x 3 and a half object, the excess is largest for the object itself,
+    while phi ties it with the 3 x 3 region that contains it (phi grows with swallowed players)."""
+    from loupe_core.model.loupe import alignment_game_labels
+
+    grid = 4
+    patch = torch.zeros(1, grid * grid, 2)
+    patch[..., 1] = 1.0
+    obj = [5, 6, 9, 10]
+    patch[0, obj] = torch.tensor([1.0, 0.0])
+    phrases = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])           # one phrase, one padding row
+    phrase_mask = torch.tensor([[True, False]])
+    regions = torch.zeros(3, grid * grid, dtype=torch.bool)
+    regions[0, obj] = True                                        # the object
+    regions[1, [0, 1, 2, 4, 5, 6, 8, 9, 10]] = True               # 3 x 3 holding it
+    regions[2, [5, 6]] = True                                     # half of it
+    got = alignment_game_labels(patch, phrases, phrase_mask, regions[None], ("phi", "excess"))
+    assert got["phi"][0, 0] == pytest.approx(1.0) and got["phi"][0, 1] == pytest.approx(1.0)
+    assert got["phi"][0, 2] == pytest.approx(1.0 / 3.0)          # shares the level with the 2 other cells
+    excess = got["excess"][0]
+    assert excess[0] == pytest.approx(1.0 - 4 / 16) and excess.argmax() == 0

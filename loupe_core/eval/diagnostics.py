@@ -38,6 +38,13 @@ correlations as they are.
    Pearson correlation, over the same pooled candidates, of the ``token_target`` labels with an
    independent estimate (another seed) at 4 x ``token_num_samples``. AUC keys are left out when
    the sample holds one class only, correlations when either side is constant.
+3b. The alignment-game labels (``token_game="alignment"``, exact) on every expression: the
+   mean over the expression's noun phrases of each candidate's score in the phrase's maximum
+   game over the patches (``model.loupe.alignment_game_labels``). ``diag_label_auc_alignment_phi`` /
+   ``_excess``: ROC AUC of candidates that hit the referred object (IoU >= 0.5) against
+   candidates that touch no object. For a model trained on the alignment game,
+   ``diag_label_auc`` is the AUC of its ``token_target`` here (part 3 then checks Eq. 7, and
+   ``diag_label_corr`` is Eq. 7's: the alignment labels are exact).
 4. UNSIL, for the levels the model has (``model.unsil``): Pearson correlation of UNSIL's label
    (its estimate x its running scale, the value ``labels.hybrid_labels`` uses) with the best
    target at hand on the same inputs. ``diag_unsil_corr_token``: against part 3's 4x-samples
@@ -78,7 +85,7 @@ import torch.nn.functional as F
 from shapley_kernels._checks import check_finite, check_tensor
 
 from .. import labels as lab
-from ..model.loupe import masked_mean_embedding, semantic_unsil_inputs, token_unsil_inputs
+from ..model.loupe import alignment_game_labels, masked_mean_embedding, semantic_unsil_inputs, token_unsil_inputs
 from ..model.region_head import box_iou, cells_in_boxes
 from .encode import batches, encode_text_views, evaluating, image_tensor, tokenize
 from .grounding import IOU_THRESHOLD, paired_box_iou, region_proposals
@@ -411,6 +418,8 @@ def _token_label_metrics(model, tokenizer, images, texts, object_boxes, object_m
     """Parts 3 and 4 (token level): images uint8 [B, S, S, 3] with one text each, object_boxes
     float[B, n, 4] / object_mask bool[B, n] their objects, geometry the head's candidates (CPU)."""
     lcfg = model.loss_config
+    # the encoder game's own target; an alignment-game model is checked on Eq. 7 here (part 3b: its own)
+    encoder_target = lcfg.token_target if lcfg.token_game == "encoder" else "interaction"
     region_cells = model._token_masks(geometry.boxes, geometry.masks).sum(dim=1)
     chosen = [label_candidates(geometry.boxes, region_cells, object_boxes[b][object_mask[b]], generator=generator)
               for b in range(len(texts))]
@@ -440,7 +449,7 @@ def _token_label_metrics(model, tokenizer, images, texts, object_boxes, object_m
                                         num_samples=lcfg.token_num_samples, seed=seed, score=LABEL_SCORES, **common)
         reference = lab.token_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,
                                            num_samples=REFERENCE_FACTOR * lcfg.token_num_samples,
-                                           seed=seed + lab.SAMPLE_SEED_STRIDE, score=lcfg.token_target, **common)
+                                           seed=seed + lab.SAMPLE_SEED_STRIDE, score=encoder_target, **common)
         unsil_label = None
         if "token" in model.unsil:
             unsil = model.unsil["token"]
@@ -452,12 +461,32 @@ def _token_label_metrics(model, tokenizer, images, texts, object_boxes, object_m
     reference = reference.double().cpu()[valid]
     positive = is_object[valid]
     out = {}
-    _put(out, "diag_label_auc", roc_auc(scores[lcfg.token_target], positive))
+    if lcfg.token_game == "encoder":
+        _put(out, "diag_label_auc", roc_auc(scores[lcfg.token_target], positive))
     for name in LABEL_SCORES:
         _put(out, f"diag_label_auc_{name}", roc_auc(scores[name], positive))
-    _put(out, "diag_label_corr", pearson(scores[lcfg.token_target], reference))
+    _put(out, "diag_label_corr", pearson(scores[encoder_target], reference))
     if unsil_label is not None:
         _put(out, "diag_unsil_corr_token", pearson(unsil_label, reference))
+    return out
+
+
+def _alignment_label_metrics(patch_emb, text, owner, expression_object, objects, object_mask, geometry) -> dict:
+    """Part 3b: AUC of the alignment-game labels on every expression (cheap: exact, closed form)."""
+    with_phrase = text.phrase_mask.any(dim=1).nonzero().squeeze(1)
+    if with_phrase.numel() == 0:
+        return {}
+    image = owner[with_phrase]
+    scores = alignment_game_labels(patch_emb[image].double(), text.phrases[with_phrase].double(),
+                                   text.phrase_mask[with_phrase], geometry.masks[None], ("phi", "excess"))
+    hits = object_hits(geometry.boxes, objects[image], object_mask[image])                 # [R, P, n]
+    referred = hits[torch.arange(image.numel()), :, expression_object[with_phrase]]       # [R, P]
+    inter = box_iou(geometry.boxes, objects[image].reshape(-1, 4)).reshape(-1, image.numel(), objects.shape[1])
+    touches = ((inter > 0) & object_mask[image][None]).any(dim=2).t()                     # [R, P]
+    keep = referred | ~touches
+    out = {}
+    for name, value in scores.items():
+        _put(out, f"diag_label_auc_alignment_{name}", roc_auc(value[keep].float(), referred[keep]))
     return out
 
 
@@ -531,6 +560,10 @@ def evaluate_diagnostics(model, split, tokenizer, *, device="cpu", batch_size: i
     for k, value in random_recall(geometry.boxes, objects, object_mask, RECALL_KS).items():
         out[f"diag_recall_random@{k}"] = value
     out["diag_recall_oracle"] = oracle_recall(geometry.boxes, objects, object_mask)
+    aligned = _alignment_label_metrics(patch_emb, text, owner, expression_object, objects, object_mask, geometry)
+    out.update(aligned)
+    if model.loss_config.token_game == "alignment":
+        _put(out, "diag_label_auc", aligned.get(f"diag_label_auc_alignment_{model.loss_config.token_target}"))
 
     if num_label_images:
         generator = torch.Generator().manual_seed(seed)

@@ -102,6 +102,30 @@ def _as_config(cls, value):
     raise TypeError(f"expected {cls.__name__} or dict, got {type(value).__name__}")
 
 
+def alignment_game_labels(patch_emb: torch.Tensor, phrases: torch.Tensor, phrase_mask: torch.Tensor,
+                          region_masks: torch.Tensor, score):
+    """Exact region scores in the alignment game of B captions: float[B, K] (a dict of them for a
+    tuple ``score``).
+
+    patch_emb float[B, N, d], phrases float[B, M, d] (L2-normalised, 0 at padding), phrase_mask
+    bool[B, M], region_masks bool[B or 1, K, N]; score "phi", "excess" or a tuple of them. Each
+    phrase j gives the maximum game v_j(S) = max(0, max_{p in S} cos(p, phrase_j)); a region's
+    label is its score averaged over the caption's phrases, i.e. its score in the mean game, the
+    late-interaction similarity of the caption with the patches in S
+    (``shapley_kernels.max_game_region_values``; 0 for a caption without a phrase).
+    """
+    cosines = phrases @ patch_emb.transpose(1, 2)                                         # [B, M, N]
+    scores = sk.max_game_region_values(cosines, region_masks[:, None], score=score)    # [B, M, K]
+    weight = phrase_mask.to(cosines.dtype)[..., None]
+
+    def mean_over_phrases(value):
+        return (value * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
+
+    if isinstance(score, str):
+        return mean_over_phrases(scores)
+    return {name: mean_over_phrases(value) for name, value in scores.items()}
+
+
 class LoupeModel(nn.Module):
     """LOUPE dual encoder. ``LoupeModel(model_config, loss_config)``: dataclasses or plain dicts."""
 
@@ -289,20 +313,12 @@ class LoupeModel(nn.Module):
         return LossOutput(total, terms, logs)
 
     def _alignment_token_labels(self, patch_emb, phrases, phrase_mask, region_masks):
-        """Token-level labels in the alignment game (``token_game="alignment"``), exact.
-
-        patch_emb float[B, N, d], phrases float[B, M, d] (L2-normalised, 0 at padding),
-        phrase_mask bool[B, M], region_masks bool[B or 1, K, N]. Each phrase j gives the maximum game
-        v_j(S) = max(0, max_{p in S} cos(p, phrase_j)); the label of region R is its
-        ``token_target`` score (phi or excess) averaged over the caption's phrases, i.e. the score
-        in the mean game, the late-interaction similarity of the caption with the patches in S.
-        Returns (values float[B, K], labelled bool[B, K]: False for captions without a phrase).
-        """
+        """Token-level labels in the alignment game (``token_game="alignment"``), exact: (values
+        float[B, K] by ``alignment_game_labels``, labelled bool[B, K]: False for captions without
+        a phrase). Shapes as in ``alignment_game_labels``."""
         with torch.no_grad():
-            cosines = (phrases.detach() @ patch_emb.detach().transpose(1, 2)).float()  # [B, M, N]
-            scores = sk.max_game_region_values(cosines, region_masks[:, None], score=self.loss_config.token_target)
-            weight = phrase_mask.to(scores.dtype)
-            values = (scores * weight[..., None]).sum(dim=1) / weight.sum(dim=1, keepdim=True).clamp(min=1.0)
+            values = alignment_game_labels(patch_emb.detach().float(), phrases.detach().float(), phrase_mask,
+                                           region_masks, self.loss_config.token_target)
         labelled = phrase_mask.any(dim=1, keepdim=True).expand(values.shape[0], values.shape[1])
         return values.to(patch_emb.dtype), labelled
 

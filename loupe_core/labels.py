@@ -132,13 +132,16 @@ class LevelLabels(NamedTuple):
 
 def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
                   sample: Callable[[torch.Tensor, int], torch.Tensor], *, warmup: bool, lam: float,
-                  probe_size: int, step: int) -> LevelLabels:
+                  probe_size: int, step: int, gate: float = 0.0) -> LevelLabels:
     """Hybrid labels of T targets at ``level`` ("token" or "semantic").
 
     inputs: the detached UNSIL inputs of the T targets; ``sample(index LongTensor[n], seed)``
     returns sampled raw interactions float[n] of those targets. Logs (``level`` suffix):
     unsil_share (share of labels from UNSIL), unsil_probe_error (mean |I^ - I*| in units of the
-    level's running std, against fresh samples on ``probe_size`` random targets), label_time (s, sampling and UNSIL, probe excluded).
+    level's running std, against fresh samples on ``probe_size`` random targets), label_time (s, sampling and UNSIL, probe excluded),
+    unsil_corr (``Unsil.correlation`` of its estimates with the targets sampled before it trained
+    on them) and unsil_gated (1.0 on steps where that correlation is below ``gate``: then every
+    target is sampled, UNSIL answers none and keeps training; ``gate=0`` never gates).
     """
     start = time.perf_counter()
     T = inputs.query.shape[0]
@@ -146,16 +149,21 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
         empty = inputs.query.new_zeros(0)
         return LevelLabels(empty, empty.bool(), inputs.query.new_zeros(()), {f"unsil_share_{level}": 0.0})
     estimate, sigma = unsil(inputs)
-    need = torch.ones(T, dtype=torch.bool, device=estimate.device) if warmup else hybrid_decision(sigma)
+    gated = not warmup and unsil.correlation() < gate
+    need = (torch.ones(T, dtype=torch.bool, device=estimate.device) if warmup or gated
+            else hybrid_decision(sigma))
     index = need.nonzero().squeeze(1)
     sampled = sample(index, step_seed(step, level)).to(estimate.dtype) if index.numel() else estimate.new_zeros(0)
+    if index.numel():
+        unsil.track(estimate[index] * unsil.scale(), sampled)   # estimates made before training on them
     unsil.observe(sampled)
     scale = unsil.scale()
     values = estimate.detach() * scale
     values[index] = sampled
     loss = unsil_loss(estimate[index], sigma[index], sampled / scale, lam)
     logs = {f"unsil_share_{level}": 1.0 - float(need.float().mean()) if T else 0.0,
-            f"label_time_{level}": time.perf_counter() - start}
+            f"label_time_{level}": time.perf_counter() - start,
+            f"unsil_corr_{level}": unsil.correlation(), f"unsil_gated_{level}": float(gated)}
     if probe_size > 0 and T > 0:
         # the probe's own seeded stream: probing or not never changes the global RNG
         chooser = torch.Generator().manual_seed(step_seed(step, f"{level}_probe"))

@@ -149,13 +149,18 @@ class TransformerUnsil(nn.Module):
 ARCHITECTURES = {"mlp_attention": MlpAttentionUnsil, "conv1d": Conv1dUnsil, "transformer": TransformerUnsil}
 
 
+TRACK_DECAY = 0.95  # per step: the correlation reflects about the last 20 steps
+
+
 class Unsil(nn.Module):
     """One level's UNSIL network with the running standard deviation of its sampled targets.
 
     ``forward(inputs) -> (estimate float[T], sigma float[T])``: estimate in units of ``scale()``
     (raw interaction / running std), sigma in [1e-6, 1]. The running statistics (count, mean,
     M2 of every target observed) are registered buffers, so they live in ``state_dict`` and in
-    checkpoints.
+    checkpoints. So are the exponentially weighted moments of (estimate, sampled target) pairs
+    that ``track`` records (decay ``TRACK_DECAY`` per call) and ``correlation`` reads: how well
+    UNSIL's estimates, made before it trained on those targets, follow them.
     """
 
     def __init__(self, arch: str, query_dim: int, feat_dim: int, hidden: int, max_positions: int):
@@ -166,6 +171,8 @@ class Unsil(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("m2", torch.zeros((), dtype=torch.float64))
+        # n, sum x, sum y, sum x^2, sum y^2, sum xy of tracked (estimate, target) pairs, decayed
+        self.register_buffer("moments", torch.zeros(6, dtype=torch.float64))
 
     def forward(self, inputs: UnsilInputs):
         estimate, sigma_logit = self.net(inputs)
@@ -191,3 +198,24 @@ class Unsil(nn.Module):
         self.m2.add_(m2_b + delta.square() * self.count * n_b / n)
         self.mean.add_(delta * n_b / n)
         self.count.copy_(n)
+
+    @torch.no_grad()
+    def track(self, estimate: torch.Tensor, target: torch.Tensor) -> None:
+        """Record held-out pairs: estimate float[T] (before training on them) and the sampled
+        target float[T] in the same units; older pairs are down-weighted by ``TRACK_DECAY``."""
+        x, y = estimate.detach().double().flatten(), target.detach().double().flatten()
+        if x.shape != y.shape:
+            raise ValueError(f"estimate and target must have the same shape, got {list(x.shape)} and {list(y.shape)}")
+        stats = torch.stack([x.new_tensor(float(x.numel())), x.sum(), y.sum(), x.square().sum(), y.square().sum(),
+                             (x * y).sum()]).to(self.moments.device)
+        self.moments.mul_(TRACK_DECAY).add_(stats)
+
+    def correlation(self) -> float:
+        """Pearson correlation of the tracked (estimate, target) pairs; 0.0 before it is defined."""
+        n, sx, sy, sxx, syy, sxy = self.moments.tolist()
+        if n < 2:
+            return 0.0
+        var_x, var_y = sxx - sx * sx / n, syy - sy * sy / n
+        if var_x <= 1e-12 * max(sxx, 1e-300) or var_y <= 1e-12 * max(syy, 1e-300):
+            return 0.0
+        return (sxy - sx * sy / n) / (var_x * var_y) ** 0.5

@@ -152,3 +152,19 @@ def test_hybrid_labels_mix_and_train(warmup, bias, want_sampled):
 def test_step_seeds_differ_per_stream_and_step():
     seeds = {lab.step_seed(s, k) for s in range(3) for k in lab.STREAMS}
     assert len(seeds) == 3 * len(lab.STREAMS)
+
+
+def test_hybrid_gate_samples_everything_while_unsil_does_not_track():
+    """sigma ~ 0 (UNSIL would answer every target); its estimates are anti-correlated with the
+    truth, so with gate 0.8 every target is sampled after warm-up; with gate 0 UNSIL answers."""
+    net, inputs, truth, sample, calls = _unsil_case(-50.0)
+    estimate, _ = net(inputs)
+    with torch.no_grad():   # make the tracked history anti-correlated: targets = -estimate
+        net.track(estimate, -estimate * net.scale())
+    assert net.correlation() == pytest.approx(-1.0, abs=1e-9)
+    gated = lab.hybrid_labels("token", net, inputs, sample, warmup=False, lam=1.0, probe_size=0, step=4, gate=0.8)
+    assert bool(gated.sampled.all()) and gated.logs["unsil_gated_token"] == 1.0
+    torch.testing.assert_close(gated.values, truth)
+    open_ = lab.hybrid_labels("token", *_unsil_case(-50.0)[:2], sample, warmup=False, lam=1.0, probe_size=0,
+                              step=4, gate=0.0)
+    assert not bool(open_.sampled.any()) and open_.logs["unsil_gated_token"] == 0.0

@@ -273,7 +273,8 @@ def test_bf16_autocast_forward_feeds_the_engines_float32():
 
 def test_hybrid_decisions_follow_sigma_and_warmup():
     torch.manual_seed(0)
-    model = LoupeModel(TINY, dict(FAST, tsa=True, unsil=True, token_source="hybrid", probe_size=0))
+    model = LoupeModel(TINY, dict(FAST, tsa=True, unsil=True, token_source="hybrid", probe_size=0,
+                                  unsil_gate=0.0))  # the published hybrid: no gate
     batch = make_batch()
     head = model.unsil["token"].net.sigma_head[-1]
     share = lambda step: model(batch, step=step, total_steps=10).logs["unsil_share_token"]  # noqa: E731

@@ -81,3 +81,30 @@ def test_unsil_loss_trains_the_network(arch):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_tracked_correlation_is_pearson_with_decayed_history():
+    import numpy as np
+
+    from loupe_core.unsil import TRACK_DECAY
+
+    net = Unsil("mlp_attention", 8, 8, 16, 16)
+    assert net.correlation() == 0.0
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = torch.randn(10, generator=g), torch.randn(6, generator=g)
+    y1, y2 = 2 * x1 + 0.5 * torch.randn(10, generator=g), -x2 + torch.randn(6, generator=g)
+    net.track(x1, y1)
+    assert net.correlation() == pytest.approx(float(np.corrcoef(x1.numpy(), y1.numpy())[0, 1]), rel=1e-9)
+    net.track(x2, y2)
+    # weighted Pearson: the first batch weighs TRACK_DECAY, the second 1
+    w = np.r_[np.full(10, TRACK_DECAY), np.ones(6)]
+    x, y = np.r_[x1.numpy(), x2.numpy()].astype(float), np.r_[y1.numpy(), y2.numpy()].astype(float)
+    mx, my = np.average(x, weights=w), np.average(y, weights=w)
+    want = np.average((x - mx) * (y - my), weights=w) / np.sqrt(np.average((x - mx) ** 2, weights=w)
+                                                                 * np.average((y - my) ** 2, weights=w))
+    assert net.correlation() == pytest.approx(want, rel=1e-9)
+    fresh = Unsil("mlp_attention", 8, 8, 16, 16)
+    fresh.load_state_dict(net.state_dict())
+    assert fresh.correlation() == net.correlation()
+    with pytest.raises(ValueError, match="same shape"):
+        net.track(x1, y2)

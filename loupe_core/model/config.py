@@ -172,7 +172,10 @@ class LossConfig(_DictMixin):
     ``token_baseline``: "zero" (spec **[choice]**) or "drop" (a different, cheaper game).
     ``pairs_per_step``: at most this many image-text pairs of a batch get token-level labels.
     ``warmup_fraction``: the share of steps during which hybrid always samples.
-    ``unsil_lambda``: lambda of Eq. 12. ``probe_size``: targets per level re-sampled on each
+    ``unsil_lambda``: lambda of Eq. 12. ``unsil_gate``: after warm-up, UNSIL answers targets only
+    while the correlation of its estimates with the targets it had not yet trained on
+    (``Unsil.correlation``, about the last 20 steps) is at least this; below it every target is
+    sampled (0: never gate, the published hybrid; Table 4 row 4 and ``paper`` use 0). ``probe_size``: targets per level re-sampled on each
     logged step (``train.log_every``) to log UNSIL's error (0: no probe).
     ``token_game``: the game whose region scores label L_TSA: "encoder" (the paper's v1, masked
     re-encoding through both towers, Eq. 7; priced per Monte Carlo sample) or "alignment" (the
@@ -203,6 +206,7 @@ class LossConfig(_DictMixin):
     unsil_arch: str = "mlp_attention"
     unsil_hidden: int = 64
     unsil_lambda: float = 1.0
+    unsil_gate: float = 0.8
     warmup_fraction: float = 0.1
     probe_size: int = 4
     token_game: str = "encoder"
@@ -231,6 +235,7 @@ class LossConfig(_DictMixin):
             _positive_int(name, getattr(self, name))
         _non_negative_int("probe_size", self.probe_size)
         _in_range("unsil_lambda", self.unsil_lambda, 1e-12, 1e12)
+        _in_range("unsil_gate", self.unsil_gate, -1.0, 1.0)
         _in_range("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
         if not (self.cmc or self.tsa or self.fsa or self.fine_contrast > 0):
             raise ValueError("at least one of cmc, tsa, fsa, fine_contrast must be on")

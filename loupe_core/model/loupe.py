@@ -360,7 +360,8 @@ class LoupeModel(nn.Module):
                                                  **common)
 
         out = lab.hybrid_labels("token", self.unsil["token"], inputs, sample, warmup=warmup,
-                                lam=lcfg.unsil_lambda, probe_size=probe_size, step=step)
+                                lam=lcfg.unsil_lambda, probe_size=probe_size, step=step,
+                                gate=lcfg.unsil_gate)
         values = patch_emb.new_zeros(P * K)
         values[flat] = out.values.to(values.dtype)
         return values.reshape(P, K), labelled, out.unsil_loss, out.logs
@@ -385,7 +386,8 @@ class LoupeModel(nn.Module):
                                                     num_samples=lcfg.semantic_num_samples, seed=seed)
 
         out = lab.hybrid_labels("semantic", self.unsil["semantic"], inputs, sample, warmup=warmup,
-                                lam=lcfg.unsil_lambda, probe_size=probe_size, step=step)
+                                lam=lcfg.unsil_lambda, probe_size=probe_size, step=step,
+                                gate=lcfg.unsil_gate)
         values = torch.zeros_like(A).detach()
         values[b, i, j] = out.values.to(A.dtype)
         return values, out.unsil_loss, out.logs

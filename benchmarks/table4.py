@@ -14,7 +14,8 @@ region head and grounding score: docs/fine_grained_alignment.md):
 
 Each (row, seed) run is ``loupe_core.train.run.pretrain`` followed by its zero-shot evaluation on
 the config's evaluation split: retrieval R@1 both ways, grounding acc@0.5, detection mAP@0.3 and
-mAP@0.5. Seconds per iteration come from the same run's log (``train/samples_per_s`` of every
+mAP@0.5, and three of the alignment diagnostics (``loupe_core.eval.diagnostics``: true-box
+grounding with the first noun phrase, proposal recall@4, the AUC of the row's L_TSA label). Seconds per iteration come from the same run's log (``train/samples_per_s`` of every
 step, so s/iter = batch_size / samples_per_s), averaged over the steps after ``--warmup``
 timing warm-up steps (every step is logged for that, so UNSIL's diagnostic probe, fresh samples
 that only feed a log, is switched off: ``loss.probe_size=0``). Rows are reported as mean and
@@ -47,8 +48,10 @@ ROWS = {
     "row5": ("table4_row5_ours", "ours (fine contrast + dense exact alignment-game L_TSA)"),
 }
 COLUMNS = (("retrieval/i2t_r1", "I2T R@1"), ("retrieval/t2i_r1", "T2I R@1"), ("detection/map@0.3", "mAP@0.3"),
-           ("detection/map@0.5", "mAP@0.5"), ("grounding/acc@0.5", "ground. acc@0.5"), ("s_per_iter", "s/iter"))
-EVAL_TASKS = ("retrieval", "grounding", "detection")
+           ("detection/map@0.5", "mAP@0.5"), ("grounding/acc@0.5", "ground. acc@0.5"),
+           ("diagnostics/diag_truebox_phrase", "true-box phrase"), ("diagnostics/diag_recall@4", "recall@4"),
+           ("diagnostics/diag_label_auc", "label AUC"), ("s_per_iter", "s/iter"))
+EVAL_TASKS = ("retrieval", "grounding", "detection", "diagnostics")
 RESULTS_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
 
@@ -116,7 +119,8 @@ def run_one(row: str, seed: int, steps: int, overrides: Sequence[str], out: str,
     summary = pretrain(cfg, run_dir, echo=lambda *_: None)
     if summary["steps"] != steps or not summary["metrics"]:
         raise RuntimeError(f"{row} seed {seed}: trained {summary['steps']}/{steps} steps without final metrics")
-    metrics = {k: summary["metrics"][k] for k, _ in COLUMNS if k != "s_per_iter"}
+    # a diagnostic left out as undefined on its sample (e.g. an AUC of one class) reads as NaN
+    metrics = {k: summary["metrics"].get(k, float("nan")) for k, _ in COLUMNS if k != "s_per_iter"}
     metrics["s_per_iter"] = seconds_per_iter(summary["logs"]["jsonl"], cfg.train.batch_size, warmup)
     return {"row": row, "seed": seed, "config": ROWS[row][0], "run_dir": run_dir, "metrics": metrics,
             "batch_size": cfg.train.batch_size}

@@ -24,7 +24,8 @@ def test_seconds_per_iter_skips_warmup(tmp_path):
 
 def test_summary_and_markdown():
     metrics = [{"retrieval/i2t_r1": a, "retrieval/t2i_r1": 1.0, "detection/map@0.3": 2.0, "detection/map@0.5": 3.0,
-                "grounding/acc@0.5": 4.0, "s_per_iter": s} for a, s in ((10.0, 1.0), (14.0, 3.0), (7.0, 8.0))]
+                "grounding/acc@0.5": 4.0, "diagnostics/diag_truebox_phrase": 50.0, "diagnostics/diag_recall@4": 5.0,
+                "diagnostics/diag_label_auc": 0.5, "s_per_iter": s} for a, s in ((10.0, 1.0), (14.0, 3.0), (7.0, 8.0))]
     runs = [{"row": "row1", "seed": 0, "metrics": metrics[0]}, {"row": "row1", "seed": 1, "metrics": metrics[1]},
             {"row": "row3", "seed": 0, "metrics": metrics[2]}]
     summary = table4.summarise(runs)

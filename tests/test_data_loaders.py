@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from loupe_core.cli import main as data_main
 from loupe_core.data import (DataStats, Tokenizer, add_phrases_to_shards, collate_batch, extract_noun_phrases,
                              make_csv_loader, make_sample, make_webdataset_loader, webdataset_samples,
                              write_shapesworld_shards)
-from loupe_core.data.cli import main as data_main
 from loupe_core.data.images import encode_png, normalize_image
 from loupe_core.data.shapesworld import generate_split
 from loupe_core.data.shards import read_shard, write_shard

@@ -295,9 +295,8 @@ def test_diagnostics_task_through_evaluate(tiny, tiny_metrics, world):  # noqa: 
 
 def test_eval_command_and_run_evaluator_run_the_diagnostics(run_dir, tmp_path, capsys):  # noqa: F811
     from loupe_core.cli import main
-    from loupe_core.eval.cli import load_run
+    from loupe_core.pipeline import _evaluator, build_data, load_run
     from loupe_core.train.distributed import DistContext
-    from loupe_core.train.run import _evaluator, build_data
 
     out = tmp_path / "out"
     assert main(["eval", "--checkpoint", run_dir, "--task", "diagnostics", "--out", str(out), "--no-pictures"]) == 0

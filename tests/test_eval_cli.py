@@ -5,10 +5,11 @@ import os
 import pytest
 
 from loupe_core.cli import main
+from loupe_core.commands.eval import format_table
 from loupe_core.config import load_config
 from loupe_core.eval import evaluate
-from loupe_core.eval.cli import format_table, load_run, resolve_data
 from loupe_core.model import LoupeModel
+from loupe_core.pipeline import load_run, resolve_data
 from loupe_core.train import checkpoint as ckpt
 
 

@@ -210,7 +210,7 @@ def test_loupe_model_accumulation_matches_the_full_batch_on_cmc(tmp_path):
 def test_webdataset_shards_train_and_resume_exactly(tmp_path):
     """data.dataset=webdataset: a resampled shard stream of ready micro-batches; resume replays it."""
     from loupe_core.data.shards import write_shapesworld_shards
-    from loupe_core.train.run import build_data
+    from loupe_core.pipeline import build_data
 
     root = str(tmp_path / "cache")
     cfg, _, sw = shapesworld_run(root)  # its tokenizer and evaluation files stand in for real ones

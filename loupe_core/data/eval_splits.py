@@ -16,6 +16,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .images import resize_center_crop, resize_stretch
+
 
 class RetrievalSplit(NamedTuple):
     images: np.ndarray  # uint8 [N, S, S, 3]
@@ -66,8 +68,6 @@ def _load_images(json_path: str, names: list[str], image_root: Optional[str], im
                  whole: bool) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [N, S, S, 3], float64 [N, 2] scales) of the named files."""
     from PIL import Image
-
-    from .images import resize_center_crop, resize_stretch
 
     root = os.path.join(os.path.dirname(os.path.abspath(json_path)), "images") if image_root is None else image_root
     images, scales = [], []

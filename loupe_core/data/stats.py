@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
+from .batch import collate_batch
+
 logger = logging.getLogger("loupe_core.data")
 
 DEFAULT_BAD_LIMIT = 1000
@@ -92,8 +94,6 @@ def batches_with_counts(samples: Iterable[dict], stats: DataStats, batch_size: i
                         partial: bool) -> Iterator[tuple]:
     """``make_sample`` dicts -> ``(batch, DataStats since the last batch)`` (CONTRACTS s3 batches of
     ``batch_size``); at the end a last partial batch (or None) carries the remaining counts."""
-    from .batch import collate_batch
-
     batch = []
     for sample in samples:
         batch.append(sample)

@@ -14,6 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from loupe_core.data.images import normalize_image
+from loupe_core.data.phrases import extract_noun_phrases
+from loupe_core.data.tokenizer import phrase_token_mask
 
 
 def check_batch_size(batch_size) -> int:
@@ -86,9 +88,6 @@ def encode_text_list(model, tokenizer, texts: Sequence[str], *, device="cpu", ba
 def phrase_tokens(tokenizer, text: str, length: int) -> torch.Tensor:
     """bool[M, length]: the tokens of each noun phrase of ``text`` (``data.phrases`` chunker) among
     its first ``length`` tokens; a phrase cut off by that limit has an all-False row."""
-    from loupe_core.data.phrases import extract_noun_phrases
-    from loupe_core.data.tokenizer import phrase_token_mask
-
     spans = extract_noun_phrases(text)
     offsets = tokenizer.encode(text)[1][:length]
     out = torch.zeros(len(spans), length, dtype=torch.bool)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from loupe_core.data import ShapesWorldPaths, SplitFiles, eval_splits
+
 EVAL_SPLIT = "heldout"
 PROBE_TRAIN_SPLIT = "val"
 
@@ -29,8 +31,6 @@ def shapesworld_files(paths, split: str = EVAL_SPLIT) -> dict[str, str]:
 
 def eval_files(eval_paths) -> dict[str, str]:
     """{task: JSON path} of the evaluation split (see the module docstring)."""
-    from loupe_core.data import ShapesWorldPaths, SplitFiles
-
     if isinstance(eval_paths, ShapesWorldPaths):
         return shapesworld_files(eval_paths)
     if isinstance(eval_paths, SplitFiles):
@@ -63,8 +63,6 @@ def require(files: dict, key: str) -> str:
 
 def load(task: str, path: str, image_size: int):
     """The split object of ``task`` ("retrieval", "classification", "detection", "grounding") at ``path``."""
-    from loupe_core.data import eval_splits
-
     loaders = {"retrieval": eval_splits.load_retrieval_split, "classification": eval_splits.load_classification_split,
                "detection": eval_splits.load_detection_split, "grounding": eval_splits.load_grounding_split}
     return loaders[task](path, image_size=image_size)

@@ -1,7 +1,8 @@
-"""Training: the loop (trainer), checkpoints, distributed set-up, logs, schedule, data order.
+"""Training: the generic loop (trainer), checkpoints, distributed set-up, logs, schedule, data order.
 
-``train`` runs a configured model on a map-style dataset; ``pretrain`` (loupe_core.train.run)
-assembles model, data and evaluation from a ``RunConfig`` and is what ``loupe pretrain`` calls.
+``train`` runs a configured model on a dataset or stream, with an optional ``evaluate_fn``;
+it knows no dataset, evaluator or picture. ``loupe_core.pipeline.pretrain`` assembles model,
+data and evaluation from a ``RunConfig`` and is what ``loupe pretrain`` calls.
 """
 from loupe_core.train.trainer import TrainingDiverged, TrainResult, train
 

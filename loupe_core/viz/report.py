@@ -14,6 +14,8 @@ from typing import Optional
 
 import torch
 
+from loupe_core.eval.splits import load_split
+
 from .curves import instability_curve, plot_instability, plot_training_curves
 from .matrices import alignment_figure, semantic_interactions
 from .pair import inspect_pair
@@ -24,8 +26,6 @@ RANDOM_GAME_SHAPE = (8, 6)
 
 def _examples(model, eval_paths, num_examples: int):
     """(images uint8 [n, S, S, 3], captions) of the first pairs of the retrieval split."""
-    from loupe_core.eval.splits import load_split
-
     split = load_split(eval_paths, "retrieval", model.config.image_size)
     first = {}
     for caption, image in zip(split.captions, split.caption_image):

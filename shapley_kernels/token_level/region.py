@@ -45,8 +45,10 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_choice, check_num_samples, check_seed, check_shape, check_tensor, result_dtype
+from .._enumeration import all_coalitions, exact_indices
 from .._estimate import Estimate
 from .._strata import crossfit_control, iid_stderr, strata_stderr, stratified_uniform
+from ..estimators import EXACT_MAX_PLAYERS, choose_method
 from .game import check_encoders, check_tokens, encode_halves, resolve_max_batch
 
 METHODS = ("auto", "exact", "sampling")
@@ -65,8 +67,6 @@ def choose_region_method(n_players: int, region_sizes, num_samples: int, *, sing
     evaluations sampling would spend, num_samples * sum_k (n_R_k + 2) (``singles=False``, the
     cost of "phi" alone: num_samples * 2 per region): "exact" when n_players is within
     ``estimators.EXACT_MAX_PLAYERS`` and 2^n_players is no more, else "sampling"."""
-    from ..estimators import choose_method
-
     return choose_method(n_players, _pair_evaluations(region_sizes, num_samples, singles))
 
 
@@ -197,8 +197,6 @@ def _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions, i
 def _all_halves(mask: torch.Tensor) -> torch.Tensor:
     """Every subset of the True positions of mask bool[N]: bool[2^m, N] (row U: bit j of U <=>
     the j-th True position present), m = mask.sum()."""
-    from .._enumeration import all_coalitions
-
     players = mask.nonzero().flatten()
     m = len(players)
     keep = mask.new_zeros(2 ** m, mask.shape[0])
@@ -216,9 +214,6 @@ def _exact(image_encoder, text_encoder, image_tokens, text_tokens, regions, imag
     tower, the 2^n table is the outer cosine product, and ``_enumeration.exact_indices`` (the
     library's exact machinery) derives each region's interaction and phi([R]) from it.
     """
-    from .._enumeration import exact_indices
-    from ..estimators import EXACT_MAX_PLAYERS
-
     B, K, _ = regions.shape
     n_img, n_txt = image_mask.sum(1).tolist(), text_mask.sum(1).tolist()
     for b in range(B):

@@ -6,17 +6,19 @@
 
 ``shapes`` writes ShapesWorld webdataset shards; ``phrases`` copies shards with noun-phrase
 spans precomputed into each sample's json; ``prepare`` generates (or finds) the embedded
-ShapesWorld dataset and prints its root. Also runnable as ``python -m loupe_core.data.cli data ...``.
+ShapesWorld dataset and prints its root.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from loupe_core.data.shapesworld import prepare_shapesworld
+from loupe_core.data.shards import add_phrases_to_shards, write_shapesworld_shards
+from loupe_core.data.webdataset_loader import expand_shards
+
 
 def _shapes(args) -> int:
-    from .shards import write_shapesworld_shards
-
     paths = write_shapesworld_shards(args.out, args.num, image_size=args.image_size, seed=args.seed,
                                      split=args.split, shard_size=args.shard_size)
     print(f"wrote {args.num} samples in {len(paths)} shards to {args.out}")
@@ -24,9 +26,6 @@ def _shapes(args) -> int:
 
 
 def _phrases(args) -> int:
-    from .shards import add_phrases_to_shards
-    from .webdataset_loader import expand_shards
-
     counts = add_phrases_to_shards(expand_shards(args.shards), args.out, caption_key=args.caption_key,
                                    backend=args.backend)
     print(f"{counts['samples']} samples: {counts['with_phrases']} with noun phrases, "
@@ -35,8 +34,6 @@ def _phrases(args) -> int:
 
 
 def _prepare(args) -> int:
-    from .shapesworld import prepare_shapesworld
-
     paths = prepare_shapesworld(args.cache_dir, image_size=args.image_size, num_train=args.num_train,
                                 num_val=args.num_eval, num_test=args.num_eval, num_heldout=args.num_eval,
                                 seed=args.seed)
@@ -84,13 +81,3 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run(_prepare))
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loupe_core.data.cli")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,7 +21,10 @@ import json
 import os
 import sys
 
-from . import TASKS, check_tasks, evaluate, splits
+from loupe_core.eval import TASKS, check_tasks, evaluate
+from loupe_core.pipeline import load_run, resolve_data
+from loupe_core.train.distributed import resolve_device
+from loupe_core.viz import write_run_report
 
 
 def add_subcommands(subparsers) -> None:
@@ -40,44 +43,6 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=run_eval_command)
 
 
-def load_run(checkpoint: str, device):
-    """(model in eval mode on ``device``, RunConfig, run_dir, step) of a checkpoint file or run directory."""
-    from loupe_core.config import RunConfig
-    from loupe_core.model import LoupeModel
-    from loupe_core.train import checkpoint as ckpt
-
-    path = ckpt.resolve_resume(checkpoint, None)
-    state = ckpt.load_checkpoint(path)
-    cfg = RunConfig.from_dict(state["config"])
-    model = LoupeModel(cfg.model, cfg.loss)
-    model.load_state_dict(state["model"])
-    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    return model.to(device).eval(), cfg, run_dir, int(state["step"])
-
-
-def resolve_data(cfg, data, split):
-    """(tokenizer, {task: JSON path}) for ``loupe eval``: the run's tokenizer, the chosen files."""
-    from loupe_core.data import ShapesWorldPaths
-    from loupe_core.train.distributed import DistContext
-    from loupe_core.train.run import build_data
-
-    run_data = build_data(cfg, DistContext())
-    split = split or cfg.eval.split
-    if data is None:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(run_data.eval_paths["retrieval"])))
-        return run_data.tokenizer, splits.shapesworld_files(ShapesWorldPaths.at(root), split)
-    if os.path.isdir(data):
-        return run_data.tokenizer, splits.shapesworld_files(ShapesWorldPaths.at(data), split)
-    if not os.path.isfile(data):
-        raise ValueError(f"--data {data!r}: neither a ShapesWorld folder nor a JSON file")
-    with open(data) as fh:
-        files = json.load(fh)
-    if not isinstance(files, dict):
-        raise ValueError(f"--data {data!r}: expected a JSON object {{task: path}}")
-    base = os.path.dirname(os.path.abspath(data))
-    return run_data.tokenizer, {task: os.path.join(base, path) for task, path in files.items()}
-
-
 def format_table(metrics: dict) -> str:
     """The metrics as an aligned two-column text table."""
     width = max([len("metric")] + [len(k) for k in metrics])
@@ -88,8 +53,6 @@ def format_table(metrics: dict) -> str:
 
 def run_eval_command(args) -> int:
     """``loupe eval``: returns the exit status (2 on a bad argument, with the reason on stderr)."""
-    from loupe_core.train.distributed import resolve_device
-
     try:
         tasks = check_tasks(args.task)
         device = resolve_device(args.device)
@@ -108,8 +71,6 @@ def run_eval_command(args) -> int:
     print(format_table(metrics))
     print(f"metrics: {os.path.join(out, 'metrics.json')}")
     if not args.no_pictures:
-        from loupe_core.viz import write_run_report
-
         history = os.path.join(run_dir, "metrics.jsonl")
         index = write_run_report(out, model=model, tokenizer=tokenizer, eval_paths=files, metrics=metrics,
                                  history_path=history if os.path.isfile(history) else None)

@@ -1,8 +1,13 @@
-"""``loupe pretrain`` assembled: config and run directory, data, model, training, evaluation, report.
+"""The LOUPE run pipeline: config and run directory, data, model, training, evaluation, report.
 
-:func:`resolve_run` turns the command line into (config, run directory, checkpoint to resume);
-:func:`pretrain` builds the data (ShapesWorld is generated on first use), the model, trains,
-evaluates zero-shot on the held-out split, writes the report and prints where everything is.
+The one module that puts the layers together (docs/ARCHITECTURE.md): the commands
+(``loupe_core.commands``) parse arguments and call it; nothing below imports it.
+
+:func:`resolve_run` turns ``loupe pretrain``'s arguments into (config, run directory, checkpoint
+to resume); :func:`build_data` builds a run's data (ShapesWorld is generated on first use);
+:func:`pretrain` builds the data and the model, trains, evaluates zero-shot on the held-out
+split, writes the report and prints where everything is. :func:`load_run` and
+:func:`resolve_data` rebuild a trained run's model and evaluation data (``loupe eval``).
 """
 from __future__ import annotations
 
@@ -15,10 +20,18 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
+from loupe_core import data
 from loupe_core.config import RunConfig, apply_overrides, load_config
+from loupe_core.data.csv_loader import CsvPairs, CsvStream
+from loupe_core.data.webdataset_loader import webdataset_pipeline
+from loupe_core.eval import evaluate as run_eval
+from loupe_core.eval import splits
+from loupe_core.model import LoupeModel
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.distributed import DistContext, barrier, init_distributed, shutdown
+from loupe_core.train.logging import MetricLogger
 from loupe_core.train.trainer import train
+from loupe_core.viz import write_run_report
 
 RUNS_ROOT = "runs"
 HEADLINE = (("retrieval R@1 image->text", "retrieval/i2t_r1"), ("text->image", "retrieval/t2i_r1"),
@@ -68,8 +81,6 @@ def build_data(cfg: RunConfig, ctx: DistContext) -> RunData:
     Captions are tokenised to at most ``model.text_max_tokens`` tokens; ShapesWorld uses its own
     WordPiece vocabulary and is evaluated on the split ``eval.split``.
     """
-    from loupe_core import data
-
     max_tokens = min(cfg.model.text_max_tokens, 60)
     if cfg.data.dataset in ("webdataset", "csv"):
         return _stream_data(cfg, ctx, max_tokens)
@@ -88,16 +99,12 @@ def build_data(cfg: RunConfig, ctx: DistContext) -> RunData:
 def _stream_data(cfg: RunConfig, ctx: DistContext, max_tokens: int) -> RunData:
     """Real data: an endless stream of ``(micro-batch, DataStats)`` items (webdataset shards drawn
     with replacement, or the rows of a CSV in seeded epochs) and the evaluation files."""
-    from loupe_core.data import Tokenizer
-    from loupe_core.data.csv_loader import CsvPairs, CsvStream
-    from loupe_core.data.webdataset_loader import webdataset_pipeline
-
     dc = cfg.data
     source = "train_shards" if dc.dataset == "webdataset" else "train_csv"
     for key in (source, "tokenizer", "eval_paths"):
         if getattr(dc, key) is None:
             raise ValueError(f"data.{key} must be set for data.dataset={dc.dataset!r}")
-    tokenizer = Tokenizer.from_file(dc.tokenizer, max_length=max_tokens)
+    tokenizer = data.Tokenizer.from_file(dc.tokenizer, max_length=max_tokens)
     micro = cfg.train.batch_size // (ctx.world_size * cfg.train.accum_steps)
     if dc.dataset == "webdataset":
         stream = webdataset_pipeline(dc.train_shards, tokenizer, batch_size=micro, image_size=cfg.model.image_size,
@@ -119,8 +126,6 @@ def seed_everything(seed: int) -> None:
 
 def _evaluator(cfg: RunConfig, run_data: RunData, ctx: DistContext):
     def evaluate(model):
-        from loupe_core.eval import evaluate as run_eval
-
         return run_eval(model, run_data.eval_paths, run_data.tokenizer, tasks=tuple(cfg.eval.tasks),
                         device=ctx.device, batch_size=cfg.eval.batch_size)
 
@@ -135,8 +140,6 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
         run_dir = _shared_run_dir(run_dir, ctx)
         seed_everything(cfg.train.seed)
         run_data = build_data(cfg, ctx)
-        from loupe_core.model import LoupeModel
-
         if run_data.tokenizer.vocab_size > cfg.model.text_vocab_size:
             raise ValueError(f"model.text_vocab_size={cfg.model.text_vocab_size} is smaller than the tokenizer's "
                              f"vocabulary ({run_data.tokenizer.vocab_size})")
@@ -155,8 +158,6 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
         if ctx.is_main and cfg.eval.final and result.step == result.total_steps:
             summary["metrics"] = _final_eval(evaluate, result, run_dir)
             if cfg.eval.report:
-                from loupe_core.viz import write_run_report
-
                 summary["report"] = write_run_report(run_dir, model=result.model, tokenizer=run_data.tokenizer,
                                                      eval_paths=run_data.eval_paths, metrics=summary["metrics"],
                                                      history_path=result.history_path)
@@ -179,8 +180,6 @@ def _shared_run_dir(run_dir: str, ctx: DistContext) -> str:
 
 
 def _final_eval(evaluate, result, run_dir: str) -> dict:
-    from loupe_core.train.logging import MetricLogger
-
     result.model.eval()
     with torch.no_grad():
         metrics = {k: float(v) for k, v in evaluate(result.model).items()}
@@ -213,3 +212,37 @@ def _print_summary(summary: dict, echo) -> None:
     echo(f"logs:       {summary['logs']['jsonl']} (also metrics.csv, TensorBoard in {summary['logs']['tensorboard']})")
     if summary["report"]:
         echo(f"pictures:   {summary['report']}")
+
+
+def load_run(checkpoint: str, device):
+    """(model in eval mode on ``device``, RunConfig, run_dir, step) of a checkpoint file or run directory."""
+    path = ckpt.resolve_resume(checkpoint, None)
+    state = ckpt.load_checkpoint(path)
+    cfg = RunConfig.from_dict(state["config"])
+    model = LoupeModel(cfg.model, cfg.loss)
+    model.load_state_dict(state["model"])
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    return model.to(device).eval(), cfg, run_dir, int(state["step"])
+
+
+def resolve_data(cfg: RunConfig, data_arg: Optional[str], split: Optional[str]):
+    """(tokenizer, {task: JSON path}) for ``loupe eval``: the run's tokenizer and the chosen files.
+
+    ``data_arg`` None: the run's own ShapesWorld, split ``split`` (default ``eval.split``); a
+    folder: the ShapesWorld root there; a JSON file: {task: path}, relative to the file's folder.
+    """
+    run_data = build_data(cfg, DistContext())
+    split = split or cfg.eval.split
+    if data_arg is None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(run_data.eval_paths["retrieval"])))
+        return run_data.tokenizer, splits.shapesworld_files(data.ShapesWorldPaths.at(root), split)
+    if os.path.isdir(data_arg):
+        return run_data.tokenizer, splits.shapesworld_files(data.ShapesWorldPaths.at(data_arg), split)
+    if not os.path.isfile(data_arg):
+        raise ValueError(f"--data {data_arg!r}: neither a ShapesWorld folder nor a JSON file")
+    with open(data_arg) as fh:
+        files = json.load(fh)
+    if not isinstance(files, dict):
+        raise ValueError(f"--data {data_arg!r}: expected a JSON object {{task: path}}")
+    base = os.path.dirname(os.path.abspath(data_arg))
+    return run_data.tokenizer, {task: os.path.join(base, path) for task, path in files.items()}

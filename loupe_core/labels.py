@@ -132,21 +132,23 @@ class LevelLabels(NamedTuple):
 
 def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
                   sample: Callable[[torch.Tensor, int], torch.Tensor], *, warmup: bool, lam: float,
-                  probe_size: int, step: int) -> LevelLabels:
+                  probe_size: int, step: int, uniforms: Optional[torch.Tensor] = None) -> LevelLabels:
     """Hybrid labels of T targets at ``level`` ("token" or "semantic").
 
     inputs: the detached UNSIL inputs of the T targets; ``sample(index LongTensor[n], seed)``
     returns sampled raw interactions float[n] of those targets. Logs (``level`` suffix):
     unsil_share (share of labels from UNSIL), unsil_probe_error (mean |I^ - I*| in units of the
     level's running std, against fresh samples on ``probe_size`` random targets), label_time (s, sampling and UNSIL, probe excluded).
+    uniforms: float[T], each target's p of the decision (default: drawn from torch's generator).
     """
     start = time.perf_counter()
     T = inputs.query.shape[0]
-    if T == 0:
-        empty = inputs.query.new_zeros(0)
-        return LevelLabels(empty, empty.bool(), inputs.query.new_zeros(()), {f"unsil_share_{level}": 0.0})
-    estimate, sigma = unsil(inputs)
-    need = torch.ones(T, dtype=torch.bool, device=estimate.device) if warmup else hybrid_decision(sigma)
+    # no target (e.g. a DDP rank without a labelled pair): UNSIL runs on a blank one and keeps none,
+    # so that every rank builds the same graph and joins the same collectives (global_batch)
+    estimate, sigma = unsil(inputs if T else UnsilInputs(*(x.new_zeros((1,) + x.shape[1:]) for x in inputs)))
+    estimate, sigma = estimate[:T], sigma[:T]
+    need = (torch.ones(T, dtype=torch.bool, device=estimate.device) if warmup else hybrid_decision(sigma)
+            if uniforms is None else uniforms.to(sigma) <= sigma.detach())
     index = need.nonzero().squeeze(1)
     sampled = sample(index, step_seed(step, level)).to(estimate.dtype) if index.numel() else estimate.new_zeros(0)
     unsil.observe(sampled)

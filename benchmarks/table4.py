@@ -12,7 +12,7 @@ region head and grounding score: docs/fine_grained_alignment.md):
   row5  table4_row5_ours      the project's recipe: L_CMC + fine-grained contrast + L_TSA on exact
                               alignment-game labels of every candidate (the ``default`` config)
 
-Each (row, seed) run is ``loupe_core.train.run.pretrain`` followed by its zero-shot evaluation on
+Each (row, seed) run is ``loupe_core.pipeline.pretrain`` followed by its zero-shot evaluation on
 the config's evaluation split: retrieval R@1 both ways, grounding acc@0.5, detection mAP@0.3 and
 mAP@0.5, and three of the alignment diagnostics (``loupe_core.eval.diagnostics``: true-box
 grounding with the first noun phrase, proposal recall@4, the AUC of the row's L_TSA label). Seconds per iteration come from the same run's log (``train/samples_per_s`` of every

@@ -132,7 +132,8 @@ class LevelLabels(NamedTuple):
 
 def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
                   sample: Callable[[torch.Tensor, int], torch.Tensor], *, warmup: bool, lam: float,
-                  probe_size: int, step: int, gate: float = 0.0) -> LevelLabels:
+                  probe_size: int, step: int, gate: float = 0.0,
+                  uniforms: Optional[torch.Tensor] = None) -> LevelLabels:
     """Hybrid labels of T targets at ``level`` ("token" or "semantic").
 
     inputs: the detached UNSIL inputs of the T targets; ``sample(index LongTensor[n], seed)``
@@ -142,16 +143,19 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
     unsil_corr (``Unsil.correlation`` of its estimates with the targets sampled before it trained
     on them) and unsil_gated (1.0 on steps where that correlation is below ``gate``: then every
     target is sampled, UNSIL answers none and keeps training; ``gate=0`` never gates).
+    uniforms: float[T], each target's p of the decision (default: drawn from torch's generator).
     """
     start = time.perf_counter()
     T = inputs.query.shape[0]
-    if T == 0:
-        empty = inputs.query.new_zeros(0)
-        return LevelLabels(empty, empty.bool(), inputs.query.new_zeros(()), {f"unsil_share_{level}": 0.0})
-    estimate, sigma = unsil(inputs)
+    # no target (e.g. a DDP rank without a labelled pair): UNSIL runs on a blank one and keeps none,
+    # so that every rank builds the same graph and joins the same collectives (global_batch)
+    estimate, sigma = unsil(inputs if T else UnsilInputs(*(x.new_zeros((1,) + x.shape[1:]) for x in inputs)))
+    estimate, sigma = estimate[:T], sigma[:T]
     gated = not warmup and unsil.correlation() < gate
-    need = (torch.ones(T, dtype=torch.bool, device=estimate.device) if warmup or gated
-            else hybrid_decision(sigma))
+    if warmup or gated:
+        need = torch.ones(T, dtype=torch.bool, device=estimate.device)
+    else:
+        need = hybrid_decision(sigma) if uniforms is None else uniforms.to(sigma) <= sigma.detach()
     index = need.nonzero().squeeze(1)
     sampled = sample(index, step_seed(step, level)).to(estimate.dtype) if index.numel() else estimate.new_zeros(0)
     if index.numel():

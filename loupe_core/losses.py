@@ -1,13 +1,22 @@
 """LOUPE's losses: L_CMC (Eq. 1), L_TSA (Eq. 8), L_FSA (Eq. 11) and L_UNSIL (Eq. 12).
 
 Every loss returns a finite scalar, also on degenerate input (no phrase in the batch, one
-candidate, all labels tied): where nothing enters a loss it is ``0 * (input).sum()``, so the
-graph stays connected and the gradient is zero.
+candidate, all labels tied): where nothing enters a loss it is a sum over no item, a zero
+connected to the graph, so the gradient is zero.
+
+Under ``torch.distributed`` with more than one process (DDP), each loss is this rank's share of
+the loss of every rank's batch together (``global_batch``): L_CMC and the fine-grained term
+score this rank's rows against every rank's (features gathered with gradients), and the means
+(over images, regions, captions, UNSIL targets) are taken over every rank's items; the mean of
+the shares over ranks is the loss one process gets on the concatenated batch. Every rank must
+then call the same losses in the same order (they hold collectives).
 """
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+
+from .global_batch import gather_padded, gather_with_grad, global_mean, world
 
 TIE_EPS = 1e-6  # spec section 3: an image whose candidate labels span less than this gets weight 0
 
@@ -36,11 +45,6 @@ class ContrastiveBank(NamedTuple):
     offset: int
 
 
-def _zero_like_graph(x: torch.Tensor) -> torch.Tensor:
-    """A zero scalar connected to ``x``'s graph (a loss where nothing enters)."""
-    return x.sum() * 0.0
-
-
 def _symmetric_ce(logits_i2t: torch.Tensor, logits_t2i: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))
 
@@ -52,33 +56,6 @@ def _with_live_rows(bank_rows: torch.Tensor, live: torch.Tensor, offset: int) ->
         raise ValueError(f"bank.offset {offset} with a micro-batch of {b} does not fit a bank of {g} rows")
     bank_rows = bank_rows.to(live.dtype)
     return torch.cat([bank_rows[:offset], live, bank_rows[offset + b:]], dim=0)
-
-
-def _distributed_world():
-    """(rank, world size) when torch.distributed runs with more than one process, else None."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.get_rank(), dist.get_world_size()
-    return None
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """x [b, ...] on every rank -> [world * b, ...] in rank order; the gradient of this rank's
-    rows is the sum over ranks of theirs (what ``torch.distributed.nn``'s deprecated all_gather did)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        dist = torch.distributed
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rows = (dist.get_rank() * x.shape[0], (dist.get_rank() + 1) * x.shape[0])
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        torch.distributed.all_reduce(grad)
-        return grad[ctx.rows[0]:ctx.rows[1]]
 
 
 def cmc_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
@@ -107,13 +84,13 @@ def cmc_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
         sim = all_img @ all_txt.t()
         labels = torch.arange(sim.shape[0], device=img.device)
         return _symmetric_ce(scale * sim, scale * sim.t(), labels)
-    world = _distributed_world()
-    if world is None:
+    where = world()
+    if where is None:
         logits = logit_scale * img @ txt.t()
         labels = torch.arange(img.shape[0], device=img.device)
         return _symmetric_ce(logits, logits.t(), labels)
-    rank, _ = world
-    all_img, all_txt = _GatherWithGrad.apply(img), _GatherWithGrad.apply(txt)
+    rank, _ = where
+    all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)
     labels = torch.arange(img.shape[0], device=img.device) + rank * img.shape[0]
     return _symmetric_ce(logit_scale * img @ all_txt.t(), logit_scale * txt @ all_img.t(), labels)
 
@@ -142,17 +119,16 @@ def tsa_loss(conf_logits: torch.Tensor, interactions: torch.Tensor, valid: torch
     interactions: float[B, K] token-level interactions I([R]) (constants, detached here).
     valid: bool[B, K] candidates with a label.
     Per image: -1/K_valid sum_k [I' log p + (1 - I') log(1 - p)] with I' the per-image min-max
-    labels; images with tied labels get weight 0; mean over the images kept.
+    labels; images with tied labels get weight 0; mean over the images kept (of every rank).
     """
     if conf_logits.shape != interactions.shape or valid.shape != conf_logits.shape:
         raise ValueError(f"conf_logits {tuple(conf_logits.shape)}, interactions {tuple(interactions.shape)} "
                          f"and valid {tuple(valid.shape)} must have the same [B, K] shape")
     labels, weight = minmax_labels(interactions.detach().to(conf_logits.dtype), valid)
-    if not bool(weight.any()):
-        return _zero_like_graph(conf_logits)
+    # no early exit where nothing is kept (a zero with graph): every rank builds the same graph
     bce = F.binary_cross_entropy_with_logits(conf_logits, labels, reduction="none").masked_fill(~valid, 0.0)
     per_image = bce.sum(dim=1) / valid.sum(dim=1).clamp(min=1).to(bce.dtype)
-    return (per_image * weight).sum() / weight.sum()
+    return global_mean((per_image * weight).sum(), weight.sum())
 
 
 def phrase_distribution(interactions: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor):
@@ -177,19 +153,17 @@ def fsa_loss(alignment: torch.Tensor, interactions: torch.Tensor, region_mask: t
     alignment: float[B, K, M] logits A (region-phrase cosine times its logit scale).
     interactions: float[B, K, M] semantic-level interactions (constants, detached here).
     region_mask bool[B, K], phrase_mask bool[B, M]: padding never enters.
-    Loss: mean over the kept regions of -sum_j I'_ij log softmax_{j present}(A_i)_j.
+    Loss: mean over the kept regions (of every rank) of -sum_j I'_ij log softmax_{j present}(A_i)_j.
     """
     if alignment.shape != interactions.shape or alignment.dim() != 3:
         raise ValueError(f"alignment {tuple(alignment.shape)} and interactions {tuple(interactions.shape)} "
                          "must have the same [B, K, M] shape")
     target, keep = phrase_distribution(interactions.detach().to(alignment.dtype), region_mask, phrase_mask)
-    if not bool(keep.any()):
-        return _zero_like_graph(alignment)
     absent = ~phrase_mask[:, None, :].expand_as(alignment)
     log_probs = alignment.masked_fill(absent, float("-inf")).log_softmax(dim=2)
     log_probs = log_probs.masked_fill(absent | ~keep[:, :, None], 0.0)
     per_region = -(target * log_probs).sum(dim=2)
-    return per_region[keep].mean()
+    return global_mean(per_region[keep].sum(), keep.sum())
 
 
 SIGMA_ERROR_CAP = 0.9  # sigma's gradient sees |I^ - I*| capped here (see unsil_loss)
@@ -197,7 +171,8 @@ SIGMA_ERROR_CAP = 0.9  # sigma's gradient sees |I^ - I*| capped here (see unsil_
 
 def unsil_loss(estimate: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor,
                lam: float = 1.0) -> torch.Tensor:
-    """UNSIL loss (spec Eq. 12 **[choice]** form), mean over targets of (I^ - I*)^2 / sigma + lam * sigma.
+    """UNSIL loss (spec Eq. 12 **[choice]** form), mean over targets of (I^ - I*)^2 / sigma + lam * sigma
+    (over every rank's targets under torch.distributed).
 
     estimate, sigma, target: float[T] (target detached here; sigma in (0, 1)). For a fixed
     error e the optimum is sigma = |e| / sqrt(lam). No target: a zero connected to the graph.
@@ -212,13 +187,12 @@ def unsil_loss(estimate: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor
     if estimate.shape != sigma.shape or estimate.shape != target.shape:
         raise ValueError(f"estimate {tuple(estimate.shape)}, sigma {tuple(sigma.shape)} and target "
                          f"{tuple(target.shape)} must have the same shape")
-    if estimate.numel() == 0:
-        return _zero_like_graph(estimate) + _zero_like_graph(sigma)
     square = (estimate - target.detach().to(estimate.dtype)).square()
     capped = square.detach().clamp(max=SIGMA_ERROR_CAP ** 2 * lam)
     fixed_sigma = sigma.detach()
     # value: square / sigma (the two capped terms cancel); gradients as in the docstring
-    return (square / fixed_sigma + capped / sigma - capped / fixed_sigma + lam * sigma).mean()
+    per_target = square / fixed_sigma + capped / sigma - capped / fixed_sigma + lam * sigma
+    return global_mean(per_target.sum(), estimate.numel())
 
 
 def late_interaction_similarity(queries: torch.Tensor, query_mask: torch.Tensor,
@@ -243,16 +217,23 @@ def fine_contrastive_loss(queries: torch.Tensor, query_mask: torch.Tensor, patch
     ``logit_scale`` scored like L_CMC: each caption against the batch's images and each image
     against the batch's captions (matched pairs on the diagonal). Captions without a present
     query are left out of both directions. Shapes as in ``late_interaction_similarity`` with
-    Bt = Bi = b (the local micro-batch: no cross-rank gathering).
+    Bt = Bi = b. Under torch.distributed (world > 1) the batch is every rank's (as FILIP and
+    L_CMC: queries, masks and patches gathered with gradients, queries padded to the longest
+    rank's), this rank scoring its own captions and images; every rank must hold the same b.
     """
     if queries.shape[0] != patches.shape[0]:
         raise ValueError(f"queries and patches must hold the same pairs, got {queries.shape[0]} and "
                          f"{patches.shape[0]}")
-    has_query = query_mask.any(dim=1)
-    if not bool(has_query.any()):
-        return _zero_like_graph(patches) + _zero_like_graph(queries)
-    logits = logit_scale * late_interaction_similarity(queries, query_mask, patches)  # [b_text, b_image]
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    t2i = F.cross_entropy(logits[has_query], labels[has_query])
-    i2t = F.cross_entropy(logits.t()[has_query][:, has_query], torch.arange(int(has_query.sum()), device=logits.device))
-    return 0.5 * (t2i + i2t)
+    b = patches.shape[0]
+    all_queries, all_mask, first = gather_padded(queries, query_mask)
+    all_patches = gather_with_grad(patches)
+    has_query = query_mask.any(dim=1)  # sums over no caption are 0 with graph: no early exit, same graph on every rank
+    has_all = all_mask.any(dim=1)                                                               # [G]
+    own = torch.arange(b, device=patches.device) + first                     # this rank's rows of G
+    t2i_logits = logit_scale * late_interaction_similarity(queries, query_mask, all_patches)     # [b, G]
+    i2t_logits = (t2i_logits.t() if world() is None                                            # [b, G]
+                  else logit_scale * late_interaction_similarity(all_queries, all_mask, patches).t())
+    column = has_all.cumsum(0) - 1  # each caption's place among the captions with a query
+    t2i = F.cross_entropy(t2i_logits[has_query], own[has_query], reduction="sum")
+    i2t = F.cross_entropy(i2t_logits[has_query][:, has_all], column[own[has_query]], reduction="sum")
+    return global_mean(0.5 * (t2i + i2t), has_query.sum())

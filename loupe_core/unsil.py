@@ -19,6 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .global_batch import global_moments
+
 SIGMA_FLOOR = 1e-6  # keeps 1/sigma in Eq. 12 finite
 
 
@@ -189,10 +191,9 @@ class Unsil(nn.Module):
     def observe(self, targets: torch.Tensor) -> None:
         """Merge raw sampled targets float[T] into the running statistics (Chan et al.)."""
         t = targets.detach().to(self.mean.dtype).flatten()
-        if t.numel() == 0:
+        n_b, mean_b, m2_b = global_moments(t)  # every DDP rank's targets: the same statistics on every rank
+        if n_b == 0:
             return
-        n_b, mean_b = float(t.numel()), t.mean()
-        m2_b = (t - mean_b).square().sum()
         n = self.count + n_b
         delta = mean_b - self.mean
         self.m2.add_(m2_b + delta.square() * self.count * n_b / n)

@@ -1,4 +1,11 @@
-"""2 processes on gloo see the 1-process global batch: same loss (1e-5 rel) and parameters after a step."""
+"""2 processes on gloo see the 1-process global batch: same loss (1e-5 rel) and parameters after a step.
+
+Also the full LOUPE configs (``tiny``: the published method, token-level hybrid labels on
+``pairs_per_step`` pairs, UNSIL, L_FSA; ``tiny_default``: dense alignment-game labels and the
+fine-grained contrast): every term and the gradient of every step match one process, with one
+micro-batch per rank and with two (where one rank of a micro-step holds no labelled pair).
+"""
+import json
 import os
 import socket
 
@@ -7,10 +14,21 @@ import torch
 import torch.multiprocessing as mp
 
 from _trainer_helpers import PairData, PairModel, collate, pair_config
-from loupe_core.train.distributed import init_distributed, shard_bounds, shutdown
-from loupe_core.train.trainer import train
+from loupe_core import global_batch as gb
+from loupe_core.train.distributed import DistContext, init_distributed, shard_bounds, shutdown
+from loupe_core.train.trainer import _unused_parameters, train
 
 CASES = ({"accum_steps": 1}, {"accum_steps": 2})  # the model's own gather, and the feature bank
+LOUPE_CASES = tuple((name, accum) for name in ("tiny", "tiny_default") for accum in (1, 2))
+LOUPE_STEPS = 3  # step 0 is UNSIL's warm-up (all targets sampled), steps 1-2 decide by sigma
+
+
+class PairModelWithSpare(PairModel):
+    """PairModel with a parameter no loss reaches (a config that leaves a part out)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.spare = torch.nn.Linear(2, 2)
 
 
 def _free_port() -> int:
@@ -19,11 +37,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(case, run_dir, ctx=None):
+def _run(case, run_dir, ctx=None, model_cls=PairModel):
     torch.manual_seed(0)
     cfg = pair_config(steps=2, batch_size=8, lr=1e-2, **case)
-    res = train(cfg, run_dir, PairModel(dropout=0.0), PairData(16), collate, ctx=ctx)
+    res = train(cfg, run_dir, model_cls(dropout=0.0), PairData(16), collate, ctx=ctx)
     return res.losses, [p.detach().clone() for p in res.model.parameters()]
+
+
+def _loupe_run(name, accum, root, run_dir, ctx=None):
+    """(logged terms per step, gradients per step) of LOUPE_STEPS steps of config ``name``.
+
+    The learning rate is ~0, so the weights stay put: AdamW's first steps move every weight by
+    about lr whatever its gradient's size, so on gradients that are rounding noise (the key
+    biases of attention, whose exact gradient is 0) two runs would part by lr, not by rounding.
+    """
+    import loupe_core.train.trainer as trainer
+    from loupe_core.config import load_config
+    from loupe_core.model import LoupeModel
+    from loupe_core.train.run import build_data, seed_everything
+
+    cfg = load_config(name, [f"data.root={root}", "train.device=cpu", "train.tensorboard=false", "eval.final=false",
+                             f"train.steps={LOUPE_STEPS}", f"train.accum_steps={accum}", "train.ckpt_every=0",
+                             "train.lr=1e-30"])
+    seed_everything(cfg.train.seed)
+    data = build_data(cfg, ctx or DistContext())
+    model = LoupeModel(cfg.model, cfg.loss)
+    grads, build = [], trainer.build_optimizer
+
+    def recording(module, tc):  # each step's gradients, as the optimiser gets them
+        opt = build(module, tc)
+        opt.register_step_pre_hook(lambda *_: grads.append(
+            {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}))
+        return opt
+
+    trainer.build_optimizer = recording
+    try:
+        res = train(cfg, run_dir, model, data.train, data.collate, ctx=ctx)
+    finally:
+        trainer.build_optimizer = build
+    history = [json.loads(line) for line in open(res.history_path)] if os.path.exists(res.history_path) else []
+    terms = [{k: v for k, v in rec.items() if k == "loss" or k.startswith("loss/")} for rec in history]
+    return terms, grads
 
 
 def _worker(rank, world, port, out_dir):
@@ -31,25 +85,130 @@ def _worker(rank, world, port, out_dir):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     ctx = init_distributed("cpu")
+    import loupe_core.train.trainer as trainer
+
+    searched, wrap = [], trainer.DistributedDataParallel
+
+    def recording(*args, find_unused_parameters=False, **kwargs):  # what each run asked DDP for
+        searched.append(find_unused_parameters)
+        return wrap(*args, find_unused_parameters=find_unused_parameters, **kwargs)
+
+    trainer.DistributedDataParallel = recording
     results = [_run(case, os.path.join(out_dir, f"run{i}"), ctx) for i, case in enumerate(CASES)]
+    spare = _run(CASES[1], os.path.join(out_dir, "spare"), ctx, PairModelWithSpare)
+    loupe = [_loupe_run(name, accum, os.path.join(out_dir, "cache"), os.path.join(out_dir, f"{name}{accum}"), ctx)
+             for name, accum in LOUPE_CASES]
     if rank == 0:
-        torch.save(results, os.path.join(out_dir, "results.pt"))
+        torch.save({"pairs": results, "spare": spare, "loupe": loupe, "searched": searched},
+                   os.path.join(out_dir, "results.pt"))
     shutdown(ctx)
 
 
 def test_shard_bounds_cover_the_global_batch_once():
     rows = [r for rank in range(3) for a, b in shard_bounds(24, 3, rank, 2) for r in range(a, b)]
-    assert rows == list(range(24))
+    assert sorted(rows) == list(range(24))
+    # micro-batch m of every rank together is the one-process micro-batch m
+    for m in range(2):
+        step = sorted(r for rank in range(3) for r in range(*shard_bounds(24, 3, rank, 2)[m]))
+        assert step == list(range(*shard_bounds(24, 1, 0, 2)[m]))
     with pytest.raises(ValueError, match="train.batch_size=10 must be divisible"):
         shard_bounds(10, 2, 0, 3)
 
 
+@pytest.mark.parametrize("size,budget", [(8, 2), (64, 16), (12, 5), (4, 9)])
+def test_the_labelled_pairs_are_one_global_budget_spread_over_the_ranks(size, budget):
+    chosen = gb.labelled_rows(size, budget)
+    assert len(set(chosen.tolist())) == min(size, budget)
+    for world, accum in ((1, 1), (2, 1), (4, 1), (2, 2)):
+        if size % (world * accum):
+            continue
+        held = [rows[gb.label_rows(rows, size, budget)] for rank in range(world)
+                for rows in (torch.arange(a, b) for a, b in shard_bounds(size, world, rank, accum))]
+        assert sorted(torch.cat(held).tolist()) == chosen.tolist()  # every labelled pair once, on some rank
+        if budget >= world and accum == 1 and size == 64:
+            assert all(len(h) == budget // world for h in held)  # the ranks share the work
+
+
+def test_a_pairs_draws_depend_on_its_row_only():
+    a = gb.pair_uniforms(7, torch.tensor([3, 5]), 6)
+    b = gb.pair_uniforms(7, torch.tensor([5, 3, 9]), 4)
+    assert torch.equal(a[0, :4], b[1]) and torch.equal(a[1, :4], b[0]) and not torch.equal(a[0], a[1])
+    assert not torch.equal(gb.pair_uniforms(8, torch.tensor([3]), 6)[0], a[0])
+
+
+def test_token_labels_of_a_pair_do_not_depend_on_its_batch():
+    """A pair's sampled token-level scores are the same alone and beside another pair with a longer caption."""
+    from loupe_core import labels as lab
+    from loupe_core.model import LoupeModel
+
+    torch.manual_seed(0)
+    model = LoupeModel(dict(image_size=32, patch_size=8, image_dim=16, image_depth=1, image_heads=2, text_vocab_size=64,
+                            text_dim=16, text_depth=1, text_heads=2, text_max_tokens=12, embed_dim=16))
+    towers = (model.image_tower, model.text_tower)
+    images = model.image_tower.embed_tokens(torch.randn(2, 3, 32, 32)).detach()
+    texts = model.text_tower.embed_tokens(torch.randint(1, 64, (2, 9))).detach()
+    mask = torch.arange(9)[None] < torch.tensor([[4], [9]])
+    regions = torch.zeros(2, 3, 16, dtype=torch.bool)
+    regions[:, 0, :2], regions[:, 1, 4:8], regions[:, 2, 10:13] = True, True, True
+    common = dict(baseline="zero", num_samples=4, score="interaction")
+    both = gb.token_scores_by_pair(lab.token_interactions, None, towers, images, texts, mask, regions,
+                                   torch.tensor([6, 2]), 11, **common)
+    alone = gb.token_scores_by_pair(lab.token_interactions, None, towers, images[:1], texts[:1, :4], mask[:1, :4],
+                                    regions[:1], torch.tensor([6]), 11, **common)
+    torch.testing.assert_close(both[:1], alone, rtol=1e-5, atol=1e-7)
+    targets = torch.tensor([[0, 1], [1, 0], [1, 2]])
+    labelled = torch.ones(2, 3, dtype=torch.bool)
+    some = gb.token_scores_by_pair(lab.token_interactions, lab.token_target_interactions, towers, images, texts,
+                                   mask, regions, torch.tensor([6, 2]), 11, labelled=labelled, targets=targets,
+                                   **common)
+    one = gb.token_scores_by_pair(lab.token_interactions, lab.token_target_interactions, towers, images[:1],
+                                  texts[:1, :4], mask[:1, :4], regions[:1], torch.tensor([6]), 11,
+                                  labelled=labelled[:1], targets=targets[:1], **common)
+    torch.testing.assert_close(some[:1], one, rtol=1e-5, atol=1e-7)
+
+
+def test_the_probe_finds_the_parameters_a_config_leaves_out():
+    from loupe_core.config import load_config
+    from loupe_core.model import LoupeModel
+    from test_model import make_batch
+
+    for over in ([], ["loss.tsa=false", "loss.fsa=false", "loss.unsil=false"]):  # the whole method, CMC only
+        cfg = load_config("tiny", ["train.device=cpu", *over])
+        torch.manual_seed(0)
+        model = LoupeModel(cfg.model, cfg.loss)
+        buffers = [b.clone() for b in model.buffers()]
+        draw = torch.get_rng_state()
+        names = _unused_parameters(model, make_batch(), cfg, DistContext(), 8, 10)  # after UNSIL's warm-up
+        heads = {"region_logit_scale"} | {n for n, _ in model.named_parameters() if n.startswith("region_head.")}
+        assert set(names) == (heads if over else set()), names
+        assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))  # UNSIL's statistics untouched
+        assert torch.equal(torch.get_rng_state(), draw)
+
+
 def test_two_gloo_processes_match_one_process(tmp_path):
+    cache = str(tmp_path / "cache")
+    loupe1 = [_loupe_run(name, accum, cache, str(tmp_path / f"single_{name}{accum}")) for name, accum in LOUPE_CASES]
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    two = torch.load(tmp_path / "results.pt", weights_only=True)
-    for case, (losses2, params2) in zip(CASES, two):
+    two = torch.load(tmp_path / "results.pt", weights_only=False)
+    for case, (losses2, params2) in zip(CASES, two["pairs"]):
         losses1, params1 = _run(case, str(tmp_path / f"single{case['accum_steps']}"))
         for a, b in zip(losses1, losses2):
             assert abs(a - b) <= 1e-5 * abs(a), (case, losses1, losses2)
         for p, q in zip(params1, params2):
             torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+    # DDP searches the graph for unused parameters (find_unused_parameters, and its warning where
+    # there is none) only for the model with a parameter no loss reaches
+    assert two["searched"] == [False, False, True] + [False] * len(LOUPE_CASES)
+    losses1, params1 = _run(CASES[1], str(tmp_path / "spare1"), model_cls=PairModelWithSpare)
+    assert all(abs(a - b) <= 1e-5 * abs(a) for a, b in zip(losses1, two["spare"][0]))
+    for (name, accum), (terms1, grads1), (terms2, grads2) in zip(LOUPE_CASES, loupe1, two["loupe"]):
+        assert len(terms1) == len(terms2) == len(grads1) == len(grads2) == LOUPE_STEPS
+        for step, (t1, t2, g1, g2) in enumerate(zip(terms1, terms2, grads1, grads2)):
+            where = f"{name} accum_steps={accum} step {step + 1}"
+            assert t1.keys() == t2.keys() and g1.keys() == g2.keys(), where
+            for key in t1:
+                assert abs(t1[key] - t2[key]) <= 1e-5 * abs(t1[key]) + 1e-7, (where, key, t1, t2)
+            flat1, flat2 = (torch.cat([g[n].flatten() for n in sorted(g1)]) for g in (g1, g2))
+            assert (flat1 - flat2).norm() <= 1e-5 * flat1.norm(), (where, float((flat1 - flat2).norm() / flat1.norm()))
+            for n in g1:  # and no small part of the model far off (e.g. UNSIL's own weights)
+                assert (g1[n] - g2[n]).norm() <= 1e-3 * g1[n].norm() + 1e-6 * flat1.norm(), (where, n)

@@ -170,7 +170,11 @@ class LossConfig(_DictMixin):
     encoders), "sampling" (``*_num_samples`` Monte Carlo samples per target, the paper's 500),
     or "hybrid" (UNSIL with sampling fallback).
     ``token_baseline``: "zero" (spec **[choice]**) or "drop" (a different, cheaper game).
-    ``pairs_per_step``: at most this many image-text pairs of a batch get token-level labels.
+    ``pairs_per_step``: this many image-text pairs of each optimiser step's global batch (all
+    ranks and micro-batches together; at most the batch) get token-level labels, the rows spread
+    evenly over it (``global_batch.labelled_rows``), whatever the number of processes. With
+    ``train.accum_steps`` A > 1, L_TSA and L_UNSIL are means over each micro-step's own labelled
+    pairs, averaged over the A micro-steps: pairs_per_step >= A leaves none without a label.
     ``warmup_fraction``: the share of steps during which hybrid always samples.
     ``unsil_lambda``: lambda of Eq. 12. ``unsil_gate``: after warm-up, UNSIL answers targets only
     while the correlation of its estimates with the targets it had not yet trained on

@@ -15,6 +15,7 @@ from torch import nn
 
 import shapley_kernels as sk
 
+from .. import global_batch as gb
 from .. import labels as lab
 from ..losses import ContrastiveBank, LossOutput, cmc_loss, fine_contrastive_loss, fsa_loss, tsa_loss
 from ..unsil import Unsil, UnsilInputs
@@ -261,6 +262,7 @@ class LoupeModel(nn.Module):
             return img.global_emb, txt.global_emb
         warmup = step < lcfg.warmup_fraction * total_steps
         probe_size = lcfg.probe_size if diagnostics else 0
+        rows, size = gb.batch_rows(batch)  # each pair's row in the step's global batch: budget and seeds (DDP)
         terms, logs, unsil_terms = {}, {}, []
         if lcfg.cmc:
             terms["cmc"] = cmc_loss(img.global_emb, txt.global_emb, self._scale(self.logit_scale), bank)
@@ -274,7 +276,8 @@ class LoupeModel(nn.Module):
             logits = self.region_head(img.patch_emb, img.grid)
             geometry = self._geometry(img)
             index = self.region_head.select(logits.detach(), geometry, self.config.top_k,
-                                            self.config.num_random if lcfg.tsa else 0, self.config.nms_iou)
+                                            self.config.num_random if lcfg.tsa else 0, self.config.nms_iou,
+                                            gb.pair_uniforms(gb.stream_seed(step, "candidates"), rows, logits.shape[1]))
         if lcfg.tsa and lcfg.token_game == "alignment":
             if lcfg.token_candidates == "selected":
                 label_index, label_masks = index, geometry.masks[index]
@@ -287,13 +290,13 @@ class LoupeModel(nn.Module):
             logs["label_time_token"] = time.perf_counter() - start
             terms["tsa"] = tsa_loss(logits.gather(1, label_index), values, labelled)
         elif lcfg.tsa:
-            P = min(index.shape[0], lcfg.pairs_per_step)
+            P = gb.label_rows(rows, size, lcfg.pairs_per_step)  # this batch's pairs among the step's labelled ones
             values, labelled, unsil_term, level_logs = self._token_labels(
-                image_tokens[:P], text_tokens[:P], batch["text_mask"][:P], img.patch_emb[:P], txt.token_emb[:P],
-                geometry, index[:P], step, warmup, probe_size)
+                image_tokens[P], text_tokens[P], batch["text_mask"][P], img.patch_emb[P], txt.token_emb[P],
+                geometry, index[P], step, warmup, probe_size, rows[P])
             unsil_terms.append(unsil_term)
             logs.update(level_logs)
-            terms["tsa"] = tsa_loss(logits.gather(1, index)[:P], values, labelled)
+            terms["tsa"] = tsa_loss(logits.gather(1, index)[P], values, labelled)
         if lcfg.fsa:
             top = index[:, : min(self.config.top_k, index.shape[1])]
             regions = self._regions(img, logits, geometry, top)
@@ -323,8 +326,9 @@ class LoupeModel(nn.Module):
         return values.to(patch_emb.dtype), labelled
 
     def _token_labels(self, image_tokens, text_tokens, text_mask, patch_emb, token_emb, geometry, index,
-                      step, warmup, probe_size):
-        """Token-level labels float[P, K'] of the candidates ``index`` LongTensor[P, K'] of P pairs.
+                      step, warmup, probe_size, rows):
+        """Token-level labels float[P, K'] of the candidates ``index`` LongTensor[P, K'] of P pairs
+        (global rows ``rows`` long[P]: each pair's draws its own, ``global_batch.token_scores_by_pair``).
 
         Returns (values, labelled bool[P, K'], L_UNSIL of the level or None where the source is
         not hybrid, logs). A one-patch region's interaction is 0 by Eq. 7 whatever the model does,
@@ -340,28 +344,28 @@ class LoupeModel(nn.Module):
         labelled = token_masks.sum(dim=2) >= (1 if lcfg.token_target == "phi" else 2)
         if lcfg.token_source != "hybrid":
             start = time.perf_counter()
-            values = lab.token_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,
-                                            method=lcfg.token_source, seed=lab.step_seed(step, "token"), **common)
+            values = gb.token_scores_by_pair(lab.token_interactions, None, towers, image_tokens, text_tokens,
+                                             text_mask, token_masks, rows, lab.step_seed(step, "token"),
+                                             method=lcfg.token_source, **common)
             return values.to(patch_emb.dtype), labelled, None, {"label_time_token": time.perf_counter() - start}
         # one-patch regions: no sampling, no UNSIL target
         P, K = index.shape
         flat = labelled.reshape(-1).nonzero().squeeze(1)
         pair, region = flat // K, flat % K
-        final_masks = final_masks.reshape(P * K, -1)[flat]
+        final_masks = final_masks.reshape(P * K, final_masks.shape[-1])[flat]
         inputs = token_unsil_inputs(patch_emb, token_emb, text_mask, pair, final_masks)
 
         def sample(which, seed):
-            if which.numel() == flat.numel():
-                full = lab.token_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,
-                                              method="sampling", seed=seed, **common)
-                return full.reshape(-1)[flat[which]]
-            return lab.token_target_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,
-                                                 torch.stack([pair[which], region[which]], dim=1), seed=seed,
-                                                 **common)
+            return gb.token_scores_by_pair(lab.token_interactions, lab.token_target_interactions, towers,
+                                           image_tokens, text_tokens, text_mask, token_masks, rows, seed,
+                                           labelled=labelled, targets=torch.stack([pair[which], region[which]], 1),
+                                           **common)
 
         out = lab.hybrid_labels("token", self.unsil["token"], inputs, sample, warmup=warmup,
                                 lam=lcfg.unsil_lambda, probe_size=probe_size, step=step,
-                                gate=lcfg.unsil_gate)
+                                gate=lcfg.unsil_gate,
+                                uniforms=gb.pair_uniforms(gb.stream_seed(step, "token_decision"), rows, K,
+                                                          pair.device)[pair, region])
         values = patch_emb.new_zeros(P * K)
         values[flat] = out.values.to(values.dtype)
         return values.reshape(P, K), labelled, out.unsil_loss, out.logs

@@ -9,7 +9,7 @@ side, and the box follows R, not the centred anchor box).
 Candidates are indexed ``cell * A + anchor`` with cells in row-major order. The geometry
 depends only on the grid, so it is computed once per (grid, cell size, device, dtype).
 """
-from typing import List, NamedTuple, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -158,15 +158,16 @@ class RegionHead(nn.Module):
 
     @torch.no_grad()
     def select(self, logits: torch.Tensor, geometry: Geometry, top_k: int, num_random: int,
-               nms_iou: float) -> torch.Tensor:
+               nms_iou: float, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """LongTensor[B, K + R] candidate indices: K = min(top_k, P) after NMS, then R random others.
 
         NMS runs on the host (a short sequential loop); the R contrast candidates are the R largest
-        of uniform noise over the candidates not in the top K (uniform without replacement).
+        of uniform noise over the candidates not in the top K (uniform without replacement): noise
+        float[B, P] of U(0, 1) draws, by default from torch's generator.
         """
         B, P = logits.shape
         scores, iou = logits.detach().cpu(), geometry.iou.cpu()
         top = torch.stack([greedy_nms(scores[b], iou, top_k, nms_iou) for b in range(B)])
-        noise = torch.rand(B, P).scatter_(1, top, -1.0)
+        noise = (torch.rand(B, P) if noise is None else noise.detach().cpu().clone()).scatter_(1, top, -1.0)
         extra = noise.topk(min(num_random, P - top.shape[1]), dim=1).indices
         return torch.cat([top, extra], dim=1).to(logits.device)

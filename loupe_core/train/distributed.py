@@ -2,9 +2,12 @@
 
 Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), :func:`init_distributed`
 joins the ``env://`` process group: gloo on the CPU, nccl on GPUs. Otherwise everything here is
-the identity for one process. The global batch is split by :func:`shard_bounds` so that N
-processes (times the accumulation micro-batches) see exactly the global batch one process sees,
-in the same order: rank r holds rows ``[r*G/N, (r+1)*G/N)``.
+the identity for one process. The global batch of G rows is split by :func:`shard_bounds` so
+that W processes with A accumulation micro-batches each see exactly the global batch one process
+sees: micro-batch m of every rank together is the one-process micro-batch m, rows
+``[m*G/A, (m+1)*G/A)``, rank r holding ``[m*G/A + r*b, m*G/A + (r+1)*b)`` with b = G/(W*A) (with
+A = 1: rank r holds ``[r*G/W, (r+1)*G/W)``). Terms that are means or contrast sets over a
+micro-step (``loupe_core.global_batch``) are then the same for any W.
 """
 from __future__ import annotations
 
@@ -69,7 +72,8 @@ def shutdown(ctx: DistContext) -> None:
 
 
 def shard_bounds(global_batch: int, world_size: int, rank: int, accum_steps: int) -> list[tuple[int, int]]:
-    """Row ranges ``[(start, stop)]`` of this rank's micro-batches within the global batch.
+    """Row ranges ``[(start, stop)]`` of this rank's micro-batches within the global batch
+    (module docstring: micro-batch m of all ranks is the one-process micro-batch m).
 
     The global batch must divide into ``world_size * accum_steps`` equal micro-batches.
     """
@@ -78,8 +82,8 @@ def shard_bounds(global_batch: int, world_size: int, rank: int, accum_steps: int
         raise ValueError(f"train.batch_size={global_batch} must be divisible by world size x train.accum_steps "
                          f"= {world_size} x {accum_steps}")
     micro = global_batch // parts
-    base = rank * accum_steps * micro
-    return [(base + m * micro, base + (m + 1) * micro) for m in range(accum_steps)]
+    return [(m * world_size * micro + rank * micro, m * world_size * micro + (rank + 1) * micro)
+            for m in range(accum_steps)]
 
 
 def all_gather_cat(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -13,6 +13,12 @@ back-propagates ``W * L_CMC + (L_total - L_CMC) / A``: the CMC shares add up to 
 CMC gradient and the per-sample-mean terms (TSA, FSA, UNSIL) average. With one micro-batch per
 rank no bank is used: the model gathers features across ranks itself (L_CMC local loss).
 
+DDP: each micro-batch carries its pairs' rows in the global batch (``loupe_core.global_batch``),
+micro-batch m of all ranks being the one-process micro-batch m (``distributed.shard_bounds``);
+the model's label budget and draws follow the rows and its other terms are means over the
+micro-step of all ranks, so W processes give the one-process loss. DDP searches for unused
+parameters (``find_unused_parameters``) only where a probe forward at the start finds some.
+
 Logged values per step: every term and the total, averaged over micro-batches and ranks (the
 global batch's loss); the model's diagnostic logs (rank 0's, averaged over its micro-batches);
 learning rate, beta1, samples/s. A NaN or inf in any term stops training (all ranks) with
@@ -37,6 +43,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from loupe_core.config import RunConfig, save_config
+from loupe_core.global_batch import GLOBAL_ROWS, GLOBAL_SIZE
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.distributed import (DistContext, all_gather_cat, all_reduce_mean, all_reduce_sum, any_rank,
                                           barrier, gather_objects, init_distributed, shard_bounds)
@@ -173,7 +180,20 @@ class _StepRunner:
         # float32 under bf16/fp16 autocast, float64 for a float64 model
         img, txt = (torch.cat([e[k] for e in embs]) for k in (0, 1))
         img, txt = (x.to(torch.promote_types(x.dtype, torch.float32)) for x in (img, txt))
-        return all_gather_cat(img, self.ctx), all_gather_cat(txt, self.ctx)
+
+        def in_global_order(x):  # gathered [rank, micro, row] -> the global batch's rows (shard_bounds)
+            x = all_gather_cat(x, self.ctx)
+            return x.view(self.ctx.world_size, self.accum, -1, x.shape[-1]).transpose(0, 1).reshape(x.shape)
+
+        return in_global_order(img), in_global_order(txt)
+
+    def with_rows(self, micros):
+        """The micro-batches with their pairs' rows in the global batch (``global_batch``: the
+        model's label budget and per-pair seeds are functions of them, not of the rank)."""
+        G = self.cfg.train.batch_size
+        bounds = shard_bounds(G, self.ctx.world_size, self.ctx.rank, self.accum)
+        return [{**mb, GLOBAL_ROWS: torch.arange(start, start + _batch_size(mb)), GLOBAL_SIZE: G}
+                for mb, (start, _) in zip(micros, bounds)]
 
     def run(self, micros, step: int, total: int, diagnostics: bool = True):
         """(term means over micro-batches and ranks, this rank's log means), gradients accumulated.
@@ -184,11 +204,11 @@ class _StepRunner:
         before any backward of that micro-batch.
         """
         bank_rows = self._bank_embeddings(micros) if self.use_bank else None
-        sums, logs, offset = {}, {}, self.ctx.rank * sum(_batch_size(mb) for mb in micros)
+        sums, logs = {}, {}
         W, A = self.ctx.world_size, self.accum
-        for m, mb in enumerate(micros):
-            bank = self.bank_cls(bank_rows[0], bank_rows[1], offset) if self.use_bank else None
-            offset += _batch_size(mb)
+        for m, mb in enumerate(self.with_rows(micros)):
+            start = int(mb[GLOBAL_ROWS][0])
+            bank = self.bank_cls(bank_rows[0], bank_rows[1], start) if self.use_bank else None
             last = m == A - 1
             sync = contextlib.nullcontext() if (last or not self.ctx.distributed) else self.ddp.no_sync()
             with sync:
@@ -213,6 +233,33 @@ class _StepRunner:
         names = sorted(sums)
         means = all_reduce_mean(torch.stack([sums[n] for n in names]), self.ctx).tolist()
         return dict(zip(names, means)), logs
+
+
+def _unused_parameters(model, micro, cfg, ctx: DistContext, step: int, total: int) -> list:
+    """Names of the trainable parameters that the loss of the micro-batch ``micro`` does not reach
+    (DDP without ``find_unused_parameters`` needs every other one in every backward): one forward
+    of the unwrapped model, every rank together (the model's collectives), whose graph is walked,
+    not run backward; the RNG streams and the buffers (UNSIL's statistics) are left as they were."""
+    rng = ckpt.capture_rng_state()
+    buffers = [b.detach().clone() for b in model.buffers()]
+    try:
+        with _autocast(cfg, ctx.device):
+            out = model(micro, step=step, total_steps=total, diagnostics=False)
+        reached, seen, todo = set(), set(), [out.total.grad_fn]
+        while todo:
+            node = todo.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if getattr(node, "variable", None) is not None:  # AccumulateGrad: a leaf tensor
+                reached.add(id(node.variable))
+            todo.extend(fn for fn, _ in node.next_functions)
+    finally:
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers):
+                b.copy_(saved)
+        ckpt.restore_rng_state(rng)
+    return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in reached]
 
 
 def _is_non_finite_error(exc: ValueError) -> bool:
@@ -266,22 +313,26 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
     if ctx.is_main:
         os.makedirs(run_dir, exist_ok=True)
         save_config(cfg, os.path.join(run_dir, "config.json"))
-    ddp = model
-    if ctx.distributed:
-        ddp = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
-                                      find_unused_parameters=True)
     batches = _batches(cfg, dataset, collate_fn, ctx, start, total)
+    runner = _StepRunner(cfg, model, model, ctx, _default_bank_cls())
+    end = total if stop_at is None else min(total, stop_at)
+    model.train()
+    first = None
+    if ctx.distributed and start < end:
+        # DDP searches the graph for unused parameters (find_unused_parameters) only where the
+        # run's loss leaves some out (a config without a term), as one probe forward finds
+        first = [_to_device(batches.next(start), ctx.device) for _ in range(tc.accum_steps)]
+        unused = _unused_parameters(model, runner.with_rows(first)[0], cfg, ctx, start, total)
+        runner.ddp = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+                                             find_unused_parameters=bool(unused))
     logger = MetricLogger(run_dir, enabled=ctx.is_main, tensorboard=tc.tensorboard,
                           resume_step=start if resume is not None else None)
-    runner = _StepRunner(cfg, model, ddp, ctx, _default_bank_cls())
-    end = total if stop_at is None else min(total, stop_at)
     losses, last_ckpt = [], None
     bar = _progress(ctx.is_main and tc.progress, total, start)
-    model.train()
     try:
         for step in range(start, end):
             t0 = time.perf_counter()
-            micros = [_to_device(batches.next(step), ctx.device) for _ in range(tc.accum_steps)]
+            micros, first = first or [_to_device(batches.next(step), ctx.device) for _ in range(tc.accum_steps)], None
             logged = (step + 1) % tc.log_every == 0 or step + 1 == end
             means, logs = runner.run(micros, step, total, diagnostics=logged)
             if means is None:  # logs holds (term, value) of this rank's non-finite term, or None

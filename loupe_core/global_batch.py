@@ -1,0 +1,232 @@
+"""What makes a training step's loss the same for any number of processes (DDP).
+
+One optimiser step consumes a global batch of G pairs (``train.batch_size``). The trainer hands
+each micro-batch its pairs' rows in that batch (batch keys ``global_rows`` long[b] and
+``global_size`` int, docs/CONTRACTS.md s3; a batch without them is its own global batch), and
+everything budgeted or random in the loss is a function of those rows, never of a pair's place
+in its rank's micro-batch:
+
+- label budget: the ``loss.pairs_per_step`` P labelled pairs of a step are the global rows
+  floor(k G / P), k < min(P, G), spread evenly over the batch so that the ranks share the work;
+  each rank labels those among its rows (:func:`label_rows`).
+- randomness: each pair draws from its own generator, seeded by the step, the stream and its
+  row (:func:`pair_seed`, :func:`pair_uniforms`): the contrast candidates, the hybrid decisions
+  and the token-level sampling (:func:`token_scores_by_pair`, which also cuts a caption's batch
+  padding, so that a label does not depend on the longest caption of the rank's batch).
+- normalisation: a term that is a mean over items of the batch (images, regions, captions,
+  UNSIL targets) is :func:`global_mean` (sum, count): with ``torch.distributed`` running with
+  W > 1 processes, this rank's share W x its sum / the count summed over ranks, whose mean over
+  ranks (what DDP's gradient averaging and the trainer's logs take) is the mean over every
+  rank's items; one process: sum / count.
+- contrast sets: a term scoring pairs against the batch gathers the other ranks' rows with
+  gradients (:func:`gather_with_grad`, :func:`gather_padded`).
+
+With ``train.accum_steps`` A > 1, micro-batch m of every rank together holds the rows
+[m G / A, (m + 1) G / A) (``train.distributed.shard_bounds``): the one-process micro-batch m. The
+means and contrast sets above are over that micro-step (with A = 1: the global batch), so W
+processes give the one-process loss for any A; only L_CMC spans the whole step (its feature
+bank).
+
+The reductions are collectives: every rank must make the same calls in the same order, so the
+model's control flow must not depend on a rank's data (a rank without a labelled pair still runs
+its label and UNSIL code on empty tensors).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+GLOBAL_ROWS = "global_rows"  # batch key: long[b], each pair's row in the step's global batch
+GLOBAL_SIZE = "global_size"  # batch key: int, the global batch size G
+_STREAMS = {"candidates": 8, "token_decision": 9}  # beside labels.STREAMS (0..3)
+_SEED_STRIDE = 1_000_003  # as labels.SAMPLE_SEED_STRIDE
+_MASK64 = (1 << 64) - 1
+
+
+# ---------------------------------------------------------------- rows and budget
+def batch_rows(batch: dict) -> Tuple[torch.Tensor, int]:
+    """(rows long[b] on the CPU, G): each pair's row in the step's global batch and its size;
+    ``arange(b), b`` for a batch without ``global_rows``."""
+    b = int(batch["input_ids"].shape[0])
+    rows = batch.get(GLOBAL_ROWS)
+    if rows is None:
+        return torch.arange(b), b
+    rows = torch.as_tensor(rows).detach().cpu().long()
+    if rows.shape != (b,):
+        raise ValueError(f"batch[{GLOBAL_ROWS!r}] must be long[{b}] (one row per pair), got {list(rows.shape)}")
+    return rows, int(batch.get(GLOBAL_SIZE, int(rows.max()) + 1 if b else 0))
+
+
+def labelled_rows(size: int, budget: int) -> torch.Tensor:
+    """long[min(budget, size)]: the global rows floor(k size / P) that carry labels (P = min(budget, size))."""
+    count = min(int(budget), int(size))
+    return torch.arange(count) * int(size) // max(count, 1)
+
+
+def label_rows(rows: torch.Tensor, size: int, budget: int) -> torch.Tensor:
+    """long[p]: the positions in this batch of its pairs among the step's labelled rows (ascending)."""
+    return torch.isin(rows, labelled_rows(size, budget)).nonzero().squeeze(1)
+
+
+# ---------------------------------------------------------------- per-pair randomness
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser: a bijection of 64-bit integers that scatters nearby inputs."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def stream_seed(step: int, stream: str) -> int:
+    """Seed of a per-pair stream ("candidates", "token_decision") at ``step`` (as ``labels.step_seed``)."""
+    return int(step) * _SEED_STRIDE + _STREAMS[stream]
+
+
+def pair_seed(seed: int, row: int) -> int:
+    """The seed of global row ``row``'s own generator in the stream seeded ``seed``."""
+    return _mix64(_mix64(int(seed) & _MASK64) ^ int(row))
+
+
+def pair_uniforms(seed: int, rows: torch.Tensor, n: int, device=None) -> torch.Tensor:
+    """float[len(rows), n]: row r's n draws of U(0, 1) from its own generator (``pair_seed``)."""
+    out = torch.zeros(len(rows), int(n))
+    for i, row in enumerate(rows.tolist()):
+        out[i] = torch.rand(int(n), generator=torch.Generator().manual_seed(pair_seed(seed, row)))
+    return out.to(device) if device is not None else out
+
+
+def _pair_tokens(image_tokens, text_tokens, text_mask, p: int):
+    """Pair p's inputs as a one-pair batch with its caption's padding cut (up to its last real token)."""
+    real = text_mask[p].nonzero()
+    length = int(real.max()) + 1 if real.numel() else 1
+    return image_tokens[p:p + 1], text_tokens[p:p + 1, :length], text_mask[p:p + 1, :length]
+
+
+def token_scores_by_pair(interactions, target_interactions, towers, image_tokens, text_tokens, text_mask,
+                         regions, rows, seed: int, *, labelled=None, targets=None, method: str = "sampling",
+                         **common) -> torch.Tensor:
+    """Token-level scores of P pairs, pair by pair with pair p's own seed ``pair_seed(seed, rows[p])``
+    and its caption's padding cut: a value does not depend on the other pairs of the rank's batch.
+
+    interactions / target_interactions: ``labels.token_interactions`` / ``token_target_interactions``;
+    towers (image, text); image_tokens float[P, N_I, D_I], text_tokens float[P, L, D_T], text_mask
+    bool[P, L], regions bool[P, K, N_I], rows long[P] (global rows, CPU). targets None: float[P, K],
+    every region. targets LongTensor[T, 2] of (pair, region) with labelled bool[P, K]: float[T];
+    a pair all of whose labelled regions are asked is estimated over its candidates in one call
+    (draws shared by its regions, as ``interactions``), otherwise only the asked regions.
+    ``method="exact"`` (no draws): one call over every pair.
+    """
+    if method == "exact" and targets is None:
+        return interactions(*towers, image_tokens, text_tokens, text_mask, regions, method=method, seed=seed,
+                            **common)
+    P, K = regions.shape[:2]
+    dtype = torch.float64 if image_tokens.dtype == torch.float64 else torch.float32
+    if targets is None:
+        out = torch.zeros(P, K, dtype=dtype, device=image_tokens.device)
+        for p in range(P):
+            one = _pair_tokens(image_tokens, text_tokens, text_mask, p)
+            out[p] = interactions(*towers, *one, regions[p:p + 1], method=method,
+                                  seed=pair_seed(seed, int(rows[p])), **common)[0].to(dtype)
+        return out
+    out = torch.zeros(targets.shape[0], dtype=dtype, device=image_tokens.device)
+    pair, region = targets[:, 0], targets[:, 1]
+    for p in pair.unique().tolist():
+        mine = (pair == p).nonzero().squeeze(1)
+        one = _pair_tokens(image_tokens, text_tokens, text_mask, p)
+        s = pair_seed(seed, int(rows[p]))
+        if mine.numel() == int(labelled[p].sum()):
+            full = interactions(*towers, *one, regions[p:p + 1], method=method, seed=s, **common)[0]
+            out[mine] = full[region[mine]].to(dtype)
+        else:
+            asked = torch.stack([torch.zeros_like(region[mine]), region[mine]], dim=1)
+            out[mine] = target_interactions(*towers, *one, regions[p:p + 1], asked, seed=s, method=method,
+                                            **common).to(dtype)
+    return out
+
+
+# ---------------------------------------------------------------- collectives
+def world() -> Optional[Tuple[int, int]]:
+    """(rank, world size) when torch.distributed runs with more than one process, else None."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def global_mean(total: torch.Tensor, count) -> torch.Tensor:
+    """This rank's share of sum / count over every rank (module docstring): ``total`` a scalar
+    with graph (0 where this rank has nothing), ``count`` its number (or weight) of items; 0,
+    with graph, where no rank has any."""
+    n = torch.as_tensor(count, device=total.device).detach().to(torch.float64).clone()
+    scale = 1.0
+    where = world()
+    if where is not None:
+        torch.distributed.all_reduce(n)
+        scale = float(where[1])
+    return total * scale / n.clamp(min=1.0).to(total.dtype)
+
+
+def global_moments(values: torch.Tensor):
+    """(count float, mean, M2) of float64 ``values`` float[n] of every rank together (Chan et al.;
+    one all_gather); mean and M2 0-d tensors, 0 for no value."""
+    n = float(values.numel())
+    mean = values.mean() if n else values.new_zeros(())
+    m2 = (values - mean).square().sum() if n else values.new_zeros(())
+    if world() is None:
+        return n, mean, m2
+    mine = torch.stack([values.new_tensor(n), mean, m2])
+    parts = [torch.empty_like(mine) for _ in range(world()[1])]
+    torch.distributed.all_gather(parts, mine)
+    counts, means, m2s = torch.stack(parts).unbind(1)
+    total = float(counts.sum())
+    if total == 0:
+        return 0.0, values.new_zeros(()), values.new_zeros(())
+    mean = (counts * means).sum() / total
+    return total, mean, m2s.sum() + (counts * (means - mean).square()).sum()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """x [b, ...] on every rank -> [world * b, ...] in rank order; the gradient of this rank's
+    rows is the sum over ranks of theirs (what the deprecated ``torch.distributed.nn.functional.
+    all_gather`` did; torch's suggested ``_functional_collectives.all_gather_single`` is private)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        dist = torch.distributed
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = (dist.get_rank() * x.shape[0], (dist.get_rank() + 1) * x.shape[0])
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.rows[0]:ctx.rows[1]]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's x [b, ...] (same shape on every rank) in rank order, with gradients; x for one process."""
+    return x if world() is None else _GatherWithGrad.apply(x)
+
+
+def gather_padded(x: torch.Tensor, mask: torch.Tensor):
+    """(x float[W b, M*, ...] with gradients, mask bool[W b, M*], this rank's first row): every
+    rank's x [b, M, ...] and mask bool[b, M], padded (zeros, mask False) to the largest M of
+    any rank along dim 1; (x, mask, 0) for one process."""
+    where = world()
+    if where is None:
+        return x, mask, 0
+    dist = torch.distributed
+    longest = torch.tensor([x.shape[1]], device=x.device)
+    dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+    extra = int(longest) - x.shape[1]
+    if extra:
+        x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, extra))
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
+    flags = mask.to(torch.uint8).contiguous()
+    parts = [torch.empty_like(flags) for _ in range(where[1])]
+    dist.all_gather(parts, flags)
+    return _GatherWithGrad.apply(x), torch.cat(parts).bool(), where[0] * x.shape[0]

@@ -151,7 +151,7 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
     # so that every rank builds the same graph and joins the same collectives (global_batch)
     estimate, sigma = unsil(inputs if T else UnsilInputs(*(x.new_zeros((1,) + x.shape[1:]) for x in inputs)))
     estimate, sigma = estimate[:T], sigma[:T]
-    gated = not warmup and unsil.correlation() < gate
+    gated = gate > 0 and not warmup and unsil.correlation() < gate
     if warmup or gated:
         need = torch.ones(T, dtype=torch.bool, device=estimate.device)
     else:

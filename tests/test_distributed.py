@@ -54,7 +54,7 @@ def _loupe_run(name, accum, root, run_dir, ctx=None):
     import loupe_core.train.trainer as trainer
     from loupe_core.config import load_config
     from loupe_core.model import LoupeModel
-    from loupe_core.train.run import build_data, seed_everything
+    from loupe_core.pipeline import build_data, seed_everything
 
     cfg = load_config(name, [f"data.root={root}", "train.device=cpu", "train.tensorboard=false", "eval.final=false",
                              f"train.steps={LOUPE_STEPS}", f"train.accum_steps={accum}", "train.ckpt_every=0",

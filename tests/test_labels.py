@@ -165,6 +165,9 @@ def test_hybrid_gate_samples_everything_while_unsil_does_not_track():
     gated = lab.hybrid_labels("token", net, inputs, sample, warmup=False, lam=1.0, probe_size=0, step=4, gate=0.8)
     assert bool(gated.sampled.all()) and gated.logs["unsil_gated_token"] == 1.0
     torch.testing.assert_close(gated.values, truth)
-    open_ = lab.hybrid_labels("token", *_unsil_case(-50.0)[:2], sample, warmup=False, lam=1.0, probe_size=0,
+    net_open, inputs_open = _unsil_case(-50.0)[:2]
+    with torch.no_grad():   # gate 0 never gates, even on a negative correlation
+        net_open.track(estimate, -estimate)
+    open_ = lab.hybrid_labels("token", net_open, inputs_open, sample, warmup=False, lam=1.0, probe_size=0,
                               step=4, gate=0.0)
     assert not bool(open_.sampled.any()) and open_.logs["unsil_gated_token"] == 0.0

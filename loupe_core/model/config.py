@@ -239,7 +239,7 @@ class LossConfig(_DictMixin):
             _positive_int(name, getattr(self, name))
         _non_negative_int("probe_size", self.probe_size)
         _in_range("unsil_lambda", self.unsil_lambda, 1e-12, 1e12)
-        _in_range("unsil_gate", self.unsil_gate, -1.0, 1.0)
+        _in_range("unsil_gate", self.unsil_gate, 0.0, 1.0)
         _in_range("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
         if not (self.cmc or self.tsa or self.fsa or self.fine_contrast > 0):
             raise ValueError("at least one of cmc, tsa, fsa, fine_contrast must be on")

@@ -206,8 +206,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         for step, (t1, t2, g1, g2) in enumerate(zip(terms1, terms2, grads1, grads2)):
             where = f"{name} accum_steps={accum} step {step + 1}"
             assert t1.keys() == t2.keys() and g1.keys() == g2.keys(), where
-            for key in t1:
-                assert abs(t1[key] - t2[key]) <= 1e-5 * abs(t1[key]) + 1e-7, (where, key, t1, t2)
+            for key in t1:  # 1e-4: float32 sums in another order (2 threads, split batches); L_UNSIL's 1/sigma amplifies them
+                assert abs(t1[key] - t2[key]) <= 1e-4 * abs(t1[key]) + 1e-7, (where, key, t1, t2)
             flat1, flat2 = (torch.cat([g[n].flatten() for n in sorted(g1)]) for g in (g1, g2))
             assert (flat1 - flat2).norm() <= 1e-5 * flat1.norm(), (where, float((flat1 - flat2).norm() / flat1.norm()))
             for n in g1:  # and no small part of the model far off (e.g. UNSIL's own weights)

@@ -25,6 +25,7 @@ PACKAGES = ("shapley_kernels", "loupe_core")
 LAYERS = (
     ("shapley_kernels", ("shapley_kernels.*",)),        # the estimator library: knows no LOUPE
     ("data", ("loupe_core.data.*",)),                    # datasets, loaders, tokenizer, phrases
+    ("global_batch", ("loupe_core.global_batch",)),      # DDP-invariant rows, seeds, gathers (torch only)
     ("objective", ("loupe_core.losses", "loupe_core.unsil", "loupe_core.labels")),  # losses, labels, UNSIL
     ("model", ("loupe_core.model.*",)),                  # towers, region head, LoupeModel, ModelConfig
     ("config", ("loupe_core.config",)),                  # RunConfig: model/loss sections + data, train, eval

@@ -126,9 +126,14 @@ def save_screenshot(driver, path, scale=1.0):
         fh.write(base64.b64decode(shot["data"]))
 
 
-def check_page(driver, uri):
-    """Open ``uri``; (images, errors): every <img>'s load state and the browser's error log."""
+def check_page(driver, uri, timeout: float = 30.0):
+    """Open ``uri``; (images, errors): every <img>'s load state, once every image has settled
+    (loaded or failed; at most ``timeout`` s on a loaded machine), and the browser's error log."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
     driver.get(uri)
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script(
+        "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete);"))
     return _images(driver), _errors(driver)
 
 

@@ -275,9 +275,12 @@ class LoupeModel(nn.Module):
         if lcfg.tsa or lcfg.fsa:
             logits = self.region_head(img.patch_emb, img.grid)
             geometry = self._geometry(img)
-            index = self.region_head.select(logits.detach(), geometry, self.config.top_k,
-                                            self.config.num_random if lcfg.tsa else 0, self.config.nms_iou,
-                                            gb.pair_uniforms(gb.stream_seed(step, "candidates"), rows, logits.shape[1]))
+            # the head's selection (NMS on the host, per image) only where a loss reads it: dense
+            # alignment-game labels without L_FSA use every candidate
+            dense_only = not lcfg.fsa and lcfg.token_game == "alignment" and lcfg.token_candidates == "all"
+            index = None if dense_only else self.region_head.select(
+                logits.detach(), geometry, self.config.top_k, self.config.num_random if lcfg.tsa else 0,
+                self.config.nms_iou, gb.pair_uniforms(gb.stream_seed(step, "candidates"), rows, logits.shape[1]))
         if lcfg.tsa and lcfg.token_game == "alignment":
             if lcfg.token_candidates == "selected":
                 label_index, label_masks = index, geometry.masks[index]

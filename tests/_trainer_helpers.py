@@ -86,3 +86,18 @@ def shapesworld_run(root: str, *overrides: str):
     seed_everything(cfg.train.seed)
     data = build_data(cfg, DistContext())
     return cfg, LoupeModel(cfg.model, cfg.loss), data
+
+
+def write_tiny_checkpoint(root, step: int) -> str:
+    """An untrained ``tiny`` model saved as run ``root``/run at ``step`` (data under ``root``/data): the run dir."""
+    from loupe_core.config import load_config
+    from loupe_core.model import LoupeModel
+    from loupe_core.train import checkpoint as ckpt
+
+    cfg = load_config("tiny", [f"data.root={root / 'data'}", "data.train_size=6", "data.eval_size=4",
+                               "model.text_max_tokens=24", "eval.split=heldout"])
+    model = LoupeModel(cfg.model, cfg.loss)
+    run = root / "run"
+    ckpt.save_checkpoint(ckpt.checkpoint_path(str(run), step), {"model": model.state_dict(), "config": cfg.to_dict(),
+                                                               "step": step})
+    return str(run)

@@ -6,23 +6,15 @@ import pytest
 
 from loupe_core.cli import main
 from loupe_core.commands.eval import format_table
-from loupe_core.config import load_config
 from loupe_core.eval import evaluate
-from loupe_core.model import LoupeModel
 from loupe_core.pipeline import load_run, resolve_data
-from loupe_core.train import checkpoint as ckpt
+
+from _trainer_helpers import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    cfg = load_config("tiny", [f"data.root={root / 'data'}", "data.train_size=6", "data.eval_size=4",
-                               "model.text_max_tokens=24", "eval.split=heldout"])
-    model = LoupeModel(cfg.model, cfg.loss)
-    run = root / "run"
-    ckpt.save_checkpoint(ckpt.checkpoint_path(str(run), 2), {"model": model.state_dict(), "config": cfg.to_dict(),
-                                                            "step": 2})
-    return str(run)
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("cli"), 2)
 
 
 def test_eval_command_prints_table_and_writes_metrics(run_dir, tmp_path, capsys):

@@ -20,6 +20,7 @@ is that of ``loupe pretrain --config tiny train.steps=6 eval.every=0`` at SCALE 
 import base64
 import json
 import os
+import pathlib
 import shutil
 import sys
 import tempfile
@@ -27,9 +28,8 @@ import tempfile
 import pytest
 
 from loupe_core.cli import main
-from loupe_core.config import load_config
-from loupe_core.model import LoupeModel
-from loupe_core.train import checkpoint as ckpt
+
+from _trainer_helpers import write_tiny_checkpoint
 
 # headless, as root, on a machine with no outside network: no sandbox, no GPU, none of Chromium's
 # background connections (they are refused there, many at a time); a fresh profile is added per start
@@ -90,12 +90,7 @@ def browser(tmp_path_factory):
 def report(tmp_path_factory):
     """``report/index.html`` written by ``loupe eval`` on a tiny untrained checkpoint."""
     root = tmp_path_factory.mktemp("report")
-    cfg = load_config("tiny", [f"data.root={root / 'data'}", "data.train_size=6", "data.eval_size=4",
-                               "model.text_max_tokens=24", "eval.split=heldout"])
-    model = LoupeModel(cfg.model, cfg.loss)
-    run = root / "run"
-    ckpt.save_checkpoint(ckpt.checkpoint_path(str(run), 3), {"model": model.state_dict(), "config": cfg.to_dict(),
-                                                            "step": 3})
+    run = pathlib.Path(write_tiny_checkpoint(root, 3))
     (run / "metrics.jsonl").write_text("".join(
         json.dumps({"step": s, "loss": 4.8 - 0.1 * s, "loss/cmc": 2.1 - 0.05 * s, "loss/tsa": 1.4 - 0.03 * s})
         + "\n" for s in range(1, 4)))

@@ -88,7 +88,7 @@ from .. import labels as lab
 from ..model.loupe import alignment_game_labels, masked_mean_embedding, semantic_unsil_inputs, token_unsil_inputs
 from ..model.region_head import box_iou, cells_in_boxes
 from .encode import batches, encode_text_views, evaluating, image_tensor, tokenize
-from .grounding import IOU_THRESHOLD, paired_box_iou, region_proposals
+from .grounding import IOU_THRESHOLD, paired_box_iou
 
 RECALL_KS = (4, 16, 64)
 LABEL_SCORES = ("interaction", "negative_interaction", "phi")
@@ -387,17 +387,19 @@ def gold_phrase_accuracy(labels: torch.Tensor, target: torch.Tensor, phrase_mask
 
 
 # ---------------------------------------------------------------- model level
-def _image_features(model, images, *, device, batch_size, progress):
-    """(global float[N, d], patch float[N, N_I, d] on the CPU, grid, cell size)."""
-    glob, patch = [], []
+def _image_features(model, images, *, top_k: int, device, batch_size, progress):
+    """One encoding pass: (global float[N, d], patch float[N, N_I, d], the head's top_k boxes after
+    NMS float[N, top_k, 4] (``model.propose_regions``), all on the CPU; grid, cell size)."""
+    glob, patch, ranked = [], [], []
     with evaluating(model):
         for sl in batches(len(images), batch_size, progress=progress, desc="diagnostic images"):
             feats = model.encode_images(image_tensor(images[sl], device))
             glob.append(feats.global_emb.float().cpu())
             patch.append(feats.patch_emb.float().cpu())
+            ranked.append(model.propose_regions(feats, top_k).boxes.float().cpu())
     if not glob:
         raise ValueError("split must hold at least one image")
-    return torch.cat(glob), torch.cat(patch), tuple(feats.grid), float(feats.patch_size)
+    return torch.cat(glob), torch.cat(patch), torch.cat(ranked), tuple(feats.grid), float(feats.patch_size)
 
 
 def _put(out: dict, key: str, value) -> None:
@@ -544,7 +546,7 @@ def evaluate_diagnostics(model, split, tokenizer, *, device="cpu", batch_size: i
     objects, object_mask, expression_object = image_objects(split.expression_image, split.boxes, num_images)
     owner = torch.as_tensor(list(split.expression_image), dtype=torch.long)
     common = dict(device=device, batch_size=batch_size, progress=progress)
-    img_global, patch_emb, grid, cell = _image_features(model, split.images, **common)
+    img_global, patch_emb, ranked, grid, cell = _image_features(model, split.images, top_k=max(RECALL_KS), **common)
     box_emb = box_embeddings(patch_emb, objects, grid, cell)
     text = encode_text_views(model, tokenizer, expressions, desc="diagnostic expressions", **common)
     out = {"diag_truebox_cls": truebox_accuracy(box_emb[owner], object_mask[owner], text.global_emb,
@@ -553,7 +555,6 @@ def evaluate_diagnostics(model, split, tokenizer, *, device="cpu", batch_size: i
                                                    expression_object),
            "diag_truebox_chance": chance_level(object_mask[owner])}
 
-    ranked, _, _ = region_proposals(model, split.images, top_k=max(RECALL_KS), desc="diagnostic regions", **common)
     geometry = model.region_head.geometry(grid, cell, "cpu", torch.float32)
     for k, value in proposal_recall(ranked, objects, object_mask, RECALL_KS).items():
         out[f"diag_recall@{k}"] = value

@@ -283,15 +283,14 @@ class LoupeModel(nn.Module):
                 self.config.nms_iou, gb.pair_uniforms(gb.stream_seed(step, "candidates"), rows, logits.shape[1]))
         if lcfg.tsa and lcfg.token_game == "alignment":
             if lcfg.token_candidates == "selected":
-                label_index, label_masks = index, geometry.masks[index]
+                label_logits, label_masks = logits.gather(1, index), geometry.masks[index]
             else:  # every candidate: one geometry shared by the batch
-                label_index = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
-                label_masks = geometry.masks[None]
+                label_logits, label_masks = logits, geometry.masks[None]
             start = time.perf_counter()
             values, labelled = self._alignment_token_labels(img.patch_emb, phrases, batch["phrase_mask"],
                                                             label_masks)
             logs["label_time_token"] = time.perf_counter() - start
-            terms["tsa"] = tsa_loss(logits.gather(1, label_index), values, labelled)
+            terms["tsa"] = tsa_loss(label_logits, values, labelled)
         elif lcfg.tsa:
             P = gb.label_rows(rows, size, lcfg.pairs_per_step)  # this batch's pairs among the step's labelled ones
             values, labelled, unsil_term, level_logs = self._token_labels(

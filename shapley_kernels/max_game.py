@@ -22,6 +22,11 @@ Scores (``score=``):
   split of v(N) would give its |R| players. phi([R]) grows, if only a little, whenever R swallows
   more players; the excess is largest for the region that holds all the high-valued players and
   few others (docs/fine_grained_alignment.md).
+- ``"shapley_iou"``: the intersection over union of R with the game's soft player set
+  w = phi / max_i phi_i (each player's own Shapley value, phi_(k) above, scaled to a maximum of 1;
+  w = 0 where v(N) = 0): sum_{i in R} w_i / (|R| + sum_i w_i - sum_{i in R} w_i), in [0, 1].
+  phi([R]) and the excess score how much of the game R holds; the IoU scores how well R fits the
+  players that hold it, as a box fits an object: it falls as R swallows players of low value.
 """
 from __future__ import annotations
 
@@ -31,7 +36,18 @@ import torch
 
 from ._checks import check_finite, check_tensor
 
-MAX_GAME_SCORES = ("phi", "excess")
+MAX_GAME_SCORES = ("phi", "excess", "shapley_iou")
+
+
+def _player_phi(values: torch.Tensor) -> torch.Tensor:
+    """Each player's Shapley value float[G, n] in the maximum games with values float[G, n] (>= 0):
+    phi_(k) = sum_{t >= k} (y_(t) - y_(t+1)) / t for the player of rank k (module docstring)."""
+    n = values.shape[-1]
+    ordered, order = values.sort(dim=-1, descending=True, stable=True)
+    gaps = ordered - torch.cat([ordered[..., 1:], torch.zeros_like(ordered[..., :1])], dim=-1)
+    t = torch.arange(1, n + 1, device=values.device, dtype=values.dtype)
+    shares = (gaps / t).flip(-1).cumsum(dim=-1).flip(-1)                  # by rank
+    return torch.empty_like(shares).scatter_(-1, order, shares)
 
 
 def _region_phi(values: torch.Tensor, members: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -98,13 +114,20 @@ def max_game_region_values(values: torch.Tensor, regions: torch.Tensor,
     K = regions.shape[-2]
     y = values.clamp(min=0.0).expand(*batch, n)
     sizes = regions.sum(dim=-1)                                                  # [..., K], regions' own batch
-    m = int(sizes.max())
-    members = regions.to(torch.uint8).topk(m, dim=-1).indices                   # players first, then padding
-    valid = regions.gather(-1, members)
-    phi = _region_phi(y.reshape(-1, n), members.expand(*batch, K, m).reshape(-1, K, m),
-                      valid.expand(*batch, K, m).reshape(-1, K, m)).reshape(*batch, K)
-    out = {"phi": phi}
+    out = {}
+    if "phi" in names or "excess" in names:
+        m = int(sizes.max())
+        members = regions.to(torch.uint8).topk(m, dim=-1).indices               # players first, then padding
+        valid = regions.gather(-1, members)
+        out["phi"] = _region_phi(y.reshape(-1, n), members.expand(*batch, K, m).reshape(-1, K, m),
+                                 valid.expand(*batch, K, m).reshape(-1, K, m)).reshape(*batch, K)
     if "excess" in names:
         total = y.amax(dim=-1, keepdim=True)                                     # v(N)
-        out["excess"] = phi - sizes.to(y.dtype) / n * total
+        out["excess"] = out["phi"] - sizes.to(y.dtype) / n * total
+    if "shapley_iou" in names:
+        players = _player_phi(y.reshape(-1, n)).reshape(*batch, n)
+        top = players.amax(dim=-1, keepdim=True)
+        soft = players / torch.where(top > 0, top, torch.ones_like(top))       # w, 0 where v(N) = 0
+        inside = (regions.to(y.dtype) @ soft[..., None]).squeeze(-1)             # [..., K]
+        out["shapley_iou"] = inside / (sizes.to(y.dtype) + soft.sum(dim=-1, keepdim=True) - inside)
     return out[score] if isinstance(score, str) else {name: out[name] for name in names}

@@ -29,7 +29,8 @@ KEYS = {"diag_truebox_cls", "diag_truebox_phrase", "diag_truebox_chance", "diag_
         "diag_recall@64", "diag_recall_random@4", "diag_recall_random@16", "diag_recall_random@64",
         "diag_recall_oracle", "diag_label_auc", "diag_label_auc_interaction",
         "diag_label_auc_negative_interaction", "diag_label_auc_phi", "diag_label_corr", "diag_semantic_gold",
-        "diag_semantic_chance", "diag_label_auc_alignment_phi", "diag_label_auc_alignment_excess"}
+        "diag_semantic_chance", "diag_label_auc_alignment_phi", "diag_label_auc_alignment_excess",
+        "diag_label_auc_alignment_shapley_iou"}
 UNSIL_KEYS = {"diag_unsil_corr_token", "diag_unsil_corr_semantic"}
 PERCENT_KEYS = {k for k in KEYS if "auc" not in k and "corr" not in k}
 
@@ -353,3 +354,30 @@ def test_alignment_game_labels_peak_at_the_region_that_is_the_object():
     assert got["phi"][0, 2] == pytest.approx(1.0 / 3.0)          # shares the level with the 2 other cells
     excess = got["excess"][0]
     assert excess[0] == pytest.approx(1.0 - 4 / 16) and excess.argmax() == 0
+
+
+def test_alignment_shapley_iou_is_the_fit_to_the_best_phrase():
+    """Same scene: the soft set of the object phrase is the object's 4 cells (the background's
+    cosine is 0), so the IoUs are 1, 4/9 and 2/4; a second phrase whose soft set is the 12
+    background cells does not lower the object's fit (the best phrase counts, not the mean)."""
+    from loupe_core.model.loupe import alignment_game_labels
+
+    grid = 4
+    patch = torch.zeros(1, grid * grid, 2)
+    patch[..., 1] = 1.0
+    obj = [5, 6, 9, 10]
+    patch[0, obj] = torch.tensor([1.0, 0.0])
+    regions = torch.zeros(3, grid * grid, dtype=torch.bool)
+    regions[0, obj] = True
+    regions[1, [0, 1, 2, 4, 5, 6, 8, 9, 10]] = True
+    regions[2, [5, 6]] = True
+    one = alignment_game_labels(patch, torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), torch.tensor([[True, False]]),
+                                regions[None], "shapley_iou")
+    torch.testing.assert_close(one[0], torch.tensor([1.0, 4 / 9, 0.5]))
+    both = alignment_game_labels(patch, torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), torch.tensor([[True, True]]),
+                                 regions[None], "shapley_iou")
+    background = 5 / (9 + 12 - 5)                                # the 3 x 3 region holds 5 background cells
+    torch.testing.assert_close(both[0], torch.tensor([1.0, max(4 / 9, background), 0.5]))
+    none = alignment_game_labels(patch, torch.zeros(1, 2, 2), torch.tensor([[False, False]]), regions[None],
+                                 "shapley_iou")
+    assert torch.equal(none, torch.zeros(1, 3))

@@ -36,6 +36,35 @@ def test_region_phi_and_excess_match_enumeration(seed):
             assert got["excess"][b, k].item() == pytest.approx(phi - len(members) / n * v_all, abs=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_shapley_iou_matches_the_iou_with_enumerated_player_values(seed):
+    g = torch.Generator().manual_seed(20 + seed)
+    n, K = 6, 5
+    x = torch.randn(2, 3, n, generator=g, dtype=torch.float64)
+    x[0, 1, 1] = x[0, 1, 4]                                    # a tie
+    regions = random_regions(n, K, g)
+    got = max_game_region_values(x, regions[None], score="shapley_iou")
+    assert got.shape == (2, 3, K)
+    for b in range(2):
+        for q in range(3):
+            phi = brute_shapley(max_value_fn(x[b, q].tolist()), n)
+            w = [p / max(phi) for p in phi] if max(phi) > 0 else [0.0] * n
+            for k in range(K):
+                members = regions[k].nonzero().flatten().tolist()
+                inside = sum(w[i] for i in members)
+                want = inside / (len(members) + sum(w) - inside)
+                assert got[b, q, k].item() == pytest.approx(want, abs=1e-12)
+
+
+def test_shapley_iou_edges():
+    x = torch.tensor([[0.0, 0.8, 0.8, 0.0], [-1.0, -2.0, 0.0, -0.5]], dtype=torch.float64)
+    regions = torch.tensor([[False, True, True, False], [True, True, True, True], [True, False, False, False]])
+    got = max_game_region_values(x, regions, score="shapley_iou")
+    # the two tied top players are the whole soft set: the region of exactly them fits it (IoU 1)
+    assert torch.allclose(got[0], torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))
+    assert torch.equal(got[1], torch.zeros(3, dtype=torch.float64))     # v(N) = 0: no soft set, no NaN
+
+
 def test_single_players_are_the_shapley_values_and_sum_to_the_maximum():
     g = torch.Generator().manual_seed(9)
     n = 6

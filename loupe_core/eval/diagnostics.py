@@ -40,8 +40,8 @@ correlations as they are.
    the sample holds one class only, correlations when either side is constant.
 3b. The alignment-game labels (``token_game="alignment"``, exact) on every expression: the
    mean over the expression's noun phrases of each candidate's score in the phrase's maximum
-   game over the patches (``model.loupe.alignment_game_labels``). ``diag_label_auc_alignment_phi`` /
-   ``_excess``: ROC AUC of candidates that hit the referred object (IoU >= 0.5) against
+   game over the patches (``model.loupe.alignment_game_labels``; the best phrase for
+   "shapley_iou"). ``diag_label_auc_alignment_phi`` / ``_excess`` / ``_shapley_iou``: ROC AUC of candidates that hit the referred object (IoU >= 0.5) against
    candidates that touch no object. For a model trained on the alignment game,
    ``diag_label_auc`` is the AUC of its ``token_target`` here (part 3 then checks Eq. 7, and
    ``diag_label_corr`` is Eq. 7's: the alignment labels are exact).
@@ -480,7 +480,7 @@ def _alignment_label_metrics(patch_emb, text, owner, expression_object, objects,
         return {}
     image = owner[with_phrase]
     scores = alignment_game_labels(patch_emb[image].double(), text.phrases[with_phrase].double(),
-                                   text.phrase_mask[with_phrase], geometry.masks[None], ("phi", "excess"))
+                                   text.phrase_mask[with_phrase], geometry.masks[None], ("phi", "excess", "shapley_iou"))
     hits = object_hits(geometry.boxes, objects[image], object_mask[image])                 # [R, P, n]
     referred = hits[torch.arange(image.numel()), :, expression_object[with_phrase]]       # [R, P]
     inter = box_iou(geometry.boxes, objects[image].reshape(-1, 4)).reshape(-1, image.numel(), objects.shape[1])

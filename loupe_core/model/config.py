@@ -15,7 +15,7 @@ UNSIL_ARCHS = ("mlp_attention", "conv1d", "transformer")
 IMAGE_TOWERS = ("vit", "swin")
 FINE_QUERIES = ("tokens", "phrases")
 TOKEN_GAMES = ("encoder", "alignment")
-TOKEN_TARGETS = {"encoder": ("interaction", "negative_interaction", "phi"), "alignment": ("phi", "excess")}
+TOKEN_TARGETS = {"encoder": ("interaction", "negative_interaction", "phi"), "alignment": ("phi", "excess", "shapley_iou")}
 TOKEN_CANDIDATES = ("selected", "all")
 GROUND_SCORES = ("cosine", "shapley")
 REGION_HEADS = ("mlp", "conv")
@@ -188,7 +188,9 @@ class LossConfig(_DictMixin):
     ``shapley_kernels.max_game_region_values``; ``token_source`` must then be "exact").
     ``token_target``: what L_TSA's min-max labels are made of. Encoder game: "interaction"
     (Eq. 7 as published), "negative_interaction" (-Eq. 7) or "phi" (phi([R]), the region as one
-    player). Alignment game: "phi" or "excess" (phi([R]) minus the region's equal share of v(N)).
+    player). Alignment game: "phi", "excess" (phi([R]) minus the region's equal share of v(N)) or
+    "shapley_iou" (the region's IoU with the soft patch set of each phrase's per-patch Shapley
+    values, the best over the caption's phrases: how well the region fits one phrase's object).
     ``token_candidates``: "selected" (the head's top_k after NMS plus num_random random ones, for
     ``pairs_per_step`` pairs) or "all" (every candidate of every pair of the batch: dense labels).
     docs/fine_grained_alignment.md gives the measurements behind the choices.

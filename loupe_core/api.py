@@ -9,8 +9,8 @@
     boxes = model.ground(images, expressions)                 # float[B, 4] xyxy pixels
     model.save_pretrained(folder)                             # model.safetensors + config + tokenizer
 
-``Loupe`` is a ``LoupeModel`` (same parameters, checkpoints and training) with a tokenizer and
-these methods. Nothing here downloads: every weight comes from a local file.
+``Loupe`` is a ``LoupeModel`` (same parameters; training wraps it in a
+``loupe_core.objective.LoupeObjective``) with a tokenizer and these methods. Nothing here downloads: every weight comes from a local file.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from .data.tokenizer import MAX_TOKENS
 from .eval.encode import image_tensor, tokenize
 from .eval.grounding import expression_embeddings, ground_expressions
 from .model import LoupeModel, ModelConfig
+from .objective.loupe_objective import model_state_dict
 from .model.towers import (HF_TEXT_FIELDS, SwinImageTower, hf_text_config, load_hf_text_weights,
                            load_timm_vit_weights)
 from .train import checkpoint as ckpt
@@ -71,12 +72,12 @@ def get_tokenizer(source, max_length: Optional[int] = None):
 class Loupe(LoupeModel):
     """``LoupeModel`` with a tokenizer and OpenCLIP-style ``encode_image`` / ``encode_text`` / ``ground``.
 
-    ``Loupe(model_config, loss_config, tokenizer=None)``; ``tokenizer`` (a
-    ``loupe_core.data.Tokenizer``) is needed only to encode strings.
+    ``Loupe(model_config, tokenizer=None)``; ``tokenizer`` (a ``loupe_core.data.Tokenizer``) is
+    needed only to encode strings.
     """
 
-    def __init__(self, model_config=None, loss_config=None, tokenizer=None):
-        super().__init__(model_config, loss_config)
+    def __init__(self, model_config=None, tokenizer=None):
+        super().__init__(model_config)
         self.tokenizer = tokenizer
 
     def _device(self) -> torch.device:
@@ -141,46 +142,45 @@ class Loupe(LoupeModel):
         return boxes[torch.arange(x.shape[0]), scores.argmax(dim=1)].to(x.device)
 
     def save_pretrained(self, folder: str) -> str:
-        """Write ``folder``/model.safetensors, config.json (model and loss sections) and, with a
+        """Write ``folder``/model.safetensors, config.json (the model section) and, with a
         tokenizer, tokenizer.json; ``load_checkpoint(folder)`` reads them back. Returns ``folder``."""
         from safetensors.torch import save_model
 
         os.makedirs(folder, exist_ok=True)
         save_model(self, os.path.join(folder, WEIGHTS_FILE))
         with open(os.path.join(folder, CONFIG_FILE), "w") as fh:
-            json.dump({"model": self.config.to_dict(), "loss": self.loss_config.to_dict()}, fh, indent=2)
+            json.dump({"model": self.config.to_dict()}, fh, indent=2)
         if self.tokenizer is not None:
             self.tokenizer.save(os.path.join(folder, TOKENIZER_FILE))
         return folder
 
 
-def _model_sections(model):
-    """(ModelConfig fields dict, LossConfig fields dict) of a config name, JSON path, RunConfig or ModelConfig."""
+def _model_section(model) -> dict:
+    """ModelConfig fields of a config name, JSON path, RunConfig, ModelConfig or dict."""
     if isinstance(model, str):
         model = load_config(model)
     if isinstance(model, RunConfig):
-        return model.model.to_dict(), model.loss.to_dict()
+        return model.model.to_dict()
     if isinstance(model, ModelConfig):
-        return model.to_dict(), {}
+        return model.to_dict()
     if isinstance(model, dict):
-        return ModelConfig.from_dict(model).to_dict(), {}
+        return ModelConfig.from_dict(model).to_dict()
     raise ValueError(f"model must be a config name, a JSON path, a RunConfig, a ModelConfig or a dict, "
                      f"got {type(model).__name__}")
 
 
 def create_model(model: Union[str, object] = "default", pretrained: Optional[str] = None, *,
                  image_weights: Optional[str] = None, text_weights: Optional[str] = None,
-                 tokenizer=None, loss=None) -> Loupe:
+                 tokenizer=None) -> Loupe:
     """A ``Loupe`` model from a config (name of ``list_models()``, JSON path, RunConfig, ModelConfig or dict).
 
     ``pretrained``: the whole model's weights (anything ``load_checkpoint`` reads); its config
     must be the same architecture. ``image_weights``: a timm checkpoint file (ViT with a class
     token for image_tower "vit", heads from the config; Swin for "swin"). ``text_weights``: a
     Hugging Face BERT-family folder (config.json + model.safetensors); the text tower takes its
-    sizes and the folder's tokenizer. ``loss``: LossConfig fields overriding the config's.
+    sizes and the folder's tokenizer.
     """
-    model_fields, loss_fields = _model_sections(model)
-    loss_fields = {**loss_fields, **(loss or {})}
+    model_fields = _model_section(model)
     cls_id = None
     if text_weights is not None:
         hf = hf_text_config(text_weights)
@@ -189,7 +189,7 @@ def create_model(model: Union[str, object] = "default", pretrained: Optional[str
         cls_id = tokenizer._tok.token_to_id("[CLS]")
         if cls_id is None:
             raise ValueError(f"text_weights: the tokenizer in {text_weights!r} has no [CLS] token")
-    net = Loupe(model_fields, loss_fields, tokenizer)
+    net = Loupe(model_fields, tokenizer)
     if pretrained is not None:
         source = load_checkpoint(pretrained)
         try:
@@ -220,12 +220,11 @@ def load_checkpoint(path: str, device="cpu") -> Loupe:
         with open(os.path.join(folder, CONFIG_FILE)) as fh:
             cfg = json.load(fh)
         tok = os.path.join(folder, TOKENIZER_FILE)
-        net = Loupe(cfg["model"], cfg["loss"],
-                    get_tokenizer(tok, cfg["model"]["text_max_tokens"]) if os.path.isfile(tok) else None)
+        net = Loupe(cfg["model"], get_tokenizer(tok, cfg["model"]["text_max_tokens"]) if os.path.isfile(tok) else None)
         load_model(net, os.path.join(folder, WEIGHTS_FILE), strict=True)
         return net.to(device).eval()
     state = ckpt.load_checkpoint(ckpt.resolve_resume(path, None))
     cfg = RunConfig.from_dict(state["config"])
-    net = Loupe(cfg.model, cfg.loss, get_tokenizer(cfg, cfg.model.text_max_tokens))
-    net.load_state_dict(state["model"])
+    net = Loupe(cfg.model, get_tokenizer(cfg, cfg.model.text_max_tokens))
+    net.load_state_dict(model_state_dict(state["model"]))
     return net.to(device).eval()

@@ -8,7 +8,7 @@ or a value of the wrong type is a ``ValueError`` naming the key. ``save_config``
 resolved config (every field) as JSON beside the run.
 
 The ``model`` and ``loss`` sections are ``loupe_core.model.config.ModelConfig`` /
-``LossConfig``; ``data``, ``train`` and ``eval`` are defined here.
+``loupe_core.objective.config.LossConfig``; ``data``, ``train`` and ``eval`` are defined here.
 """
 from __future__ import annotations
 
@@ -142,7 +142,8 @@ def _positive(section, prefix: str, **values) -> None:
 
 
 def _model_sections():
-    from loupe_core.model.config import LossConfig, ModelConfig
+    from loupe_core.model.config import ModelConfig
+    from loupe_core.objective.config import LossConfig
 
     return ModelConfig, LossConfig
 

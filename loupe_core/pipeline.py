@@ -26,7 +26,7 @@ from loupe_core.data.csv_loader import CsvPairs, CsvStream
 from loupe_core.data.webdataset_loader import webdataset_pipeline
 from loupe_core.eval import evaluate as run_eval
 from loupe_core.eval import splits
-from loupe_core.model import LoupeModel
+from loupe_core.objective import LoupeObjective
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.distributed import DistContext, barrier, init_distributed, shutdown
 from loupe_core.train.logging import MetricLogger
@@ -125,9 +125,9 @@ def seed_everything(seed: int) -> None:
 
 
 def _evaluator(cfg: RunConfig, run_data: RunData, ctx: DistContext):
-    def evaluate(model):
-        return run_eval(model, run_data.eval_paths, run_data.tokenizer, tasks=tuple(cfg.eval.tasks),
-                        device=ctx.device, batch_size=cfg.eval.batch_size)
+    def evaluate(objective):
+        return run_eval(objective.model, run_data.eval_paths, run_data.tokenizer, tasks=tuple(cfg.eval.tasks),
+                        device=ctx.device, batch_size=cfg.eval.batch_size, objective=objective)
 
     return evaluate
 
@@ -143,10 +143,10 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
         if run_data.tokenizer.vocab_size > cfg.model.text_vocab_size:
             raise ValueError(f"model.text_vocab_size={cfg.model.text_vocab_size} is smaller than the tokenizer's "
                              f"vocabulary ({run_data.tokenizer.vocab_size})")
-        model = LoupeModel(cfg.model, cfg.loss)
+        objective = LoupeObjective(cfg.model, cfg.loss)
         evaluate = _evaluator(cfg, run_data, ctx)
         start = time.perf_counter()
-        result = train(cfg, run_dir, model, run_data.train, run_data.collate, resume=resume, ctx=ctx,
+        result = train(cfg, run_dir, objective, run_data.train, run_data.collate, resume=resume, ctx=ctx,
                        evaluate_fn=evaluate, stop_at=stop_at)
         summary = {"run_dir": run_dir, "steps": result.step, "total_steps": result.total_steps,
                    "train_seconds": time.perf_counter() - start, "checkpoint": result.checkpoint,
@@ -158,9 +158,10 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
         if ctx.is_main and cfg.eval.final and result.step == result.total_steps:
             summary["metrics"] = _final_eval(evaluate, result, run_dir)
             if cfg.eval.report:
-                summary["report"] = write_run_report(run_dir, model=result.model, tokenizer=run_data.tokenizer,
+                summary["report"] = write_run_report(run_dir, model=result.model.model, tokenizer=run_data.tokenizer,
                                                      eval_paths=run_data.eval_paths, metrics=summary["metrics"],
-                                                     history_path=result.history_path)
+                                                     history_path=result.history_path,
+                                                     token_baseline=cfg.loss.token_baseline)
         if ctx.is_main:
             with open(os.path.join(run_dir, "summary.json"), "w") as fh:
                 json.dump(summary, fh, indent=2)
@@ -215,14 +216,15 @@ def _print_summary(summary: dict, echo) -> None:
 
 
 def load_run(checkpoint: str, device):
-    """(model in eval mode on ``device``, RunConfig, run_dir, step) of a checkpoint file or run directory."""
+    """(the run's ``LoupeObjective`` in eval mode on ``device``, its model being ``.model``; RunConfig;
+    run_dir; step) of a checkpoint file or run directory."""
     path = ckpt.resolve_resume(checkpoint, None)
     state = ckpt.load_checkpoint(path)
     cfg = RunConfig.from_dict(state["config"])
-    model = LoupeModel(cfg.model, cfg.loss)
-    model.load_state_dict(state["model"])
+    objective = LoupeObjective(cfg.model, cfg.loss)
+    objective.load_state_dict(state["model"])
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    return model.to(device).eval(), cfg, run_dir, int(state["step"])
+    return objective.to(device).eval(), cfg, run_dir, int(state["step"])
 
 
 def resolve_data(cfg: RunConfig, data_arg: Optional[str], split: Optional[str]):

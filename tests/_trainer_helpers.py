@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from loupe_core.config import RunConfig
-from loupe_core.losses import LossOutput, cmc_loss
+from loupe_core.objective.losses import LossOutput, cmc_loss
 
 IMG, VOCAB, LEN, DIM = 12, 50, 6, 8
 
@@ -76,27 +76,27 @@ def pair_config(**train) -> RunConfig:
 
 
 def shapesworld_run(root: str, *overrides: str):
-    """(RunConfig, LoupeModel, RunData) of the ``tiny`` config on a tiny ShapesWorld under ``root``."""
+    """(RunConfig, LoupeObjective, RunData) of the ``tiny`` config on a tiny ShapesWorld under ``root``."""
     from loupe_core.config import load_config
-    from loupe_core.model import LoupeModel
+    from loupe_core.objective import LoupeObjective
     from loupe_core.train.distributed import DistContext
     from loupe_core.pipeline import build_data, seed_everything
 
     cfg = load_config("tiny", [f"data.root={root}", "train.device=cpu", "train.tensorboard=false", *overrides])
     seed_everything(cfg.train.seed)
     data = build_data(cfg, DistContext())
-    return cfg, LoupeModel(cfg.model, cfg.loss), data
+    return cfg, LoupeObjective(cfg.model, cfg.loss), data
 
 
 def write_tiny_checkpoint(root, step: int) -> str:
     """An untrained ``tiny`` model saved as run ``root``/run at ``step`` (data under ``root``/data): the run dir."""
     from loupe_core.config import load_config
-    from loupe_core.model import LoupeModel
+    from loupe_core.objective import LoupeObjective
     from loupe_core.train import checkpoint as ckpt
 
     cfg = load_config("tiny", [f"data.root={root / 'data'}", "data.train_size=6", "data.eval_size=4",
                                "model.text_max_tokens=24", "eval.split=heldout"])
-    model = LoupeModel(cfg.model, cfg.loss)
+    model = LoupeObjective(cfg.model, cfg.loss)
     run = root / "run"
     ckpt.save_checkpoint(ckpt.checkpoint_path(str(run), step), {"model": model.state_dict(), "config": cfg.to_dict(),
                                                                "step": step})

@@ -20,7 +20,7 @@ from loupe_core.data import Tokenizer
 from loupe_core.data.eval_splits import load_grounding_split
 from loupe_core.eval import PROTOCOL_TASKS, TASKS, check_tasks, evaluate
 from loupe_core.eval import diagnostics as D
-from loupe_core.model import LoupeModel
+from loupe_core.objective import LoupeObjective
 
 from test_eval_cli import run_dir  # noqa: F401  (module fixture: a tiny run with its checkpoint)
 from test_eval_model import world  # noqa: F401  (module fixture: a tiny generated ShapesWorld)
@@ -241,10 +241,10 @@ def test_gold_phrase_accuracy_reads_the_referred_row():
 # ---------------------------------------------------------------- model level
 @pytest.fixture(scope="module")
 def tiny(world):  # noqa: F811
-    """A tiny untrained model of the "tiny" config, UNSIL at both levels, and the heldout grounding split."""
+    """A tiny untrained objective of the "tiny" config, UNSIL at both levels, and the heldout grounding split."""
     cfg = load_config("tiny", ["model.text_max_tokens=24", "loss.semantic_source=hybrid"])
     torch.manual_seed(0)
-    model = LoupeModel(cfg.model, cfg.loss).eval()
+    model = LoupeObjective(cfg.model, cfg.loss).eval()
     tokenizer = Tokenizer.from_file(world.tokenizer, max_length=24)
     split = load_grounding_split(world.heldout.grounding, image_size=cfg.model.image_size)
     return model, tokenizer, split
@@ -276,7 +276,7 @@ def test_model_level_is_seeded_and_checks_arguments(tiny, tiny_metrics):
     skipped = D.evaluate_diagnostics(model, split, tokenizer, progress=False, num_label_images=0)
     assert skipped == {k: v for k, v in tiny_metrics.items() if ("label" not in k or "alignment" in k)
                        and "semantic" not in k and "unsil" not in k}   # part 3b is cheap: always on
-    no_unsil = LoupeModel(model.config, {"token_num_samples": 4})
+    no_unsil = LoupeObjective(model.model, {"token_num_samples": 4})
     assert not set(D.evaluate_diagnostics(no_unsil, split, tokenizer, progress=False, num_label_images=1)) & UNSIL_KEYS
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="num_label_images"):
@@ -289,8 +289,8 @@ def test_diagnostics_task_through_evaluate(tiny, tiny_metrics, world):  # noqa: 
     model, tokenizer, _ = tiny
     assert "diagnostics" in TASKS and check_tasks("all") == PROTOCOL_TASKS
     assert check_tasks(("all", "diagnostics")) == PROTOCOL_TASKS + ("diagnostics",)
-    got = evaluate(model, {"grounding": world.heldout.grounding}, tokenizer, tasks=("diagnostics",), batch_size=4,
-                   progress=False)
+    got = evaluate(model.model, {"grounding": world.heldout.grounding}, tokenizer, tasks=("diagnostics",),
+                   batch_size=4, progress=False, objective=model)
     assert got == {f"diagnostics/{k}": v for k, v in tiny_metrics.items()}
 
 
@@ -306,10 +306,10 @@ def test_eval_command_and_run_evaluator_run_the_diagnostics(run_dir, tmp_path, c
     assert KEYS <= {k.split("/", 1)[1] for k in saved["metrics"]}
     assert "diagnostics/diag_truebox_cls" in capsys.readouterr().out
     # a run whose config lists the task: the pretraining evaluator gives the same numbers
-    model, cfg, _, _ = load_run(run_dir, "cpu")
+    objective, cfg, _, _ = load_run(run_dir, "cpu")
     cfg.eval.tasks = ("diagnostics",)
     cfg.eval.split = "heldout"
-    assert _evaluator(cfg, build_data(cfg, DistContext()), DistContext())(model) == saved["metrics"]
+    assert _evaluator(cfg, build_data(cfg, DistContext()), DistContext())(objective) == saved["metrics"]
 
 
 def test_text_views_match_the_training_batches_and_the_single_encoders(tiny):
@@ -317,7 +317,8 @@ def test_text_views_match_the_training_batches_and_the_single_encoders(tiny):
     from loupe_core.data.phrases import extract_noun_phrases
     from loupe_core.eval.encode import encode_phrase_list, encode_text_list, encode_text_views
 
-    model, tokenizer, split = tiny
+    objective, tokenizer, split = tiny
+    model = objective.model
     texts = list(split.expressions[:6]) + ["a picture of nothing at all", "the red circle and the big blue star"]
     views = encode_text_views(model, tokenizer, texts, batch_size=3, progress=False)
     torch.testing.assert_close(views.global_emb, encode_text_list(model, tokenizer, texts, progress=False))
@@ -336,7 +337,7 @@ def test_alignment_game_labels_peak_at_the_region_that_is_the_object():
     """One-hot patch embeddings: the object's 4 cells carry the phrase's direction, the rest another;
     among regions of 2 x 2, 3 x 3 and a half object, the excess is largest for the object itself,
     while phi ties it with the 3 x 3 region that contains it (phi grows with swallowed players)."""
-    from loupe_core.model.loupe import alignment_game_labels
+    from loupe_core.objective.labels import alignment_game_labels
 
     grid = 4
     patch = torch.zeros(1, grid * grid, 2)
@@ -360,7 +361,7 @@ def test_alignment_shapley_iou_is_the_fit_to_the_best_phrase():
     """Same scene: the soft set of the object phrase is the object's 4 cells (the background's
     cosine is 0), so the IoUs are 1, 4/9 and 2/4; a second phrase whose soft set is the 12
     background cells does not lower the object's fit (the best phrase counts, not the mean)."""
-    from loupe_core.model.loupe import alignment_game_labels
+    from loupe_core.objective.labels import alignment_game_labels
 
     grid = 4
     patch = torch.zeros(1, grid * grid, 2)

@@ -53,7 +53,7 @@ def _loupe_run(name, accum, root, run_dir, ctx=None):
     """
     import loupe_core.train.trainer as trainer
     from loupe_core.config import load_config
-    from loupe_core.model import LoupeModel
+    from loupe_core.objective import LoupeObjective
     from loupe_core.pipeline import build_data, seed_everything
 
     cfg = load_config(name, [f"data.root={root}", "train.device=cpu", "train.tensorboard=false", "eval.final=false",
@@ -61,7 +61,7 @@ def _loupe_run(name, accum, root, run_dir, ctx=None):
                              "train.lr=1e-30"])
     seed_everything(cfg.train.seed)
     data = build_data(cfg, ctx or DistContext())
-    model = LoupeModel(cfg.model, cfg.loss)
+    model = LoupeObjective(cfg.model, cfg.loss)
     grads, build = [], trainer.build_optimizer
 
     def recording(module, tc):  # each step's gradients, as the optimiser gets them
@@ -138,7 +138,7 @@ def test_a_pairs_draws_depend_on_its_row_only():
 
 def test_token_labels_of_a_pair_do_not_depend_on_its_batch():
     """A pair's sampled token-level scores are the same alone and beside another pair with a longer caption."""
-    from loupe_core import labels as lab
+    from loupe_core.objective import labels as lab
     from loupe_core.model import LoupeModel
 
     torch.manual_seed(0)
@@ -169,17 +169,18 @@ def test_token_labels_of_a_pair_do_not_depend_on_its_batch():
 
 def test_the_probe_finds_the_parameters_a_config_leaves_out():
     from loupe_core.config import load_config
-    from loupe_core.model import LoupeModel
+    from loupe_core.objective import LoupeObjective
     from test_model import make_batch
 
     for over in ([], ["loss.tsa=false", "loss.fsa=false", "loss.unsil=false"]):  # the whole method, CMC only
         cfg = load_config("tiny", ["train.device=cpu", *over])
         torch.manual_seed(0)
-        model = LoupeModel(cfg.model, cfg.loss)
+        model = LoupeObjective(cfg.model, cfg.loss)
         buffers = [b.clone() for b in model.buffers()]
         draw = torch.get_rng_state()
         names = _unused_parameters(model, make_batch(), cfg, DistContext(), 8, 10)  # after UNSIL's warm-up
-        heads = {"region_logit_scale"} | {n for n, _ in model.named_parameters() if n.startswith("region_head.")}
+        heads = {"model.region_logit_scale"} | {n for n, _ in model.named_parameters()
+                                                if n.startswith("model.region_head.")}
         assert set(names) == (heads if over else set()), names
         assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))  # UNSIL's statistics untouched
         assert torch.equal(torch.get_rng_state(), draw)

@@ -26,13 +26,13 @@ def test_eval_command_prints_table_and_writes_metrics(run_dir, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert format_table(saved["metrics"]) in printed
     # the same numbers as evaluate() on the reloaded model and the run's own data
-    model, cfg, _, _ = load_run(run_dir, "cpu")
+    objective, cfg, _, _ = load_run(run_dir, "cpu")
     tokenizer, files = resolve_data(cfg, None, "heldout")
-    assert saved["metrics"] == evaluate(model, files, tokenizer, tasks=("retrieval", "grounding"), batch_size=5)
+    assert saved["metrics"] == evaluate(objective.model, files, tokenizer, tasks=("retrieval", "grounding"), batch_size=5)
 
 
 def test_eval_command_data_json_and_errors(run_dir, tmp_path, capsys):
-    model, cfg, _, _ = load_run(run_dir, "cpu")
+    _, cfg, _, _ = load_run(run_dir, "cpu")
     _, files = resolve_data(cfg, None, "heldout")
     spec = tmp_path / "files.json"
     spec.write_text(json.dumps({"retrieval": os.path.relpath(files["retrieval"], tmp_path)}))

@@ -16,6 +16,7 @@ from loupe_core.data.eval_splits import load_grounding_split
 from loupe_core.eval import PROTOCOL_TASKS, check_tasks, evaluate
 from loupe_core.eval.encode import tokenize
 from loupe_core.model import LoupeModel
+from loupe_core.objective import LoupeObjective
 from loupe_core.viz import write_run_report
 
 from test_eval_metrics import reference_recalls
@@ -38,8 +39,7 @@ def model(tokenizer):
     torch.manual_seed(0)
     return LoupeModel({"image_size": 32, "patch_size": 8, "image_dim": 16, "image_depth": 1, "image_heads": 2,
                        "text_vocab_size": tokenizer.vocab_size, "text_dim": 16, "text_depth": 1, "text_heads": 2,
-                       "text_max_tokens": 24, "embed_dim": 16, "top_k": 3, "num_random": 1},
-                      {"token_num_samples": 4}).eval()
+                       "text_max_tokens": 24, "embed_dim": 16, "top_k": 3, "num_random": 1}).eval()
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_retrieval_matches_embed_only_forward(model, world, tokenizer, metrics):
     data = ShapesWorldDataset(world, "heldout", tokenizer)
     batch = collate_batch([data[i] for i in range(len(data))])
     with torch.no_grad():
-        img, txt = model(batch, embed_only=True)
+        img, txt = LoupeObjective(model)(batch, embed_only=True)
     per = data.captions_per_image
     sim = (img[::per] @ txt.T).tolist()
     want = reference_recalls(sim, [i // per for i in range(len(data))])

@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from loupe_core.losses import fine_contrastive_loss, late_interaction_similarity
+from loupe_core.objective.losses import fine_contrastive_loss, late_interaction_similarity
 
 
 def _reference_similarity(q, qmask, p):
@@ -49,12 +49,12 @@ def test_fine_contrastive_loss_is_the_symmetric_cross_entropy_of_the_kept_captio
 
 
 def test_fine_contrast_term_trains_patch_embeddings():
-    from loupe_core.model import LoupeModel
+    from loupe_core.objective import LoupeObjective
 
     from test_model import TINY, make_batch  # noqa: E402  (the model tests' tiny config and batch)
 
-    model = LoupeModel(TINY, dict(cmc=True, fine_contrast=0.5, fine_queries="phrases"))
-    out = model(make_batch())
+    objective = LoupeObjective(TINY, dict(cmc=True, fine_contrast=0.5, fine_queries="phrases"))
+    out = objective(make_batch())
     assert "fine" in out.terms and torch.isfinite(out.total)
     out.total.backward()
-    assert model.image_tower.parameters().__next__().grad is not None
+    assert objective.model.image_tower.parameters().__next__().grad is not None

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from loupe_core import labels as lab
-from loupe_core.losses import unsil_loss
+from loupe_core.objective import labels as lab
+from loupe_core.objective.losses import unsil_loss
 from loupe_core.model import LoupeModel
-from loupe_core.unsil import Unsil, UnsilInputs
+from loupe_core.objective.unsil import Unsil, UnsilInputs
 
 
 def v2_reference(A, regions, phrases):

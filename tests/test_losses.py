@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from loupe_core.losses import ContrastiveBank, cmc_loss, fsa_loss, tsa_loss, unsil_loss
+from loupe_core.objective.losses import ContrastiveBank, cmc_loss, fsa_loss, tsa_loss, unsil_loss
 
 
 def _unit(x):

@@ -1,12 +1,12 @@
-"""LoupeModel: configs, region head geometry, every loss combination trains, edge cases."""
+"""LoupeModel: configs, region head geometry, proposals, the Swin wrapper (the losses: test_objective.py)."""
 import itertools
 import sys
 
 import pytest
 import torch
 
-from loupe_core.losses import cmc_loss
-from loupe_core.model import ContrastiveBank, LossConfig, LoupeModel, ModelConfig
+from loupe_core.model import LoupeModel, ModelConfig
+from loupe_core.objective import LossConfig, LoupeObjective
 from loupe_core.model.region_head import anchor_boxes, box_iou, cells_in_boxes, greedy_nms
 
 TINY = dict(image_size=32, patch_size=8, image_dim=32, image_depth=1, image_heads=2, text_vocab_size=64,
@@ -146,159 +146,9 @@ def test_propose_regions_consistent_with_contract():
     want = torch.nn.functional.normalize(
         (batch["phrase_tokens"][1, 0].float() @ txt.token_emb[1]) / batch["phrase_tokens"][1, 0].sum(), dim=0)
     torch.testing.assert_close(phrases[1, 0], want)
-    img, tx = model(batch, embed_only=True)
+    img, tx = LoupeObjective(model)(batch, embed_only=True)
     torch.testing.assert_close(img, feats.global_emb)
     torch.testing.assert_close(tx, txt.global_emb)
-
-
-# ------------------------------------------------------------------------------ training
-COMBOS = {
-    "cmc": dict(),
-    "cmc+tsa": dict(tsa=True),
-    "cmc+tsa+fsa(sampling)": dict(tsa=True, fsa=True, semantic_source="sampling"),
-    "cmc+tsa+fsa+unsil(hybrid)": dict(tsa=True, fsa=True, unsil=True, token_source="hybrid",
-                                      semantic_source="hybrid", warmup_fraction=0.3),
-    "cmc+tsa+fsa(exact)": dict(tsa=True, fsa=True, semantic_source="exact"),
-}
-
-
-@pytest.mark.parametrize("name", sorted(COMBOS))
-def test_every_loss_combination_trains(name):
-    torch.manual_seed(0)
-    model = LoupeModel(TINY, dict(FAST, **COMBOS[name]))
-    batch = make_batch()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    losses, steps = [], 20
-    for step in range(steps):
-        out = model(batch, step=step, total_steps=steps)
-        assert set(out.terms) == {k for k in ("cmc", "tsa", "fsa", "unsil") if k in name}
-        assert all(torch.isfinite(t) for t in out.terms.values())
-        opt.zero_grad()
-        out.total.backward()
-        opt.step()
-        losses.append(out.total.item() - out.terms.get("unsil", torch.zeros(())).item())
-    assert sum(losses[-3:]) < sum(losses[:3]), losses  # L_UNSIL (noisy targets) is checked in test_unsil
-    if "unsil" in name:
-        assert {"unsil_share_token", "unsil_share_semantic", "unsil_probe_error_token",
-                "label_time_token", "label_time_semantic"} <= set(out.logs)
-
-
-def test_bank_loss_equals_plain_full_batch_loss():
-    torch.manual_seed(0)
-    model = LoupeModel(TINY)
-    batch = make_batch()
-    with torch.no_grad():
-        img, txt = model(batch, embed_only=True)
-    plain = model(batch).total
-    banked = model(batch, bank=ContrastiveBank(img, txt, 0)).total
-    assert banked.item() == pytest.approx(plain.item(), rel=1e-6)
-    half = {k: v[:2] for k, v in batch.items()}
-    part = model(half, bank=ContrastiveBank(img, txt, 0)).total
-    assert part.item() == pytest.approx(cmc_loss(img, txt, model.logit_scale.exp()).item(), rel=1e-5)
-
-
-def test_bad_batch_without_phrases_and_flat_images_is_finite():
-    torch.manual_seed(0)
-    model = LoupeModel(TINY, dict(FAST, tsa=True, fsa=True))
-    batch = make_batch()
-    batch["phrase_mask"][:] = False
-    batch["phrase_tokens"][:] = False
-    batch["images"] = torch.full_like(batch["images"], 0.7)
-    out = model(batch)
-    out.total.backward()
-    assert torch.isfinite(out.total) and out.terms["fsa"].item() == 0.0
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-def test_single_candidate_gives_zero_tsa_not_nan():
-    torch.manual_seed(0)
-    model = LoupeModel(dict(TINY, top_k=1, num_random=0), dict(FAST, tsa=True, fsa=True))
-    out = model(make_batch())
-    out.total.backward()
-    assert out.terms["tsa"].item() == 0.0 and torch.isfinite(out.total)
-
-
-@pytest.mark.parametrize("source", ["sampling", "hybrid"])
-def test_one_patch_candidates_carry_no_tsa_label(monkeypatch, source):
-    """Eq. 7 gives a one-patch region I = 0 whatever the model does: no label, left out of L_TSA."""
-    import loupe_core.model.loupe as loupe_module
-
-    torch.manual_seed(0)
-    model = LoupeModel(TINY, dict(FAST, tsa=True, token_source=source, unsil=source == "hybrid"))
-    B, A = 4, len(TINY["anchors"])  # grid 4 x 4; candidate = cell * A + anchor; anchors 1x1, 2x2, 3x2
-    chosen = torch.tensor([0 * A + 0, 5 * A + 1, 5 * A + 0, 6 * A + 2, 0 * A + 1])
-    monkeypatch.setattr(model.region_head, "select", lambda logits, *a, **k: chosen.expand(logits.shape[0], -1))
-    seen = {}
-    real_tsa = loupe_module.tsa_loss
-    monkeypatch.setattr(loupe_module, "tsa_loss", lambda c, i, v: seen.update(values=i, valid=v) or real_tsa(c, i, v))
-    out = model(make_batch(B), step=0, total_steps=10)
-    cells = model.region_head.geometry((4, 4), 8.0, "cpu", torch.float32).masks[chosen].sum(dim=1)
-    assert cells.tolist() == [1, 4, 1, 6, 1]  # the 2x2 box of the corner cell 0 is clipped to one cell
-    want = (cells >= 2).expand(B, -1)
-    P = FAST["pairs_per_step"]
-    assert torch.equal(seen["valid"], want[:P]) and (seen["values"][~seen["valid"]] == 0).all()
-    assert torch.isfinite(out.terms["tsa"])
-
-
-def test_diagnostics_off_skips_the_probe_and_changes_nothing_else():
-    losses = {}
-    for diagnostics in (True, False):
-        torch.manual_seed(0)
-        model = LoupeModel(TINY, dict(FAST, tsa=True, fsa=True, unsil=True, token_source="hybrid",
-                                      semantic_source="hybrid"))
-        out = model(make_batch(), step=5, total_steps=10, diagnostics=diagnostics)
-        assert ("unsil_probe_error_token" in out.logs) == diagnostics
-        assert ("unsil_probe_error_semantic" in out.logs) == diagnostics
-        losses[diagnostics] = {k: v.item() for k, v in out.terms.items()}
-        losses[diagnostics]["next_draw"] = torch.rand(()).item()  # the global RNG is left alone too
-    assert losses[True] == losses[False]
-
-
-def test_float64_forward():
-    torch.manual_seed(0)
-    model = LoupeModel(TINY, dict(FAST, tsa=True, fsa=True)).double()
-    out = model(make_batch(dtype=torch.float64))
-    assert out.total.dtype == torch.float64 and torch.isfinite(out.total)
-    out.total.backward()
-
-
-def test_bf16_autocast_forward_feeds_the_engines_float32():
-    torch.manual_seed(0)
-    model = LoupeModel(TINY, dict(FAST, tsa=True, fsa=True, unsil=True, token_source="hybrid"))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(make_batch(), step=5, total_steps=10)
-    out.total.backward()
-    assert all(torch.isfinite(t.float()) for t in out.terms.values())
-
-
-def test_hybrid_decisions_follow_sigma_and_warmup():
-    torch.manual_seed(0)
-    model = LoupeModel(TINY, dict(FAST, tsa=True, unsil=True, token_source="hybrid", probe_size=0,
-                                  unsil_gate=0.0))  # the published hybrid: no gate
-    batch = make_batch()
-    head = model.unsil["token"].net.sigma_head[-1]
-    share = lambda step: model(batch, step=step, total_steps=10).logs["unsil_share_token"]  # noqa: E731
-    assert share(0) == 0.0  # warm-up: every target sampled
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.fill_(-50.0)  # sigma -> 0: always UNSIL
-    assert share(5) == 1.0
-    with torch.no_grad():
-        head.bias.fill_(50.0)  # sigma -> 1: always sampled
-    assert share(5) == 0.0
-
-
-def test_bad_inputs_name_the_problem():
-    model = LoupeModel(TINY, dict(fsa=True))
-    batch = make_batch()
-    with pytest.raises(ValueError, match="phrase_mask"):
-        model({k: v for k, v in batch.items() if k != "phrase_mask"})
-    with pytest.raises(ValueError, match="images"):
-        model(dict(batch, images=torch.zeros(4, 3, 16, 16)))
-    with pytest.raises(ValueError, match="text_mask"):
-        model(dict(batch, text_mask=batch["text_mask"].long()))
-    with pytest.raises(ValueError, match="top_k"):
-        model.propose_regions(model.encode_images(batch["images"]), 0)
 
 
 # ------------------------------------------------------------------------------ Swin wrapper
@@ -335,11 +185,11 @@ def test_swin_wrapper_grids_zero_baseline_and_no_drop(monkeypatch):
     fake.create_model = lambda name, **kw: _TinySwinLike()
     monkeypatch.setitem(sys.modules, "timm", fake)
     torch.manual_seed(0)
-    model = LoupeModel(dict(TINY, image_tower="swin"), dict(FAST, tsa=True, fsa=True))
-    tower = model.image_tower
+    objective = LoupeObjective(dict(TINY, image_tower="swin"), dict(FAST, tsa=True, fsa=True))
+    tower = objective.model.image_tower
     assert (tower.token_grid, tower.token_cell, tower.final_grid, tower.final_cell) == ((8, 8), 4.0, (4, 4), 8.0)
     assert tower.supports_drop is False
-    out = model(make_batch())
+    out = objective(make_batch())
     out.total.backward()
     assert torch.isfinite(out.total) and set(out.terms) == {"cmc", "tsa", "fsa"}
     tokens = tower.embed_tokens(torch.randn(2, 3, 32, 32))
@@ -348,4 +198,4 @@ def test_swin_wrapper_grids_zero_baseline_and_no_drop(monkeypatch):
     with pytest.raises(ValueError, match="drop"):
         tower(tokens, keep)
     with pytest.raises(ValueError, match="drop"):
-        LoupeModel(dict(TINY, image_tower="swin"), dict(tsa=True, token_baseline="drop"))
+        LoupeObjective(dict(TINY, image_tower="swin"), dict(tsa=True, token_baseline="drop"))

@@ -3,7 +3,7 @@ weights from a local timm checkpoint file."""
 import pytest
 import torch
 
-from loupe_core.model import LoupeModel
+from loupe_core.objective import LoupeObjective
 from loupe_core.model.towers import import_timm
 
 try:
@@ -18,13 +18,13 @@ SWIN = dict(image_tower="swin", swin_name="swin_tiny_patch4_window7_224", image_
 FAST = dict(token_num_samples=4, pairs_per_step=1, probe_size=0)
 
 
-def _model(**loss):
+def _objective(**loss):
     torch.manual_seed(0)
-    return LoupeModel(SWIN, dict(FAST, **loss)).eval()
+    return LoupeObjective(SWIN, dict(FAST, **loss)).eval()
 
 
 def test_swin_tower_runs_timm_forward_features():
-    model = _model()
+    model = _objective().model
     tower = model.image_tower
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -38,19 +38,20 @@ def test_swin_tower_runs_timm_forward_features():
 
 
 def test_swin_zero_baseline_trains_one_step():
-    model = _model(tsa=True, token_baseline="zero").train()
+    objective = _objective(tsa=True, token_baseline="zero").train()
     batch = {"images": torch.randn(2, 3, 32, 32), "input_ids": torch.randint(1, 64, (2, 5)),
              "text_mask": torch.ones(2, 5, dtype=torch.bool)}
-    out = model(batch, step=5, total_steps=10)
+    out = objective(batch, step=5, total_steps=10)
     assert set(out.terms) == {"cmc", "tsa"} and torch.isfinite(out.total)
     out.total.backward()
-    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.image_tower.swin.parameters())
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0)
+               for p in objective.model.image_tower.swin.parameters())
 
 
 def test_swin_drop_is_an_error():
     with pytest.raises(ValueError, match="drop"):
-        LoupeModel(SWIN, dict(FAST, tsa=True, token_baseline="drop"))
-    tower = _model().image_tower
+        LoupeObjective(SWIN, dict(FAST, tsa=True, token_baseline="drop"))
+    tower = _objective().model.image_tower
     tokens = tower.embed_tokens(torch.randn(1, 3, 32, 32))
     keep = torch.ones(tokens.shape[:2], dtype=torch.bool)
     keep[0, 3] = False
@@ -69,7 +70,7 @@ def test_swin_loads_a_local_timm_checkpoint(tmp_path, suffix):
         save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
     else:
         torch.save({"state_dict": source.state_dict()}, path)
-    tower = _model().image_tower
+    tower = _objective().model.image_tower
     tower.load_timm_weights(path)
     got = tower.swin.state_dict()
     for key, value in source.state_dict().items():

@@ -11,8 +11,8 @@ from loupe_core.config import load_config
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.distributed import DistContext
 from loupe_core.train.trainer import TrainingDiverged, _StepRunner, train
-from loupe_core.losses import ContrastiveBank
-from loupe_core.model import LoupeModel
+from loupe_core.objective.losses import ContrastiveBank
+from loupe_core.objective import LoupeObjective
 
 
 def _fresh(seed=0, **kw):
@@ -187,7 +187,7 @@ def test_loupe_model_accumulation_matches_the_full_batch_on_cmc(tmp_path):
     def step(dtype, accum):
         cfg.train.accum_steps = accum
         torch.manual_seed(0)
-        model = LoupeModel(cfg.model, cfg.loss).to(dtype)
+        model = LoupeObjective(cfg.model, cfg.loss).to(dtype)
         micros = [{k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
                    for k, v in data.collate(part).items()} for part in splits[accum]]
         means, _ = _StepRunner(cfg, model, model, DistContext(), ContrastiveBank).run(micros, step=0, total=1)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from loupe_core.losses import unsil_loss
-from loupe_core.unsil import ARCHITECTURES, Unsil, UnsilInputs
+from loupe_core.objective.losses import unsil_loss
+from loupe_core.objective.unsil import ARCHITECTURES, Unsil, UnsilInputs
 
 
 def _inputs(T=5, Na=6, Nb=4, D=8, Dq=8, seed=0, dtype=torch.float32):
@@ -86,7 +86,7 @@ def test_unsil_loss_trains_the_network(arch):
 def test_tracked_correlation_is_pearson_with_decayed_history():
     import numpy as np
 
-    from loupe_core.unsil import TRACK_DECAY
+    from loupe_core.objective.unsil import TRACK_DECAY
 
     net = Unsil("mlp_attention", 8, 8, 16, 16)
     assert net.correlation() == 0.0

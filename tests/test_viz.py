@@ -43,8 +43,7 @@ def model(tokenizer):
     torch.manual_seed(0)
     m = LoupeModel({"image_size": 16, "patch_size": 4, "image_dim": 16, "image_depth": 1, "image_heads": 2,
                     "text_vocab_size": tokenizer.vocab_size, "text_dim": 16, "text_depth": 1, "text_heads": 2,
-                    "text_max_tokens": 16, "embed_dim": 16, "top_k": 3, "num_random": 1},
-                   {"token_num_samples": 4})
+                    "text_max_tokens": 16, "embed_dim": 16, "top_k": 3, "num_random": 1})
     return m.eval()
 
 

@@ -56,10 +56,10 @@ def run_eval_command(args) -> int:
     try:
         tasks = check_tasks(args.task)
         device = resolve_device(args.device)
-        model, cfg, run_dir, step = load_run(args.checkpoint, device)
+        objective, cfg, run_dir, step = load_run(args.checkpoint, device)
         tokenizer, files = resolve_data(cfg, args.data, args.split)
-        metrics = evaluate(model, files, tokenizer, tasks=tasks, device=device,
-                           batch_size=args.batch_size or cfg.eval.batch_size)
+        metrics = evaluate(objective.model, files, tokenizer, tasks=tasks, device=device,
+                           batch_size=args.batch_size or cfg.eval.batch_size, objective=objective)
     except ValueError as exc:
         print(f"loupe eval: error: {exc}", file=sys.stderr)
         return 2
@@ -72,7 +72,8 @@ def run_eval_command(args) -> int:
     print(f"metrics: {os.path.join(out, 'metrics.json')}")
     if not args.no_pictures:
         history = os.path.join(run_dir, "metrics.jsonl")
-        index = write_run_report(out, model=model, tokenizer=tokenizer, eval_paths=files, metrics=metrics,
-                                 history_path=history if os.path.isfile(history) else None)
+        index = write_run_report(out, model=objective.model, tokenizer=tokenizer, eval_paths=files, metrics=metrics,
+                                 history_path=history if os.path.isfile(history) else None,
+                                 token_baseline=cfg.loss.token_baseline)
         print(f"pictures: {index}")
     return 0

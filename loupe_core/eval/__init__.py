@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from ..objective import LoupeObjective
 from . import splits
 from .classification import evaluate_classification
 from .detection import evaluate_detection
@@ -39,14 +40,16 @@ def check_tasks(tasks) -> tuple[str, ...]:
 
 
 def evaluate(model, eval_paths, tokenizer, tasks: Sequence[str] = ("retrieval", "grounding"), device="cpu",
-             batch_size: int = 64, progress: Optional[bool] = None) -> dict[str, float]:
+             batch_size: int = 64, progress: Optional[bool] = None, objective=None) -> dict[str, float]:
     """Run ``tasks`` on the evaluation files; returns {"<task>/<metric>": value (percent; the
     diagnostics' AUCs and correlations as they are)}.
 
     model: a ``LoupeModel`` already on ``device``; eval_paths: ``ShapesWorldPaths``,
     ``SplitFiles`` or {task: JSON path} (see ``loupe_core.eval.splits``); tokenizer:
     ``loupe_core.data.Tokenizer``. Regions: the model's ``config.top_k`` per image. The
-    diagnostics run on the grounding file (``evaluate_diagnostics``, its default sample).
+    diagnostics run on the grounding file (``evaluate_diagnostics``, its default sample) with
+    ``objective``, the ``LoupeObjective`` the model was trained with (None: the default loss
+    configuration, no UNSIL).
     """
     tasks = check_tasks(tasks)
     files = splits.eval_files(eval_paths)
@@ -76,7 +79,7 @@ def evaluate(model, eval_paths, tokenizer, tasks: Sequence[str] = ("retrieval", 
             add(task, evaluate_grounding(model, splits.load(task, splits.require(files, task), size), tokenizer,
                                          top_k=top_k, **common))
         elif task == "diagnostics":
-            add(task, evaluate_diagnostics(model, splits.load("grounding", splits.require(files, "grounding"), size),
+            add(task, evaluate_diagnostics(objective or LoupeObjective(model), splits.load("grounding", splits.require(files, "grounding"), size),
                                            tokenizer, **common))
         else:
             train = splits.load("classification", splits.require(files, "linear_probe_train"), size)

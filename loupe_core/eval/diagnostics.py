@@ -40,17 +40,17 @@ correlations as they are.
    the sample holds one class only, correlations when either side is constant.
 3b. The alignment-game labels (``token_game="alignment"``, exact) on every expression: the
    mean over the expression's noun phrases of each candidate's score in the phrase's maximum
-   game over the patches (``model.loupe.alignment_game_labels``; the best phrase for
+   game over the patches (``objective.labels.alignment_game_labels``; the best phrase for
    "shapley_iou"). ``diag_label_auc_alignment_phi`` / ``_excess`` / ``_shapley_iou``: ROC AUC of candidates that hit the referred object (IoU >= 0.5) against
    candidates that touch no object. For a model trained on the alignment game,
    ``diag_label_auc`` is the AUC of its ``token_target`` here (part 3 then checks Eq. 7, and
    ``diag_label_corr`` is Eq. 7's: the alignment labels are exact).
-4. UNSIL, for the levels the model has (``model.unsil``): Pearson correlation of UNSIL's label
+4. UNSIL, for the levels the objective has (``objective.unsil``): Pearson correlation of UNSIL's label
    (its estimate x its running scale, the value ``labels.hybrid_labels`` uses) with the best
    target at hand on the same inputs. ``diag_unsil_corr_token``: against part 3's 4x-samples
-   estimate, on part 3's candidates (UNSIL inputs as in training, ``model.loupe.token_unsil_inputs``);
+   estimate, on part 3's candidates (UNSIL inputs as in training, ``objective.loupe_objective.token_unsil_inputs``);
    ``diag_unsil_corr_semantic``: against part 5's exact labels, on every (object, phrase) pair of
-   part 5's expressions (``model.loupe.semantic_unsil_inputs``, the objects as the regions).
+   part 5's expressions (``objective.loupe_objective.semantic_unsil_inputs``, the objects as the regions).
 5. Semantic labels (Eq. 10) with perfect regions, on the expressions of the sampled images that
    hold at least two noun phrases (ShapesWorld's relational expressions, "the red circle above
    the blue star"; with one phrase the metric is trivially right). This keeps each expression's
@@ -84,8 +84,9 @@ import torch.nn.functional as F
 
 from shapley_kernels._checks import check_finite, check_tensor
 
-from .. import labels as lab
-from ..model.loupe import alignment_game_labels, masked_mean_embedding, semantic_unsil_inputs, token_unsil_inputs
+from ..objective import labels as lab
+from ..model.loupe import masked_mean_embedding
+from ..objective.loupe_objective import semantic_unsil_inputs, token_unsil_inputs
 from ..model.region_head import box_iou, cells_in_boxes
 from .encode import batches, encode_text_views, evaluating, image_tensor, tokenize
 from .grounding import IOU_THRESHOLD, paired_box_iou
@@ -415,14 +416,14 @@ def _on(inputs, module: torch.nn.Module):
                               for t in inputs)
 
 
-def _token_label_metrics(model, tokenizer, images, texts, object_boxes, object_mask, geometry, *, device,
+def _token_label_metrics(objective, tokenizer, images, texts, object_boxes, object_mask, geometry, *, device,
                          seed: int, generator: torch.Generator) -> dict:
     """Parts 3 and 4 (token level): images uint8 [B, S, S, 3] with one text each, object_boxes
     float[B, n, 4] / object_mask bool[B, n] their objects, geometry the head's candidates (CPU)."""
-    lcfg = model.loss_config
+    model, lcfg = objective.model, objective.loss_config
     # the encoder game's own target; an alignment-game model is checked on Eq. 7 here (part 3b: its own)
     encoder_target = lcfg.token_target if lcfg.token_game == "encoder" else "interaction"
-    region_cells = model._token_masks(geometry.boxes, geometry.masks).sum(dim=1)
+    region_cells = model.token_masks(geometry.boxes, geometry.masks).sum(dim=1)
     chosen = [label_candidates(geometry.boxes, region_cells, object_boxes[b][object_mask[b]], generator=generator)
               for b in range(len(texts))]
     keep = [b for b, (index, _) in enumerate(chosen) if index.numel()]
@@ -441,20 +442,20 @@ def _token_label_metrics(model, tokenizer, images, texts, object_boxes, object_m
     towers = (model.image_tower, model.text_tower)
     common = dict(method="sampling", baseline=lcfg.token_baseline)
     with evaluating(model):
-        image_tokens, img = model._encode_image_tokens(image_tensor(images[keep], device))
+        image_tokens, img = model.encode_image_tokens(image_tensor(images[keep], device))
         ids, text_mask = tokenize(tokenizer, [texts[b] for b in keep], model.config.text_max_tokens)
         ids, text_mask = ids.to(device), text_mask.to(device)
-        text_tokens, txt = model._encode_text_tokens(ids, text_mask)
+        text_tokens, txt = model.encode_text_tokens(ids, text_mask)
         final_masks = geometry.masks[index].to(device)
-        token_masks = model._token_masks(geometry.boxes[index].to(device), final_masks)
+        token_masks = model.token_masks(geometry.boxes[index].to(device), final_masks)
         scores = lab.token_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,
                                         num_samples=lcfg.token_num_samples, seed=seed, score=LABEL_SCORES, **common)
         reference = lab.token_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,
                                            num_samples=REFERENCE_FACTOR * lcfg.token_num_samples,
                                            seed=seed + lab.SAMPLE_SEED_STRIDE, score=encoder_target, **common)
         unsil_label = None
-        if "token" in model.unsil:
-            unsil = model.unsil["token"]
+        if "token" in objective.unsil:
+            unsil = objective.unsil["token"]
             inputs = token_unsil_inputs(img.patch_emb, txt.token_emb, text_mask, pair.to(device),
                                         final_masks[pair.to(device), region.to(device)])
             estimate, _ = unsil(inputs)
@@ -479,7 +480,7 @@ def _alignment_label_metrics(patch_emb, text, owner, expression_object, objects,
     if with_phrase.numel() == 0:
         return {}
     image = owner[with_phrase]
-    scores = alignment_game_labels(patch_emb[image].double(), text.phrases[with_phrase].double(),
+    scores = lab.alignment_game_labels(patch_emb[image].double(), text.phrases[with_phrase].double(),
                                    text.phrase_mask[with_phrase], geometry.masks[None], ("phi", "excess", "shapley_iou"))
     hits = object_hits(geometry.boxes, objects[image], object_mask[image])                 # [R, P, n]
     referred = hits[torch.arange(image.numel()), :, expression_object[with_phrase]]       # [R, P]
@@ -492,7 +493,7 @@ def _alignment_label_metrics(patch_emb, text, owner, expression_object, objects,
     return out
 
 
-def _semantic_label_metrics(model, text, rows, owner, expression_object, img_global, box_emb, object_mask, *,
+def _semantic_label_metrics(objective, text, rows, owner, expression_object, img_global, box_emb, object_mask, *,
                             seed: int) -> dict:
     """Parts 5 and 4 (semantic level) on the expressions ``rows`` (their image ``owner[rows]``);
     text: the expressions' ``encode.TextViews``."""
@@ -505,16 +506,16 @@ def _semantic_label_metrics(model, text, rows, owner, expression_object, img_glo
     phrase_emb, phrase_mask = text.phrases[rows], text.phrase_mask[rows]
     image = owner[rows]
     region_emb, region_mask = box_emb[image], object_mask[image]
+    model, lcfg = objective.model, objective.loss_config
     A = float(model.alignment_scale()) * region_emb @ phrase_emb.transpose(1, 2)
-    lcfg = model.loss_config
     within = int(region_mask.sum(1).max()) <= EXACT_LIMIT and int(phrase_mask.sum(1).max()) <= EXACT_LIMIT
     labels = lab.semantic_interactions(A.double(), region_mask, phrase_mask,
                                        method="exact" if within else "sampling",
                                        num_samples=lcfg.semantic_num_samples, seed=seed)
     out = {"diag_semantic_gold": gold_phrase_accuracy(labels, expression_object[rows], phrase_mask),
            "diag_semantic_chance": chance_level(phrase_mask)}
-    if "semantic" in model.unsil:
-        unsil = model.unsil["semantic"]
+    if "semantic" in objective.unsil:
+        unsil = objective.unsil["semantic"]
         targets = (region_mask[:, :, None] & phrase_mask[:, None, :]).nonzero()
         inputs = semantic_unsil_inputs(img_global[image], text.global_emb[rows], region_emb, phrase_emb,
                                        region_mask, phrase_mask, targets)
@@ -525,18 +526,21 @@ def _semantic_label_metrics(model, text, rows, owner, expression_object, img_glo
     return out
 
 
-def evaluate_diagnostics(model, split, tokenizer, *, device="cpu", batch_size: int = 64,
+def evaluate_diagnostics(objective, split, tokenizer, *, device="cpu", batch_size: int = 64,
                          progress: Optional[bool] = None, num_label_images: int = NUM_LABEL_IMAGES,
                          seed: int = 0) -> dict:
     """The alignment diagnostics of the module docstring on a grounding split: {"diag_...": value}.
 
-    model: a ``LoupeModel`` on ``device``; split: ``GroundingSplit`` (images uint8
+    objective: a ``loupe_core.objective.LoupeObjective`` on ``device``: its ``model`` is
+    diagnosed, its ``loss_config`` (label game, target, samples) and UNSIL networks say which
+    labels and estimators are checked; split: ``GroundingSplit`` (images uint8
     ``[N, S, S, 3]``, ``expressions``, ``expression_image``, ``boxes`` float[R, 4] xyxy
     model-input pixels); tokenizer: the run's ``loupe_core.data.Tokenizer``.
     ``num_label_images``: images drawn (seeded by ``seed``) for parts 3-5, 0 to skip them (their
     cost is the token-level sampling: about 5 x ``token_num_samples`` x 8 regions x (cells + 2)
     tower evaluations per image); ``seed`` also seeds the background draws and the label samples.
     """
+    model = objective.model
     _check_int("num_label_images", num_label_images, 0)
     _check_int("seed", seed, 0)
     expressions = list(split.expressions)
@@ -563,8 +567,8 @@ def evaluate_diagnostics(model, split, tokenizer, *, device="cpu", batch_size: i
     out["diag_recall_oracle"] = oracle_recall(geometry.boxes, objects, object_mask)
     aligned = _alignment_label_metrics(patch_emb, text, owner, expression_object, objects, object_mask, geometry)
     out.update(aligned)
-    if model.loss_config.token_game == "alignment":
-        _put(out, "diag_label_auc", aligned.get(f"diag_label_auc_alignment_{model.loss_config.token_target}"))
+    if objective.loss_config.token_game == "alignment":
+        _put(out, "diag_label_auc", aligned.get(f"diag_label_auc_alignment_{objective.loss_config.token_target}"))
 
     if num_label_images:
         generator = torch.Generator().manual_seed(seed)
@@ -573,11 +577,11 @@ def evaluate_diagnostics(model, split, tokenizer, *, device="cpu", batch_size: i
             first.setdefault(i, r)
         candidates = torch.tensor(sorted(first), dtype=torch.long)
         pick = candidates[torch.randperm(candidates.numel(), generator=generator)[:num_label_images]].sort().values
-        out.update(_token_label_metrics(model, tokenizer, split.images[pick.numpy()],
+        out.update(_token_label_metrics(objective, tokenizer, split.images[pick.numpy()],
                                         [expressions[first[i]] for i in pick.tolist()], objects[pick],
                                         object_mask[pick], geometry, device=device, seed=seed, generator=generator))
         picked = set(pick.tolist())
         rows = [r for r, i in enumerate(owner.tolist()) if i in picked]
-        out.update(_semantic_label_metrics(model, text, rows, owner, expression_object, img_global, box_emb,
+        out.update(_semantic_label_metrics(objective, text, rows, owner, expression_object, img_global, box_emb,
                                            object_mask, seed=seed))
     return {key: float(value) for key, value in out.items()}

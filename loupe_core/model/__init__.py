@@ -1,7 +1,5 @@
-"""The LOUPE model (docs/CONTRACTS.md section 5) and its configuration."""
-from ..losses import ContrastiveBank, LossOutput
-from .config import LossConfig, ModelConfig
+"""The LOUPE model (docs/CONTRACTS.md section 5): dual encoder and region head, and its configuration."""
+from .config import ModelConfig
 from .loupe import ImageFeatures, LoupeModel, Regions, TextFeatures
 
-__all__ = ["LoupeModel", "ModelConfig", "LossConfig", "LossOutput", "ContrastiveBank",
-           "ImageFeatures", "TextFeatures", "Regions"]
+__all__ = ["LoupeModel", "ModelConfig", "ImageFeatures", "TextFeatures", "Regions"]

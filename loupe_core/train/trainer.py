@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from loupe_core.config import RunConfig, save_config
 from loupe_core.global_batch import GLOBAL_ROWS, GLOBAL_SIZE
+from loupe_core.objective.losses import ContrastiveBank
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.distributed import (DistContext, all_gather_cat, all_reduce_mean, all_reduce_sum, any_rank,
                                           barrier, gather_objects, init_distributed, shard_bounds)
@@ -278,19 +279,15 @@ def _batch_size(batch) -> int:
     return int(batch["input_ids"].shape[0])
 
 
-def _default_bank_cls():
-    from loupe_core.losses import ContrastiveBank
-
-    return ContrastiveBank
-
-
 def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate_fn, *,
           resume: Optional[str] = None, ctx: Optional[DistContext] = None,
           evaluate_fn: Optional[Callable[[torch.nn.Module], dict]] = None,
           stop_at: Optional[int] = None) -> TrainResult:
     """Train ``model`` on the map-style ``dataset`` (batches made by ``collate_fn``).
 
-    model: a ``LoupeModel`` (docs/CONTRACTS.md s5), built with the run's seed already set.
+    model: the module trained and checkpointed, a ``loupe_core.objective.LoupeObjective`` (or any
+    module whose ``forward(batch, step=, total_steps=, diagnostics=)`` returns ``LossOutput`` and
+    ``forward(batch, embed_only=True)`` the global embeddings), built with the run's seed already set.
     resume: a checkpoint path (see ``checkpoint.resolve_resume``): continues exactly, the same
       data order, RNG streams, optimiser, schedule and scaler state.
     evaluate_fn: called with the unwrapped model every ``eval.every`` steps (0: never here),
@@ -314,7 +311,7 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
         os.makedirs(run_dir, exist_ok=True)
         save_config(cfg, os.path.join(run_dir, "config.json"))
     batches = _batches(cfg, dataset, collate_fn, ctx, start, total)
-    runner = _StepRunner(cfg, model, model, ctx, _default_bank_cls())
+    runner = _StepRunner(cfg, model, model, ctx, ContrastiveBank)
     end = total if stop_at is None else min(total, stop_at)
     model.train()
     first = None

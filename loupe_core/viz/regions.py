@@ -4,7 +4,7 @@ The region head's top-K regions (solid) and a few (cell, anchor) candidates draw
 (dashed, the paper's contrast) are labelled ``I=<I([R])> p=<p(R)>``, where I([R]) is the
 token-level Shapley interaction of spec Eq. 7 in the pair's game v1, computed by
 ``shapley_kernels.region_interaction`` on the model's own towers (through
-``loupe_core.labels.token_interactions``, the function training takes its labels from).
+``loupe_core.objective.labels.token_interactions``, the function training takes its labels from).
 """
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from loupe_core import labels
+from loupe_core.objective import labels
 from loupe_core.eval.encode import evaluating
-from loupe_core.model.region_head import cells_in_boxes
 
 from .figures import new_figure, save_figure
 from .pair import PairView
@@ -70,27 +69,27 @@ def region_candidates(model, view: PairView, num_random: int, seed: int):
 
 
 def token_region_interactions(model, view: PairView, boxes: torch.Tensor, final_masks: torch.Tensor, *,
-                              num_samples: int, seed: int) -> torch.Tensor:
-    """I([R]) float[K'] of each region (spec Eq. 7) for the pair of ``view`` (towers in eval mode)."""
+                              num_samples: int, seed: int, baseline: str = "zero") -> torch.Tensor:
+    """I([R]) float[K'] of each region (spec Eq. 7, masked players set to ``baseline``) for the pair
+    of ``view`` (towers in eval mode); boxes float[K', 4], final_masks bool[K', N_I]."""
     tower = model.image_tower
-    masks = final_masks
-    if tuple(tower.token_grid) != tuple(tower.final_grid):
-        masks = cells_in_boxes(boxes, tower.token_grid, tower.token_cell)
+    masks = model.token_masks(boxes, final_masks)
     batch = view.batch
     with evaluating(model):
         image_tokens = tower.embed_tokens(batch["images"])
         text_tokens = model.text_tower.embed_tokens(batch["input_ids"])
     values = labels.token_interactions(tower, model.text_tower, image_tokens, text_tokens, batch["text_mask"],
-                                       masks[None], method="auto", baseline=model.loss_config.token_baseline,
+                                       masks[None], method="auto", baseline=baseline,
                                        num_samples=num_samples, seed=seed)
     return values[0].float().cpu()
 
 
 def region_interaction_figure(model, view: PairView, image: np.ndarray, path: str, *, num_random: int = 2,
-                              num_samples: int = 64, seed: int = 0) -> str:
+                              num_samples: int = 64, seed: int = 0, baseline: str = "zero") -> str:
     """Fig. 5 (left) for one pair: compute the interactions and draw them; returns ``path``."""
     boxes, conf, masks, random = region_candidates(model, view, num_random, seed)
-    values = token_region_interactions(model, view, boxes, masks, num_samples=num_samples, seed=seed)
+    values = token_region_interactions(model, view, boxes, masks, num_samples=num_samples, seed=seed,
+                                       baseline=baseline)
     caption = view.batch["captions"][0]
     return plot_regions(image, boxes.float().cpu(), conf.float().cpu(), values, path, random=random,
                         title=f"{caption}\n(solid: top-{view.regions.boxes.shape[1]} regions, dashed: random)")

@@ -61,13 +61,15 @@ def _metrics_table(metrics: dict) -> str:
 
 def write_run_report(run_dir: str, *, model, tokenizer, eval_paths, metrics: dict,
                      history_path: Optional[str], num_examples: int = 2, num_samples: int = 64,
-                     sample_counts=(10, 30, 100, 300), seeds=(0, 1, 2, 3), device=None) -> str:
+                     sample_counts=(10, 30, 100, 300), seeds=(0, 1, 2, 3), device=None,
+                     token_baseline: str = "zero") -> str:
     """Write the pictures and ``<run_dir>/report/index.html``; returns the HTML's path.
 
     model: a ``LoupeModel`` (CONTRACTS s5); tokenizer: ``loupe_core.data.Tokenizer``; eval_paths:
     ``ShapesWorldPaths`` or {task: JSON path}; metrics: name -> number; history_path: the run's
     ``metrics.jsonl`` (None or missing: no training-curve picture). num_samples: samples per region
-    of the token-level interactions (the picture's estimate).
+    of the token-level interactions (the picture's estimate), whose masked players are set to
+    ``token_baseline`` (the run's ``loss.token_baseline``).
     """
     out_dir = os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
@@ -82,7 +84,7 @@ def write_run_report(run_dir: str, *, model, tokenizer, eval_paths, metrics: dic
         view = inspect_pair(model, tokenizer, image, caption, device=device)
         views.append(view)
         region_interaction_figure(model, view, image, os.path.join(out_dir, f"regions_{n}.png"),
-                                  num_samples=num_samples, seed=n)
+                                  num_samples=num_samples, seed=n, baseline=token_baseline)
         alignment_figure(view, os.path.join(out_dir, f"alignment_{n}.png"), seed=n)
         sections.append(f"<h2>Example {n}: {html.escape(caption)}</h2>"
                         f"<img src='regions_{n}.png'> <img src='alignment_{n}.png'>")

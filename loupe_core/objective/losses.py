@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from .global_batch import gather_padded, gather_with_grad, global_mean, world
+from ..global_batch import gather_padded, gather_with_grad, global_mean, world
 
 TIE_EPS = 1e-6  # spec section 3: an image whose candidate labels span less than this gets weight 0
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .global_batch import global_moments
+from ..global_batch import global_moments
 
 SIGMA_FLOOR = 1e-6  # keeps 1/sigma in Eq. 12 finite
 

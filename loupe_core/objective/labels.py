@@ -175,3 +175,32 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
         fresh = sample(probe, step_seed(step, f"{level}_probe")).to(estimate.dtype)
         logs[f"unsil_probe_error_{level}"] = float((estimate.detach()[probe] - fresh / scale).abs().mean())
     return LevelLabels(values, need, loss, logs)
+
+
+def alignment_game_labels(patch_emb: torch.Tensor, phrases: torch.Tensor, phrase_mask: torch.Tensor,
+                          region_masks: torch.Tensor, score):
+    """Exact region scores in the alignment game of B captions: float[B, K] (a dict of them for a
+    tuple ``score``).
+
+    patch_emb float[B, N, d], phrases float[B, M, d] (L2-normalised, 0 at padding), phrase_mask
+    bool[B, M], region_masks bool[B or 1, K, N]; score "phi", "excess", "shapley_iou" or a tuple of
+    them (``shapley_kernels.max_game_region_values``). Each phrase j gives the maximum game
+    v_j(S) = max(0, max_{p in S} cos(p, phrase_j)). "phi" and "excess" are averaged over the
+    caption's phrases, i.e. the region's score in the mean game, the late-interaction similarity
+    of the caption with the patches in S; "shapley_iou" takes the best phrase, how well the region
+    fits one phrase's object (a mean would rank a box that half fits two objects above one that
+    fits one). 0 for a caption without a phrase.
+    """
+    cosines = phrases @ patch_emb.transpose(1, 2)                                         # [B, M, N]
+    names = (score,) if isinstance(score, str) else tuple(score)
+    scores = sk.max_game_region_values(cosines, region_masks[:, None], score=names)       # {name: [B, M, K]}
+    present = phrase_mask[..., None]
+    weight = present.to(cosines.dtype)
+
+    def over_phrases(name, value):
+        if name == "shapley_iou":
+            return value.masked_fill(~present, 0.0).amax(dim=1)   # IoUs are >= 0: 0 without a phrase
+        return (value * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
+
+    out = {name: over_phrases(name, value) for name, value in scores.items()}
+    return out[score] if isinstance(score, str) else out

@@ -136,6 +136,10 @@ def test_sample_support_draws_distinct_shots_of_each_class():
      "class_emb"),
     (lambda: tip_adapter_logits(unit(2, 4, seed=0), unit(2, 4, seed=1), unit(2, 3, seed=2), torch.eye(2)),
      "keys"),
+    (lambda: search_tip_adapter(unit(2, 4, seed=0), torch.tensor([0, 1]), unit(2, 4, seed=1), (-1.0,), (1.0,)),
+     "alphas"),
+    (lambda: search_tip_adapter(unit(2, 4, seed=0), torch.tensor([0, 2]), unit(2, 4, seed=1)), "labels"),
+    (lambda: search_tip_adapter(unit(2, 4, seed=0), torch.tensor([0, 1]), unit(2, 4, seed=1), (), (1.0,)), "alphas"),
 ])
 def test_bad_input_names_the_argument(call, name):
     with pytest.raises(ValueError, match=name):

@@ -109,7 +109,12 @@ def search_tip_adapter(keys: torch.Tensor, labels: torch.Tensor, class_emb: torc
                        alphas: Sequence[float] = TIP_ALPHAS, betas: Sequence[float] = TIP_BETAS) -> tuple[float, float]:
     """(alpha, beta) of the grid with the best leave-one-out top-1 on the support set: each key
     float[NK, d] (labels long[NK]) is scored with its own cache entry removed. Ties go to the
-    first in grid order (alphas outer, ascending: the smaller alpha)."""
+    smaller alpha, then to the earlier beta (with alpha = 0, beta is ``betas[0]``)."""
+    check_tensor("labels", labels, dims=1, dtype_kind="int")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= class_emb.shape[0]):
+        raise ValueError(f"labels must lie in [0, {class_emb.shape[0]}), got {labels.tolist()}")
+    if not alphas or not betas:
+        raise ValueError("alphas and betas must each hold at least one value")
     values = F.one_hot(labels, class_emb.shape[0]).double()
     _check_cache(keys, class_emb, keys, values)
     zero_shot = zero_shot_logits(keys, class_emb)

@@ -8,7 +8,9 @@ rebuilt from the checkpoint's resolved config; the tokenizer and, by default, th
 data are the run's own ShapesWorld (found in the cache, generated there if missing, as
 ``loupe pretrain`` does). ``--task``: retrieval, classification, detection, grounding,
 linear_probe, diagnostics (the alignment diagnostics on the grounding file:
-``loupe_core.eval.diagnostics``) or all (default: every task but the diagnostics).
+``loupe_core.eval.diagnostics``), fewshot (Tip-Adapter and CoOp from K-shot support sets of the
+``val`` split's shape classification, K = 1, 2, 4, 8, 16, 3 support seeds:
+``loupe_core.eval.fewshot``) or all (default: every task but the diagnostics and fewshot).
 ``--data``: a ShapesWorld root folder, or a JSON file ``{task: path}`` naming evaluation files
 of CONTRACTS s4 (real data). ``--split``: the ShapesWorld split scored (default: the config's
 ``eval.split``). ``--out``: where ``metrics.json`` and the pictures (``report/index.html``) go
@@ -33,7 +35,7 @@ def add_subcommands(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     p.add_argument("--task", nargs="+", default=["all"], choices=list(TASKS) + ["all"],
-                   help="tasks (default all: every task but diagnostics)")
+                   help="tasks (default all: every task but diagnostics and fewshot)")
     p.add_argument("--data", default=None, help="ShapesWorld root, or JSON file {task: path} (default: the run's data)")
     p.add_argument("--split", default=None, help="ShapesWorld split to score (default: the config's eval.split)")
     p.add_argument("--out", default=None, help="output folder (default <run_dir>/eval-step<N>)")

@@ -5,7 +5,8 @@ the linear probe trains on the ``val`` split's classification images), a ``Split
 dict {task: JSON path} for real data (CONTRACTS s4 formats). Task keys: ``retrieval``,
 ``detection``, ``grounding``, ``classification`` or ``classification_<name>`` (several
 classification sets), and for the linear probe ``linear_probe_train`` / ``linear_probe_test``
-(classification JSON files with the same classes).
+(classification JSON files with the same classes), and for the few-shot task ``fewshot_support``
+/ ``fewshot_query`` (the same pair on ShapesWorld: support images never come from the scored split).
 """
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ PROBE_TRAIN_SPLIT = "val"
 
 
 def shapesworld_files(paths, split: str = EVAL_SPLIT) -> dict[str, str]:
-    """{task: JSON path} of a ShapesWorld split, plus the linear probe's pair of classification
-    files: it trains on the ``val`` split's shape classification (``test``'s when ``split`` is
-    ``val``) and tests on ``split``'s."""
+    """{task: JSON path} of a ShapesWorld split, plus the linear probe's (and few-shot task's)
+    pair of classification files: it trains on (draws its support set from) the ``val`` split's
+    shape classification (``test``'s when ``split`` is ``val``) and tests on ``split``'s."""
     files = dict(paths.split(split).eval_files())
     train = paths.split("test" if split == PROBE_TRAIN_SPLIT else PROBE_TRAIN_SPLIT).eval_files()
     if "classification_shape" in train and "classification_shape" in files:
-        files["linear_probe_train"] = train["classification_shape"]
-        files["linear_probe_test"] = files["classification_shape"]
+        files["linear_probe_train"] = files["fewshot_support"] = train["classification_shape"]
+        files["linear_probe_test"] = files["fewshot_query"] = files["classification_shape"]
     return files
 
 

@@ -82,7 +82,7 @@ class LoupeModel(nn.Module):
         return parameter.exp().clamp(max=self.config.logit_scale_max)
 
     def contrastive_scale(self) -> torch.Tensor:
-        """L_CMC's logit scale, exponentiated and clamped, with its graph: scalar."""
+        """L_CMC's (image-text, global) logit scale, exponentiated and clamped, with its graph: scalar."""
         return self._scale(self.logit_scale)
 
     def region_scale(self) -> torch.Tensor:
@@ -105,12 +105,8 @@ class LoupeModel(nn.Module):
 
     def encode_text_tokens(self, input_ids: torch.Tensor, text_mask: torch.Tensor):
         """(the text tower's input tokens float[B, L, w], TextFeatures) of input_ids long[B, L], text_mask bool[B, L]."""
-        if not isinstance(text_mask, torch.Tensor) or text_mask.dtype != torch.bool or text_mask.shape != input_ids.shape:
-            raise ValueError(f"text_mask must be a bool tensor of input_ids' shape {list(input_ids.shape)}")
         tokens = self.text_tower.embed_tokens(input_ids)
-        cls, final = self.text_tower.encode(tokens, text_mask)
-        token_emb = F.normalize(self.text_tower.project(final), dim=-1) * text_mask[..., None]
-        return tokens, TextFeatures(F.normalize(self.text_tower.project(cls), dim=-1), token_emb)
+        return tokens, self.encode_text_embeddings(tokens, text_mask)
 
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:
         """images float[B, 3, S, S] -> ImageFeatures (global and final patch embeddings)."""
@@ -119,6 +115,18 @@ class LoupeModel(nn.Module):
     def encode_texts(self, input_ids: torch.Tensor, text_mask: torch.Tensor) -> TextFeatures:
         """input_ids long[B, L], text_mask bool[B, L] -> TextFeatures."""
         return self.encode_text_tokens(input_ids, text_mask)[1]
+
+    def encode_text_embeddings(self, tokens: torch.Tensor, text_mask: torch.Tensor) -> TextFeatures:
+        """Word-token embeddings float[B, L, text_dim] (``text_tower.embed_tokens``' output, before
+        [CLS] and position embeddings: token j takes position j), text_mask bool[B, L] ->
+        TextFeatures (global_emb float[B, d], token_emb float[B, L, d], 0 where masked). Lets a
+        caller place its own vectors among the words (CoOp's learned prompt context)."""
+        if not isinstance(text_mask, torch.Tensor) or text_mask.dtype != torch.bool \
+                or text_mask.shape != tokens.shape[:2]:
+            raise ValueError(f"text_mask must be a bool tensor of shape {list(tokens.shape[:2])} (the tokens' [B, L])")
+        cls, final = self.text_tower.encode(tokens, text_mask)
+        token_emb = F.normalize(self.text_tower.project(final), dim=-1) * text_mask[..., None]
+        return TextFeatures(F.normalize(self.text_tower.project(cls), dim=-1), token_emb)
 
     def phrase_embeddings(self, text_feats: TextFeatures, phrase_tokens: torch.Tensor) -> torch.Tensor:
         """Mean of each phrase's token embeddings, L2-normalised: phrase_tokens bool[B, M, L] -> float[B, M, d]."""

@@ -36,7 +36,7 @@ def test_default_is_the_project_recipe_on_the_paper_budget():
     assert default["data"] == paper["data"] and default["train"] == paper["train"]
     loss = default["loss"]
     assert (loss["cmc"], loss["tsa"], loss["fsa"], loss["unsil"]) == (True, True, False, False)
-    assert (loss["token_game"], loss["token_target"], loss["token_candidates"]) == ("alignment", "excess", "all")
+    assert (loss["token_game"], loss["token_target"], loss["token_candidates"]) == ("alignment", "shapley_iou", "all")
     assert loss["fine_contrast"] > 0 and default["model"]["ground_score"] == "shapley"
 
 

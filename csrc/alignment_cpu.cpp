@@ -426,4 +426,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("region_mask"), py::arg("phrase_mask"), py::arg("weights"));
   m.def("alignment_sampling", &alignment_sampling, "Monte Carlo SII: [value, stderr] float[B, K, M]",
         py::arg("A"), py::arg("region_mask"), py::arg("phrase_mask"), py::arg("num_samples"), py::arg("seed"));
+  m.attr("EXACT_LIMIT") = kExactLimit;
 }

@@ -295,6 +295,11 @@ sampling_kernel(const T* __restrict__ A, const int* __restrict__ rows, const int
 
 }  // namespace
 
+// The kernels' limits, exported through the binding to Python (which refuses a build whose
+// limits differ from shapley_kernels._backends.EXTENSION_LIMITS); the host emulation reads them too.
+extern "C" int alignment_exact_max() { return kExactMax; }
+extern "C" int alignment_sampling_max() { return kSamplingMax; }
+
 #ifndef ALIGNMENT_CUDA_KERNELS_ONLY
 // ------------------------------------------------------------------------------------ launchers
 
@@ -345,6 +350,7 @@ cudaError_t launch_sampling(const T* A, const int* rows, const int* cols, double
 }  // namespace
 
 extern "C" {
+
 
 cudaError_t alignment_game_f32(const float* A, const uint8_t* region_mask, const uint8_t* phrase_mask,
                                const uint8_t* coalitions, float* out, int B, int C, int K, int M,

@@ -24,12 +24,14 @@ cudaError_t alignment_sampling_f32(const float*, const int*, const int*, double*
                                    uint32_t, uint32_t, cudaStream_t);
 cudaError_t alignment_sampling_f64(const double*, const int*, const int*, double*, double*, int, int, int,
                                    long long, uint32_t, uint32_t, cudaStream_t);
+int alignment_exact_max();
+int alignment_sampling_max();
 }
 
 namespace {
 
-constexpr int64_t kExactMax = 20;     // kExactMax in alignment_cuda.cu
-constexpr int64_t kSamplingMax = 64;  // kSamplingMax in alignment_cuda.cu
+const int64_t kExactMax = alignment_exact_max();        // the kernels' own limits (alignment_cuda.cu)
+const int64_t kSamplingMax = alignment_sampling_max();
 
 void check_on(const at::Tensor& t, const char* name, const at::Tensor& A) {
   TORCH_CHECK(t.device() == A.device(), name, " must be on A's device ", A.device(), ", got ", t.device());
@@ -156,9 +158,11 @@ std::tuple<at::Tensor, at::Tensor> sampling(const at::Tensor& A, const at::Tenso
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "CUDA kernels of the LOUPE alignment game (shapley_kernels.alignment backend 'cuda')";
-  m.def("game", &game, "v2 of every coalition: (A, coalitions, region_mask, phrase_mask) -> float[B, C]");
-  m.def("exact_direction", &exact_direction,
+  m.def("alignment_game", &game, "v2 of every coalition: (A, coalitions, region_mask, phrase_mask) -> float[B, C]");
+  m.def("alignment_exact_direction", &exact_direction,
         "one direction of the factorised exact SII: (A, rows, cols, coef, subsets_per_chunk) -> float[B, n, R, C]");
-  m.def("sampling", &sampling,
+  m.def("alignment_sampling_sums", &sampling,
         "Monte Carlo SII sums: (A, rows, cols, num_samples, key0, key1) -> (sum, sum_sq) float64[B, R, C]");
+  m.attr("EXACT_LIMIT") = kExactMax;
+  m.attr("SAMPLING_LIMIT") = kSamplingMax;
 }

@@ -14,6 +14,14 @@ from typing import Dict, List, Optional
 import torch
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
+
+# The compiled kernels' limits, stated once: each extension exports its own (``m.attr`` of the
+# value its kernels are built with) and ``load_extension`` refuses a build whose limits differ.
+EXACT_LIMIT = 20       # present regions and phrases per side of the exact alignment paths
+SAMPLING_LIMIT = 64    # present players per side of the CUDA sampling kernel (64-bit masks)
+EXTENSION_LIMITS = {"_C": {"EXACT_LIMIT": EXACT_LIMIT},
+                    "_cuda": {"EXACT_LIMIT": EXACT_LIMIT, "SAMPLING_LIMIT": SAMPLING_LIMIT}}
+
 _load_errors: Dict[str, str] = {}
 _modules: Dict[str, object] = {}
 
@@ -23,7 +31,8 @@ def _disabled() -> set:
 
 
 def load_extension(name: str) -> Optional[object]:
-    """Import the compiled module ``shapley_kernels.<name>`` once; None (error recorded) on failure."""
+    """Import the compiled module ``shapley_kernels.<name>`` once; None (error recorded) on failure,
+    also where the module's exported limits differ from ``EXTENSION_LIMITS`` (a stale build)."""
     if name in _modules:
         return _modules[name]
     try:
@@ -31,6 +40,13 @@ def load_extension(name: str) -> Optional[object]:
     except Exception as exc:  # ImportError, undefined symbols, ABI mismatch ...
         _load_errors[name] = f"{type(exc).__name__}: {exc}"
         mod = None
+    if mod is not None:
+        wrong = {key: getattr(mod, key, None) for key, want in EXTENSION_LIMITS.get(name, {}).items()
+                 if getattr(mod, key, None) != want}
+        if wrong:
+            _load_errors[name] = (f"built with limits {wrong}, the Python side expects "
+                                  f"{ {k: EXTENSION_LIMITS[name][k] for k in wrong} }: rebuild it (pip install -e .)")
+            mod = None
     _modules[name] = mod
     return mod
 

@@ -1,7 +1,7 @@
 """Diagnostics of estimators: the paper's instability (Section 4.5)."""
 import torch
 
-from ._checks import check_finite, check_tensor
+from .checks import check_finite, check_tensor
 
 
 def instability(runs: torch.Tensor) -> float:

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from ._checks import (check_choice, check_device, check_max_batch, check_num_samples, check_seed, check_shape,
+from .checks import (check_choice, check_device, check_max_batch, check_num_samples, check_seed, check_shape,
                       check_tensor)
 from ._enumeration import exact_indices, value_table
 from ._estimate import Estimate

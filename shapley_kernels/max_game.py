@@ -34,7 +34,7 @@ from typing import Sequence, Union
 
 import torch
 
-from ._checks import check_finite, check_tensor
+from .checks import check_finite, check_tensor
 
 MAX_GAME_SCORES = ("phi", "excess", "shapley_iou")
 

@@ -1,7 +1,8 @@
 """The kernels of csrc/alignment_cuda.cu run on the CPU (tests/cuda_emulation/alignment_host_harness.cpp).
 
 ``build(directory)`` compiles the harness (g++, C++20) and returns an object with the methods of
-the binding ``shapley_kernels._cuda`` (game, exact_direction, sampling) working on CPU tensors,
+the binding ``shapley_kernels._cuda`` (alignment_game, alignment_exact_direction,
+alignment_sampling_sums, and its EXACT_LIMIT / SAMPLING_LIMIT) working on CPU tensors,
 so ``shapley_kernels.alignment._cuda_backend`` can be driven end to end without a GPU.
 """
 import ctypes
@@ -33,25 +34,27 @@ class HostEmulatedExtension:
 
     def __init__(self, library_path: str):
         self._lib = ctypes.CDLL(library_path)
+        self.EXACT_LIMIT = self._lib.alignment_exact_max()      # the kernels' own limits, as the binding exports
+        self.SAMPLING_LIMIT = self._lib.alignment_sampling_max()
 
     def _fn(self, name: str, A: torch.Tensor):
         return getattr(self._lib, f"emu_{name}_{'f64' if A.dtype == torch.float64 else 'f32'}")
 
-    def game(self, A, coalitions, region_mask, phrase_mask):
+    def alignment_game(self, A, coalitions, region_mask, phrase_mask):
         B, K, M = A.shape
         C = coalitions.shape[1]
         out = torch.empty(B, C, dtype=A.dtype)
         self._fn("game", A)(_ptr(A), _ptr(region_mask), _ptr(phrase_mask), _ptr(coalitions), _ptr(out), B, C, K, M)
         return out
 
-    def exact_direction(self, A, rows, cols, coef, subsets_per_chunk):
+    def alignment_exact_direction(self, A, rows, cols, coef, subsets_per_chunk):
         B, R, C = A.shape
         out = torch.zeros(B, -(-(1 << C) // subsets_per_chunk), R, C, dtype=A.dtype)
         self._fn("exact_direction", A)(_ptr(A), _ptr(rows), _ptr(cols), _ptr(coef), _ptr(out), B, R, C,
                                        ctypes.c_longlong(subsets_per_chunk))
         return out
 
-    def sampling(self, A, rows, cols, num_samples, key0, key1):
+    def alignment_sampling_sums(self, A, rows, cols, num_samples, key0, key1):
         B, R, C = A.shape
         total = torch.empty(B, R, C, dtype=torch.float64)
         total_sq = torch.empty_like(total)

@@ -119,8 +119,8 @@ def test_emulated_exact_chunks_sum_to_one_chunk(emulated, rng_seed):
     c = _device_driver.compact(A, rm, pm)
     coef = _device_driver.direction_coefficients(c.rows, c.cols, 9, A.dtype)
     ext = emulated._ext()
-    whole = ext.exact_direction(c.A, c.rows, c.cols, coef, 1 << 9)
-    parts = ext.exact_direction(c.A, c.rows, c.cols, coef, 200)   # 3 chunks, 2 of them partial steps
+    whole = ext.alignment_exact_direction(c.A, c.rows, c.cols, coef, 1 << 9)
+    parts = ext.alignment_exact_direction(c.A, c.rows, c.cols, coef, 200)   # 3 chunks, 2 of them partial steps
     assert parts.shape[1] == 3
     torch.testing.assert_close(parts.sum(1), whole.sum(1), rtol=0, atol=1e-12)
 
@@ -144,6 +144,13 @@ def test_emulated_sampling_draws_match_triton(emulated, rng_seed):
 
 
 @needs_compiler
+def test_the_kernels_limits_are_the_ones_python_states(emulated):
+    from shapley_kernels._backends import EXTENSION_LIMITS
+
+    ext = emulated._ext()
+    assert {"EXACT_LIMIT": ext.EXACT_LIMIT, "SAMPLING_LIMIT": ext.SAMPLING_LIMIT} == EXTENSION_LIMITS["_cuda"]
+
+
 def test_emulated_sampling_beyond_64_players_is_a_clear_error(emulated):
     A = torch.zeros(1, 65, 2)
     with pytest.raises(ValueError, match="at most 64 present regions"):

@@ -51,7 +51,7 @@ LAZY_IMPORTS = {
         "would make each lower layer load the API layer",
     # Pre-existing, no reason recorded; the files are being edited in parallel (issue 14): move
     # each import to the top of its module, then drop it from this list.
-    ("loupe_core.train.distributed", "shapley_kernels._checks"): "to move to module level",
+    ("loupe_core.train.distributed", "shapley_kernels.checks"): "to move to module level",
     ("loupe_core.eval.diagnostics", "shapley_kernels.alignment"): "to move to module level",
 }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from shapley_kernels._checks import check_finite, check_tensor
+from shapley_kernels.checks import check_finite, check_tensor
 
 from .encode import encode_image_array, encode_text_list
 

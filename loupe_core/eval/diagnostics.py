@@ -82,7 +82,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from shapley_kernels._checks import check_finite, check_tensor
+from shapley_kernels.checks import check_finite, check_tensor
 
 from ..objective import labels as lab
 from ..model.loupe import masked_mean_embedding

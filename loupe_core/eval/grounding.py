@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from shapley_kernels._checks import check_finite, check_tensor
+from shapley_kernels.checks import check_finite, check_tensor
 
 from .encode import batches, encode_phrase_list, encode_text_list, evaluating, image_tensor
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shapley_kernels._checks import check_finite, check_tensor
+from shapley_kernels.checks import check_finite, check_tensor
 
 from .classification import top1_accuracy
 from .encode import encode_image_array

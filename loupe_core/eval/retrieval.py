@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from shapley_kernels._checks import check_finite, check_tensor
+from shapley_kernels.checks import check_finite, check_tensor
 
 from .encode import encode_image_array, encode_text_list
 

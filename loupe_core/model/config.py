@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Sequence
 
+from shapley_kernels.checks import check_int
+
 IMAGE_TOWERS = ("vit", "swin")
 GROUND_SCORES = ("cosine", "shapley")
 REGION_HEADS = ("mlp", "conv")
@@ -16,17 +18,13 @@ GROUND_QUERIES = ("cls", "phrase")
 
 
 def positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+    """TypeError unless ``value`` is an int (not bool), ValueError unless it is positive (``checks.check_int``)."""
+    check_int(name, value, 1)
 
 
 def non_negative_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+    """TypeError unless ``value`` is an int (not bool), ValueError if it is negative (``checks.check_int``)."""
+    check_int(name, value, 0)
 
 
 def one_of(name: str, value, choices: Sequence[str]) -> None:

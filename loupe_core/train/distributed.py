@@ -39,8 +39,8 @@ class DistContext:
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``"auto"``: the local GPU when there is one, else the CPU; ``"cuda"``: the local GPU;
     otherwise ``torch.device(name)``. ValueError naming ``train.device`` for a device this install
-    cannot train on (``shapley_kernels._checks.check_device``)."""
-    from shapley_kernels._checks import check_device
+    cannot train on (``shapley_kernels.checks.check_device``)."""
+    from shapley_kernels.checks import check_device
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

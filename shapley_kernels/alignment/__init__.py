@@ -10,12 +10,12 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .._backends import resolve_backend
-from .._checks import check_choice, check_num_samples, check_seed, check_shape, check_tensor, result_dtype
+from .._backends import EXACT_LIMIT, resolve_backend
+from ..checks import check_choice, check_num_samples, check_seed, check_shape, check_tensor, result_dtype
 from .._estimate import Estimate
 
-# Largest number of PRESENT regions and of present phrases (each) that the exact path accepts.
-EXACT_LIMIT = 20
+# EXACT_LIMIT (from _backends, where the compiled kernels' limits are stated): the largest number
+# of PRESENT regions and of present phrases (each) that the exact path accepts.
 METHODS = ("auto", "exact", "sampling")
 
 __all__ = ["alignment_game", "region_phrase_interaction", "choose_alignment_method", "EXACT_LIMIT"]

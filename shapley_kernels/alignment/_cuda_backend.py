@@ -16,11 +16,10 @@ from typing import Tuple
 
 import torch
 
-from .._backends import load_extension
+from .._backends import SAMPLING_LIMIT, load_extension
 from ._device_driver import DeviceDriver, chunk_size
 
 _EXACT_STEP = 128     # kExactSubsets in csrc/alignment_cuda.cu: subsets per step of a block
-SAMPLING_LIMIT = 64   # kSamplingMax in csrc/alignment_cuda.cu: present players per side (64-bit masks)
 
 
 def _ext():
@@ -33,13 +32,13 @@ def _ext():
 def game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
          phrase_mask: torch.Tensor) -> torch.Tensor:
     """v2(S) for every coalition: float[B, C] from A float[B, K, M], coalitions bool[B, C, K + M]."""
-    return _ext().game(A, coalitions.contiguous(), region_mask.contiguous(), phrase_mask.contiguous())
+    return _ext().alignment_game(A, coalitions.contiguous(), region_mask.contiguous(), phrase_mask.contiguous())
 
 
 def _exact_direction(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """One direction of the factorised exact SII of a compacted A float[B, R, C]: float[B, R, C]."""
     per_chunk = chunk_size(A.shape[0], 1 << A.shape[2], _EXACT_STEP, A.device)
-    return _ext().exact_direction(A, rows, cols, coef, per_chunk).sum(1)
+    return _ext().alignment_exact_direction(A, rows, cols, coef, per_chunk).sum(1)
 
 
 def _sampling_sums(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_samples: int,
@@ -49,7 +48,7 @@ def _sampling_sums(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_
         raise ValueError(f"backend 'cuda' samples at most {SAMPLING_LIMIT} present regions and {SAMPLING_LIMIT} "
                          f"present phrases per matrix, got {A.shape[1]} and {A.shape[2]}; use backend='triton' "
                          f"or 'torch'")
-    return _ext().sampling(A, rows, cols, num_samples, k0, k1)
+    return _ext().alignment_sampling_sums(A, rows, cols, num_samples, k0, k1)
 
 
 _driver = DeviceDriver(_exact_direction, _sampling_sums)

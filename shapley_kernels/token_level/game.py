@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .._checks import (check_choice, check_finite, check_max_batch, check_shape, check_tensor,
+from ..checks import (check_choice, check_finite, check_max_batch, check_shape, check_tensor,
                        result_dtype)
 from .packing import pack_bits
 

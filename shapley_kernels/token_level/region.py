@@ -44,7 +44,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_choice, check_num_samples, check_seed, check_shape, check_tensor, result_dtype
+from ..checks import check_choice, check_num_samples, check_seed, check_shape, check_tensor, result_dtype
 from .._enumeration import all_coalitions, exact_indices
 from .._estimate import Estimate
 from .._strata import crossfit_control, iid_stderr, strata_stderr, stratified_uniform

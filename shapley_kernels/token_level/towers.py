@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_choice, check_shape, check_tensor
+from ..checks import check_choice, check_shape, check_tensor
 from .packing import gather_tokens, plan_buckets, scatter_tokens
 
 DROP_IMPLS = ("pack", "mask")

@@ -1,4 +1,5 @@
-"""Boundary checks shared by every public function: one clear error naming the argument.
+"""Argument checks of every public function, one clear error naming the argument (a public
+module: the project's other layers check their arguments with it too).
 
 Integer arguments (``num_samples``, ``max_batch``, ``seed``) follow one rule everywhere: any
 integral value (Python int or NumPy integer, never bool) within the argument's range; anything

@@ -2,6 +2,8 @@
 
 Runs under TRITON_INTERPRET=1 on the CPU (tests/conftest.py sets it) or on a CUDA device.
 """
+import warnings
+
 import pytest
 import torch
 
@@ -65,15 +67,23 @@ def test_rejects_training_and_float64():
 def test_auto_falls_back_to_sdpa_when_the_kernel_fails(monkeypatch):
     from shapley_kernels.token_level import towers
 
-    monkeypatch.setattr(towers, "_triton_ready", lambda q: True)
-    monkeypatch.setattr(towers, "TRITON_ATTENTION_ERRORS", [])
+    real_ready = towers._triton_ready
+    monkeypatch.setattr(towers, "_triton_ready", lambda q, failures: towers._input_kind(q) not in failures)
     q, k, v = (t.double() for t in qkv(2, 1, 16, 16, seed=4))  # float64: the kernel refuses it
     mask = torch.ones(2, 16, dtype=torch.bool, device=DEVICE)
     mask[1, 5:] = False
+    failures = {}
     with pytest.warns(UserWarning, match="Triton attention failed"):
-        got = towers.attend(q, k, v, mask, 0.0, "auto")
+        got = towers.attend(q, k, v, mask, 0.0, "auto", failures)
     torch.testing.assert_close(got, sdpa_attention(q, k, v, mask))
-    assert len(towers.TRITON_ATTENTION_ERRORS) == 1 and "float16" in towers.TRITON_ATTENTION_ERRORS[0]
+    kind = towers._input_kind(q)
+    assert list(failures) == [kind] and "float16" in failures[kind]
+    # recorded for that kind of input only: the next call on it goes straight to SDPA (no warning),
+    # another kind of input is still offered to the kernel
+    assert not real_ready(q, failures) and towers._input_kind(q.float()) not in failures
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(towers.attend(q, k, v, mask, 0.0, "auto", failures), got)
 
 
 @pytest.mark.parametrize("dtype", [

@@ -133,3 +133,20 @@ def test_pack_bits_matches_powers_of_two():
             cols = mask[r, 64 * w:64 * w + 64].nonzero().flatten().tolist()
             want = sum(1 << c for c in cols)
             assert int(words[r, w]) & (2 ** 64 - 1) == want
+
+
+def test_implementations_are_chosen_at_construction_with_process_defaults(monkeypatch):
+    assert (make_tower().drop_impl, make_tower().attention) == ("pack", "auto")
+    assert (make_tower(drop_impl="mask", attention="sdpa").drop_impl, make_tower(attention="sdpa").attention) \
+        == ("mask", "sdpa")
+    monkeypatch.setenv("SHAPLEY_KERNELS_DROP_IMPL", "mask")
+    monkeypatch.setenv("SHAPLEY_KERNELS_ATTENTION", "sdpa")
+    tower = make_tower()
+    assert (tower.drop_impl, tower.attention, tower.triton_failures) == ("mask", "sdpa", {})
+    monkeypatch.delenv("SHAPLEY_KERNELS_DROP_IMPL")
+    assert tower.drop_impl == "mask"   # read at construction: a later change of the default leaves it
+    monkeypatch.setenv("SHAPLEY_KERNELS_ATTENTION", "flash")
+    with pytest.raises(ValueError, match="SHAPLEY_KERNELS_ATTENTION"):
+        make_tower()
+    with pytest.raises(ValueError, match="drop_impl"):
+        make_tower(drop_impl="skip", attention="sdpa")

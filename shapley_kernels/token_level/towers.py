@@ -7,15 +7,18 @@ attended ("drop" semantics, also the padding mask during training), and by defau
 not computed at all: kept tokens are packed into dense buckets (``packing.py``) so the cost
 follows the number of tokens kept.
 
-Switches (plain attributes, set after construction):
+Implementations, chosen at construction (``TransformerTower(drop_impl=, attention=)``; None takes
+the process-wide default of ``shapley_kernels.defaults``, which the environment may set):
   drop_impl = "pack" (default) | "mask": "mask" runs every token with a key mask (the
       reference the packed path is tested against).
   attention = "auto" (default) | "sdpa" | "triton": "auto" uses the Triton bitmask kernel for
       masked inference on a CUDA device when triton is importable, SDPA otherwise; if the kernel
-      fails there (compile error, unsupported GPU) "auto" warns once, records the error in
-      ``TRITON_ATTENTION_ERRORS`` and uses SDPA from then on. "triton" always uses the kernel.
+      fails there (compile error, unsupported GPU) "auto" warns, records the error in the tower's
+      ``triton_failures`` under the input's (device, dtype, head dim) and uses SDPA for inputs of
+      that kind from then on (other towers and other kinds of input still try the kernel).
+      "triton" always uses the kernel.
 """
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import warnings
 
@@ -24,16 +27,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_choice, check_shape, check_tensor
+from ..defaults import ATTENTION_IMPLS, DROP_IMPLS, default_attention, default_drop_impl
 from .packing import gather_tokens, plan_buckets, scatter_tokens
 
-DROP_IMPLS = ("pack", "mask")
-ATTENTION_IMPLS = ("auto", "sdpa", "triton")
-TRITON_ATTENTION_ERRORS = []
+
+def _input_kind(q: torch.Tensor) -> tuple:
+    """The key of ``triton_failures``: (device, dtype, head dim) of q float[c, heads, L, hd]."""
+    return str(q.device), str(q.dtype), int(q.shape[-1])
 
 
-def _triton_ready(q: torch.Tensor) -> bool:
-    """Whether the "auto" attention may use the Triton kernel for ``q`` (CUDA, no grad, 16/32-bit)."""
-    if q.device.type != "cuda" or q.requires_grad or q.dtype == torch.float64 or TRITON_ATTENTION_ERRORS:
+def _triton_ready(q: torch.Tensor, failures: Dict[tuple, str]) -> bool:
+    """Whether the "auto" attention may use the Triton kernel for ``q`` (CUDA, no grad, 16/32-bit,
+    no earlier failure on inputs of its kind in ``failures``)."""
+    if q.device.type != "cuda" or q.requires_grad or q.dtype == torch.float64 or _input_kind(q) in failures:
         return False
     try:
         import triton  # noqa: F401
@@ -52,8 +58,10 @@ def sdpa_attention(q, k, v, key_mask: Optional[torch.Tensor], dropout_p: float =
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
-def attend(q, k, v, key_mask: Optional[torch.Tensor], dropout_p: float, impl: str) -> torch.Tensor:
-    """Attention with the implementation ``impl`` ("sdpa", "triton" or "auto", module docstring).
+def attend(q, k, v, key_mask: Optional[torch.Tensor], dropout_p: float, impl: str,
+           failures: Dict[tuple, str]) -> torch.Tensor:
+    """Attention with the implementation ``impl`` ("sdpa", "triton" or "auto", module docstring);
+    ``failures``: the calling tower's record of Triton failures, which "auto" reads and extends.
 
     Shapes as ``sdpa_attention``.
     """
@@ -61,14 +69,16 @@ def attend(q, k, v, key_mask: Optional[torch.Tensor], dropout_p: float, impl: st
         from ._triton_attention import bitmask_attention
 
         return bitmask_attention(q, k, v, key_mask)
-    if impl == "auto" and key_mask is not None and dropout_p == 0.0 and _triton_ready(q):
+    if impl == "auto" and key_mask is not None and dropout_p == 0.0 and _triton_ready(q, failures):
         try:
             from ._triton_attention import bitmask_attention
 
             return bitmask_attention(q, k, v, key_mask)
         except Exception as exc:  # degrade, don't crash: SDPA computes the same thing
-            TRITON_ATTENTION_ERRORS.append(f"{type(exc).__name__}: {exc}")
-            warnings.warn(f"Triton attention failed, using SDPA from now on: {TRITON_ATTENTION_ERRORS[-1]}")
+            kind = _input_kind(q)
+            failures[kind] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"Triton attention failed on {kind} (device, dtype, head dim) inputs, using SDPA "
+                          f"for them from now on: {failures[kind]}")
     return sdpa_attention(q, k, v, key_mask, dropout_p)
 
 
@@ -88,22 +98,23 @@ class _Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.drop = nn.Dropout(dropout)
 
-    def _attention(self, x, key_mask, impl):
+    def _attention(self, x, key_mask, impl, failures):
         c, L, dim = x.shape
         q, k, v = self.qkv(x).view(c, L, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         p = self.dropout if self.training else 0.0
-        h = attend(q, k, v, key_mask, p, impl)
+        h = attend(q, k, v, key_mask, p, impl, failures)
         return self.drop(self.out(h.transpose(1, 2).reshape(c, L, dim)))
 
     def _mlp(self, x):
         return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
 
-    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor], impl: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor], impl: str,
+                failures: Dict[tuple, str]) -> torch.Tensor:
         """x float[c, L, dim], key_mask bool[c, L] or None -> float[c, L, dim]."""
         if self.norm_first:
-            x = x + self._attention(self.norm1(x), key_mask, impl)
+            x = x + self._attention(self.norm1(x), key_mask, impl, failures)
             return x + self._mlp(self.norm2(x))
-        x = self.norm1(x + self._attention(x, key_mask, impl))
+        x = self.norm1(x + self._attention(x, key_mask, impl, failures))
         return self.norm2(x + self._mlp(x))
 
 
@@ -112,13 +123,15 @@ class TransformerTower(nn.Module):
 
     norm_first=True: ViT-style pre-LN with a final LayerNorm. norm_first=False: BERT-style
     post-LN with an embedding LayerNorm (the last layer's output is already normalised).
-    mlp_dim defaults to 4 * dim; activation GELU.
+    mlp_dim defaults to 4 * dim; activation GELU. ``drop_impl`` / ``attention``: module docstring
+    (None: ``shapley_kernels.defaults``).
     """
 
     supports_drop = True
 
     def __init__(self, *, dim, depth, heads, max_tokens, out_dim, mlp_dim=None, norm_first=True,
-                 dropout=0.0, layer_norm_eps=1e-6, init_std=0.02):
+                 dropout=0.0, layer_norm_eps=1e-6, init_std=0.02, drop_impl: Optional[str] = None,
+                 attention: Optional[str] = None):
         super().__init__()
         for name, value in (("dim", dim), ("depth", depth), ("heads", heads),
                             ("max_tokens", max_tokens), ("out_dim", out_dim)):
@@ -133,8 +146,11 @@ class TransformerTower(nn.Module):
         mlp_dim = 4 * dim if mlp_dim is None else mlp_dim
         self.dim, self.max_tokens, self.out_dim = dim, max_tokens, out_dim
         self.norm_first = norm_first
-        self.drop_impl = "pack"
-        self.attention = "auto"
+        self.drop_impl = check_choice("drop_impl", default_drop_impl() if drop_impl is None else drop_impl,
+                                      DROP_IMPLS)
+        self.attention = check_choice("attention", default_attention() if attention is None else attention,
+                                      ATTENTION_IMPLS)
+        self.triton_failures: Dict[tuple, str] = {}   # (device, dtype, head dim) -> error of "auto"'s kernel
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(max_tokens + 1, dim))
         self.embed_norm = nn.Identity() if norm_first else nn.LayerNorm(dim, eps=layer_norm_eps)
@@ -180,7 +196,7 @@ class TransformerTower(nn.Module):
         if key_mask is not None:
             key_mask = torch.cat([key_mask.new_ones(c, 1), key_mask], dim=1)
         for block in self.blocks:
-            x = block(x, key_mask, self.attention)
+            x = block(x, key_mask, self.attention, self.triton_failures)
         return self.final_norm(x)
 
     # -- public -------------------------------------------------------------------------

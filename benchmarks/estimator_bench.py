@@ -1,11 +1,17 @@
 """Estimator efficiency: error against game evaluations and wall time, "paper" vs "stratified".
 
     python benchmarks/estimator_bench.py [--device cpu|cuda] [--runs 40] [--json out.json]
+                                         [--checkpoint RUN [--reference-samples 20000]]
 
 Workloads (issue 13, item 3):
   (a) tiny encoders: ``region_interaction`` on random TransformerTowers (12 patches, 6 words,
       n = 18), 2 pairs x 4 candidate regions of 2-4 patches; the reference is exact enumeration
       (``method="exact"``, itself tested against brute force). Scores "interaction" and "phi".
+  (b) ``--checkpoint RUN``: a trained run's real towers and candidates: the first ``pairs`` test
+      images with their first referring expression, the head's top 4 regions after NMS each,
+      ``region_interaction`` (Eq. 7, the run's token baseline) on the real token grid; the
+      reference is a ``--reference-samples`` stratified estimate (unbiased, its own standard
+      error reported), since exact enumeration over 64 patches is out of reach.
   (c) shapiq-style games: sums of unanimity games v(S) = sum_T a_T [T subset S] over n = 14
       players, whose values are known in closed form (``unanimity_values``); the generic
       ``shapley_values``, ``interaction_index`` (all pairs) and ``coalition_interaction``.
@@ -112,6 +118,59 @@ def bench_tiny(device, runs: int, samples_list):
     return out
 
 
+def real_workload(checkpoint: str, device, pairs: int = 2, regions: int = 4):
+    """A trained run's towers, the tokens of ``pairs`` test pairs and the head's top ``regions``
+    candidates: ((image_tower, text_tower), x_img float[P, N_I, D], x_txt float[P, L, D],
+    text_mask bool[P, L], token-grid regions bool[P, K, N_I], token baseline)."""
+    from loupe_core.eval import splits
+    from loupe_core.eval.encode import image_tensor, tokenize
+    from loupe_core.pipeline import load_run, resolve_data
+
+    objective, cfg, _, _ = load_run(checkpoint, device)
+    model = objective.model
+    tokenizer, files = resolve_data(cfg, None, None)
+    split = splits.load("grounding", files["grounding"], cfg.model.image_size)
+    first = {}
+    for r, i in enumerate(split.expression_image):
+        first.setdefault(int(i), r)
+    images = sorted(first)[:pairs]
+    with torch.no_grad():
+        x_img, feats = model.encode_image_tokens(image_tensor(split.images[images], device))
+        ids, mask = tokenize(tokenizer, [split.expressions[first[i]] for i in images], cfg.model.text_max_tokens)
+        x_txt, _ = model.encode_text_tokens(ids.to(device), mask.to(device))
+        top = model.propose_regions(feats, regions)
+        masks = model.token_masks(top.boxes, top.patch_masks)
+    return ((model.image_tower, model.text_tower), x_img.double(), x_txt.double(), mask.to(device), masks,
+            cfg.loss.token_baseline)
+
+
+def bench_real(checkpoint: str, device, runs: int, samples_list, reference_samples: int):
+    (img, txt), x_img, x_txt, text_mask, regions, baseline = real_workload(checkpoint, device)
+    img, txt = img.double().eval(), txt.double().eval()
+    common = dict(text_mask=text_mask, baseline=baseline, method="sampling", score=("interaction", "phi"))
+    with torch.no_grad():
+        reference = region_interaction(img, txt, x_img, x_txt, regions, num_samples=reference_samples,
+                                       seed=10**6, estimator="stratified", **common)
+    out = []
+    for num_samples, estimator in itertools.product(samples_list, ESTIMATORS):
+        values = {"interaction": [], "phi": []}
+        start, evals = time.perf_counter(), 0
+        with torch.no_grad():
+            for seed in range(runs):
+                got = region_interaction(img, txt, x_img, x_txt, regions, num_samples=num_samples, seed=seed,
+                                         estimator=estimator, **common)
+                for name in values:
+                    values[name].append(got[name].value.cpu())
+                evals += int(got["interaction"].evaluations.sum())
+        seconds = (time.perf_counter() - start) / runs
+        for name, vals in values.items():
+            ref = reference[name]
+            out.append(dict(workload="trained_default", target=name, estimator=estimator, num_samples=num_samples,
+                            reference_stderr=float(ref.stderr.max()),
+                            **_summary(torch.stack(vals), ref.value.cpu(), seconds, evals / runs)))
+    return out
+
+
 def bench_unanimity(device, runs: int, samples_list, n: int = 14, terms: int = 30):
     gen = torch.Generator().manual_seed(2)
     masks, weights = random_unanimity(n, terms, gen)
@@ -178,6 +237,8 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--samples", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--json", default=None)
+    parser.add_argument("--checkpoint", default=None, help="a trained run: adds workload (b)")
+    parser.add_argument("--reference-samples", type=int, default=20000, help="samples of (b)'s reference")
     parser.add_argument("--collect", nargs=3, metavar=("STEPS_TSV", "ESTIMATOR_JSON", "OUT_JSON"),
                         help="only write benchmarks/gpu_suite.sh's summary JSON (see collect)")
     args = parser.parse_args(argv)
@@ -185,6 +246,8 @@ def main(argv=None):
         return collect(*args.collect)
     device = torch.device(args.device)
     rows = bench_tiny(device, args.runs, args.samples) + bench_unanimity(device, args.runs, args.samples)
+    if args.checkpoint:
+        rows += bench_real(args.checkpoint, device, args.runs, args.samples, args.reference_samples)
     result = dict(machine=f"{platform.machine()} {platform.processor() or ''}".strip(), torch=torch.__version__,
                   device=str(device), threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                   runs=args.runs, rows=rows, ratios=ratios(rows))

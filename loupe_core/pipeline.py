@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from loupe_core import data
+from loupe_core.api import load_checkpoint
 from loupe_core.config import RunConfig, apply_overrides, load_config
 from loupe_core.data.csv_loader import CsvPairs, CsvStream
 from loupe_core.data.webdataset_loader import webdataset_pipeline
@@ -144,6 +145,8 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
             raise ValueError(f"model.text_vocab_size={cfg.model.text_vocab_size} is smaller than the tokenizer's "
                              f"vocabulary ({run_data.tokenizer.vocab_size})")
         objective = LoupeObjective(cfg.model, cfg.loss)
+        if cfg.model.image_init is not None:
+            initialise_image_tower(objective.model, cfg.model.image_init)
         evaluate = _evaluator(cfg, run_data, ctx)
         start = time.perf_counter()
         result = train(cfg, run_dir, objective, run_data.train, run_data.collate, resume=resume, ctx=ctx,
@@ -169,6 +172,21 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
         return summary
     finally:
         shutdown(ctx)
+
+
+def initialise_image_tower(model, source: str) -> None:
+    """Copy the image tower of the trained model at ``source`` (any path ``load_checkpoint``
+    reads) into ``model``'s (``model.image_init``, LiT); the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        try:
+            trained = load_checkpoint(source)
+        except ValueError as exc:
+            raise ValueError(f"model.image_init: {exc}") from None
+    try:
+        model.image_tower.load_state_dict(trained.image_tower.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"model.image_init {source!r}: its image tower does not fit this config "
+                         f"({str(exc).splitlines()[0]})") from None
 
 
 def _shared_run_dir(run_dir: str, ctx: DistContext) -> str:

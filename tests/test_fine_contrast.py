@@ -1,6 +1,8 @@
 """The fine-grained contrastive term against a loop written from its definition; config wiring."""
 import math
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -58,3 +60,39 @@ def test_fine_contrast_term_trains_patch_embeddings():
     assert "fine" in out.terms and torch.isfinite(out.total)
     out.total.backward()
     assert objective.model.image_tower.parameters().__next__().grad is not None
+
+
+def test_pacl_similarity_and_loss_match_a_loop_from_the_definition():
+    from loupe_core.objective.losses import pacl_loss, pacl_similarity
+
+    g = torch.Generator().manual_seed(3)
+    text = torch.nn.functional.normalize(torch.randn(3, 5, generator=g, dtype=torch.float64), dim=-1)
+    patches = torch.nn.functional.normalize(torch.randn(3, 4, 5, generator=g, dtype=torch.float64), dim=-1)
+    scale = torch.tensor(7.0, dtype=torch.float64)
+    want = torch.zeros(3, 3, dtype=torch.float64)
+    for t in range(3):
+        for i in range(3):
+            cos = [float(patches[i, p] @ text[t]) for p in range(4)]
+            w = torch.softmax(scale * torch.tensor(cos, dtype=torch.float64), dim=0)
+            pooled = sum(w[p] * patches[i, p] for p in range(4))
+            want[t, i] = pooled @ text[t] / pooled.norm()
+    torch.testing.assert_close(pacl_similarity(text, patches, scale), want)
+    logits = scale * want
+    labels = torch.arange(3)
+    ce = 0.5 * (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels))
+    torch.testing.assert_close(pacl_loss(text, patches, scale), ce)
+    with pytest.raises(ValueError, match="same pairs"):
+        pacl_loss(text[:2], patches, scale)
+
+
+def test_pacl_term_trains_patch_embeddings():
+    from loupe_core.objective import LoupeObjective
+
+    from test_model import TINY, make_batch  # noqa: E402
+
+    objective = LoupeObjective(TINY, dict(cmc=False, pacl=1.0))
+    out = objective(make_batch())
+    assert set(out.terms) == {"pacl"} and torch.isfinite(out.total)
+    out.total.backward()
+    assert objective.model.image_tower.parameters().__next__().grad is not None
+    assert objective.model.region_logit_scale.grad is not None

@@ -7,7 +7,7 @@ a ``ValueError`` naming the key, so a typo in a JSON file never passes silently.
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from shapley_kernels.checks import check_int
 
@@ -88,6 +88,10 @@ class ModelConfig(DictMixin):
     region's pooled embedding (``ground_score="cosine"``) or the region's exact excess Shapley
     value in the text's maximum game over the patches (``"shapley"``,
     ``shapley_kernels.max_game_region_values``, docs/fine_grained_alignment.md).
+    Locked-image tuning (LiT): ``image_init`` names a trained run (directory, checkpoint file or
+    ``save_pretrained`` folder) whose image tower initialises this one (the pipeline loads it;
+    the towers must match), and ``lock_image`` freezes the image tower (no gradient, always in
+    eval mode), so that only the text side and the heads train.
     """
 
     image_tower: str = "vit"
@@ -116,6 +120,8 @@ class ModelConfig(DictMixin):
     ground_query: str = "cls"
     ground_prior: float = 0.0
     ground_score: str = "cosine"
+    image_init: Optional[str] = None
+    lock_image: bool = False
 
     def __post_init__(self):
         one_of("image_tower", self.image_tower, IMAGE_TOWERS)

@@ -76,6 +76,15 @@ class LoupeModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(init))
         self.region_logit_scale = nn.Parameter(torch.tensor(init))
         self.region_head = RegionHead(cfg.embed_dim, cfg.anchors, cfg.region_head)
+        if cfg.lock_image:
+            self.image_tower.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``; a locked image tower (``lock_image``) stays in eval mode."""
+        super().train(mode)
+        if self.config.lock_image:
+            self.image_tower.eval()
+        return self
 
     # ------------------------------------------------------------------ scales
     def _scale(self, parameter: torch.Tensor) -> torch.Tensor:

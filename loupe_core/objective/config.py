@@ -52,6 +52,8 @@ class LossConfig(DictMixin):
     ``fine_contrast``: weight of the cross-image fine-grained contrastive term
     (``losses.fine_contrastive_loss``; 0: off), whose queries are the caption's word tokens
     (``fine_queries="tokens"``, FILIP's text side) or its noun phrases (``"phrases"``).
+    ``pacl``: weight of PACL's patch-level contrastive term (``losses.pacl_loss``: each text's
+    [CLS] pools the image's patches by their compatibility with it; 0: off).
     """
 
     cmc: bool = True
@@ -75,6 +77,7 @@ class LossConfig(DictMixin):
     token_candidates: str = "selected"
     fine_contrast: float = 0.0
     fine_queries: str = "tokens"
+    pacl: float = 0.0
 
     def __post_init__(self):
         for name in ("cmc", "tsa", "fsa", "unsil"):
@@ -92,14 +95,15 @@ class LossConfig(DictMixin):
                              f"got {self.token_source!r}")
         one_of("fine_queries", self.fine_queries, FINE_QUERIES)
         in_range("fine_contrast", self.fine_contrast, 0.0, 1e6)
+        in_range("pacl", self.pacl, 0.0, 1e6)
         for name in ("token_num_samples", "semantic_num_samples", "pairs_per_step", "unsil_hidden"):
             positive_int(name, getattr(self, name))
         non_negative_int("probe_size", self.probe_size)
         in_range("unsil_lambda", self.unsil_lambda, 1e-12, 1e12)
         in_range("unsil_gate", self.unsil_gate, 0.0, 1.0)
         in_range("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
-        if not (self.cmc or self.tsa or self.fsa or self.fine_contrast > 0):
-            raise ValueError("at least one of cmc, tsa, fsa, fine_contrast must be on")
+        if not (self.cmc or self.tsa or self.fsa or self.fine_contrast > 0 or self.pacl > 0):
+            raise ValueError("at least one of cmc, tsa, fsa, fine_contrast, pacl must be on")
         hybrid = self.hybrid_levels()
         if hybrid and not self.unsil:
             raise ValueError(f"label source 'hybrid' at level(s) {hybrid} needs unsil=True")

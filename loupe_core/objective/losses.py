@@ -237,3 +237,39 @@ def fine_contrastive_loss(queries: torch.Tensor, query_mask: torch.Tensor, patch
     t2i = F.cross_entropy(t2i_logits[has_query], own[has_query], reduction="sum")
     i2t = F.cross_entropy(i2t_logits[has_query][:, has_all], column[own[has_query]], reduction="sum")
     return global_mean(0.5 * (t2i + i2t), has_query.sum())
+
+
+def pacl_similarity(text: torch.Tensor, patches: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """PACL's patch-level compatibility (Mukhoti et al. 2023) of every text with every image.
+
+    text float[Bt, d] (text [CLS] embeddings, L2-normalised), patches float[Bi, P, d] (final
+    patch embeddings, L2-normalised), logit_scale scalar (the softmax's inverse temperature).
+    For text t and image i the patches are pooled with weights softmax_p(logit_scale x
+    cos(patch_ip, t)); returns float[Bt, Bi], the cosine of that pooled embedding with t.
+    """
+    cos = torch.einsum("td,ipd->tip", text, patches)                           # [Bt, Bi, P]
+    weights = torch.softmax(logit_scale * cos, dim=2)
+    pooled = F.normalize(torch.einsum("tip,ipd->tid", weights, patches), dim=-1)   # [Bt, Bi, d]
+    return (pooled * text[:, None, :]).sum(dim=-1)
+
+
+def pacl_loss(text: torch.Tensor, patches: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """PACL's contrastive loss: ``pacl_similarity`` times ``logit_scale`` scored like L_CMC (each
+    caption against the batch's images and each image against the batch's captions, matched
+    pairs on the diagonal). Shapes as in ``pacl_similarity`` with Bt = Bi = b. Under
+    torch.distributed (world > 1) the batch is every rank's (texts and patches gathered with
+    gradients), this rank scoring its own captions and images; every rank must hold the same b.
+    """
+    if text.shape[0] != patches.shape[0]:
+        raise ValueError(f"text and patches must hold the same pairs, got {text.shape[0]} and {patches.shape[0]}")
+    b = patches.shape[0]
+    where = world()
+    if where is None:
+        logits = logit_scale * pacl_similarity(text, patches, logit_scale)          # [b, b]
+        return _symmetric_ce(logits, logits.t(), torch.arange(b, device=patches.device))
+    rank, _ = where
+    all_text, all_patches = gather_with_grad(text), gather_with_grad(patches)
+    t2i = logit_scale * pacl_similarity(text, all_patches, logit_scale)               # [b, G]
+    i2t = logit_scale * pacl_similarity(all_text, patches, logit_scale).t()           # [b, G]
+    return _symmetric_ce(t2i, i2t, torch.arange(b, device=patches.device) + rank * b)
+

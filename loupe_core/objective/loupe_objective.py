@@ -20,7 +20,7 @@ from ..model import LoupeModel, ModelConfig
 from ..model.loupe import as_config, masked_mean_embedding
 from . import labels as lab
 from .config import LossConfig
-from .losses import ContrastiveBank, LossOutput, cmc_loss, fine_contrastive_loss, fsa_loss, tsa_loss
+from .losses import ContrastiveBank, LossOutput, cmc_loss, fine_contrastive_loss, fsa_loss, pacl_loss, tsa_loss
 from .unsil import Unsil, UnsilInputs
 
 BATCH_KEYS = ("images", "input_ids", "text_mask")
@@ -128,6 +128,8 @@ class LoupeObjective(nn.Module):
                                    else (phrases, batch["phrase_mask"]))
             terms["fine"] = lcfg.fine_contrast * fine_contrastive_loss(
                 queries, query_mask, img.patch_emb, model.region_scale())
+        if lcfg.pacl > 0:
+            terms["pacl"] = lcfg.pacl * pacl_loss(txt.global_emb, img.patch_emb, model.region_scale())
         if lcfg.tsa or lcfg.fsa:
             logits, geometry = model.candidates(img)
             # the head's selection (NMS on the host, per image) only where a loss reads it: dense

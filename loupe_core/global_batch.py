@@ -168,6 +168,15 @@ def global_mean(total: torch.Tensor, count) -> torch.Tensor:
     return total * scale / n.clamp(min=1.0).to(total.dtype)
 
 
+def global_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over every rank (one all_reduce; ``x`` itself in one process). Every rank must call it."""
+    if world() is None:
+        return x
+    total = x.clone()
+    torch.distributed.all_reduce(total)
+    return total
+
+
 def global_moments(values: torch.Tensor):
     """(count float, mean, M2) of float64 ``values`` float[n] of every rank together (Chan et al.;
     one all_gather); mean and M2 0-d tensors, 0 for no value."""

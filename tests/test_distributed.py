@@ -213,3 +213,35 @@ def test_two_gloo_processes_match_one_process(tmp_path):
             assert (flat1 - flat2).norm() <= 1e-5 * flat1.norm(), (where, float((flat1 - flat2).norm() / flat1.norm()))
             for n in g1:  # and no small part of the model far off (e.g. UNSIL's own weights)
                 assert (g1[n] - g2[n]).norm() <= 1e-3 * g1[n].norm() + 1e-6 * flat1.norm(), (where, n)
+
+
+def _track_worker(rank, world, port, out_dir):
+    from loupe_core.objective.unsil import Unsil
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    ctx = init_distributed("cpu")
+    unsil = Unsil("mlp_attention", 4, 4, 8, 6)
+    g = torch.Generator().manual_seed(rank)
+    for step in range(3):   # rank 1 samples no target on step 1
+        n = 0 if (rank, step) == (1, 1) else 3 + rank
+        unsil.track(torch.randn(n, generator=g), torch.randn(n, generator=g))
+    torch.save(unsil.moments, os.path.join(out_dir, f"moments{rank}.pt"))
+    shutdown(ctx)
+
+
+def test_unsil_tracks_every_ranks_targets_so_the_gate_agrees(tmp_path):
+    """Two ranks with different (and on one step no) sampled targets hold the moments of one
+    process that tracked both ranks' targets together, so their correlation (the gate) agrees."""
+    from loupe_core.objective.unsil import Unsil
+
+    mp.spawn(_track_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"moments{r}.pt") for r in range(2)]
+    one = Unsil("mlp_attention", 4, 4, 8, 6)
+    gens = [torch.Generator().manual_seed(r) for r in range(2)]
+    for step in range(3):
+        pairs = [(torch.randn(n, generator=g), torch.randn(n, generator=g))
+                 for r, g in enumerate(gens) for n in [0 if (r, step) == (1, 1) else 3 + r]]
+        one.track(torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]))
+    torch.testing.assert_close(got[0], got[1], rtol=0, atol=0)
+    torch.testing.assert_close(got[0], one.moments, rtol=1e-12, atol=1e-12)

@@ -158,8 +158,8 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
         need = hybrid_decision(sigma) if uniforms is None else uniforms.to(sigma) <= sigma.detach()
     index = need.nonzero().squeeze(1)
     sampled = sample(index, step_seed(step, level)).to(estimate.dtype) if index.numel() else estimate.new_zeros(0)
-    if index.numel():
-        unsil.track(estimate[index] * unsil.scale(), sampled)   # estimates made before training on them
+    # estimates made before training on them; on every rank, also one without a sampled target
+    unsil.track(estimate[index] * unsil.scale(), sampled)
     unsil.observe(sampled)
     scale = unsil.scale()
     values = estimate.detach() * scale

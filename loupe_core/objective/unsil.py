@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..global_batch import global_moments
+from ..global_batch import global_moments, global_sum
 
 SIGMA_FLOOR = 1e-6  # keeps 1/sigma in Eq. 12 finite
 
@@ -203,13 +203,16 @@ class Unsil(nn.Module):
     @torch.no_grad()
     def track(self, estimate: torch.Tensor, target: torch.Tensor) -> None:
         """Record held-out pairs: estimate float[T] (before training on them) and the sampled
-        target float[T] in the same units; older pairs are down-weighted by ``TRACK_DECAY``."""
+        target float[T] in the same units (T may be 0); older pairs are down-weighted by
+        ``TRACK_DECAY``. Under torch.distributed the pairs of every rank are recorded on every
+        rank (one all_reduce: every rank must call it), so ``correlation`` and the gate it
+        drives are the same on every rank."""
         x, y = estimate.detach().double().flatten(), target.detach().double().flatten()
         if x.shape != y.shape:
             raise ValueError(f"estimate and target must have the same shape, got {list(x.shape)} and {list(y.shape)}")
         stats = torch.stack([x.new_tensor(float(x.numel())), x.sum(), y.sum(), x.square().sum(), y.square().sum(),
                              (x * y).sum()]).to(self.moments.device)
-        self.moments.mul_(TRACK_DECAY).add_(stats)
+        self.moments.mul_(TRACK_DECAY).add_(global_sum(stats))
 
     def correlation(self) -> float:
         """Pearson correlation of the tracked (estimate, target) pairs; 0.0 before it is defined."""

@@ -14,6 +14,8 @@ IMG, VOCAB, LEN, DIM = 12, 50, 6, 8
 
 
 class PairModel(torch.nn.Module):
+    bank_terms = ("cmc",)   # its L_CMC is over the whole accumulated batch (the trainer's bank)
+
     def __init__(self, local: bool = True, dropout: float = 0.1, nan_at=None):
         super().__init__()
         self.img = torch.nn.Linear(IMG, DIM)

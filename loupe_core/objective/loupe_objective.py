@@ -83,6 +83,8 @@ class LoupeObjective(nn.Module):
         super().__init__()
         self.model = model if isinstance(model, LoupeModel) else LoupeModel(model)
         self.loss_config = lcfg = as_config(LossConfig, loss_config)
+        # terms that are losses over the whole accumulated batch (the trainer's ContrastiveBank)
+        self.bank_terms = ("cmc",) if lcfg.cmc else ()
         cfg = self.model.config
         if lcfg.token_baseline == "drop" and cfg.image_tower == "swin" and lcfg.tsa:
             raise ValueError("token_baseline='drop' is not defined for the Swin image tower; use 'zero'")

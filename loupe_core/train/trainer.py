@@ -173,7 +173,9 @@ class _StepRunner:
     def __init__(self, cfg: RunConfig, module, ddp, ctx: DistContext, bank_cls):
         self.cfg, self.module, self.ddp, self.ctx, self.bank_cls = cfg, module, ddp, ctx, bank_cls
         self.accum = cfg.train.accum_steps
-        self.use_bank = self.accum > 1 and cfg.loss.cmc
+        # the module's terms that are losses over the whole accumulated batch (``bank_terms``)
+        self.bank_terms = tuple(getattr(module, "bank_terms", ()))
+        self.use_bank = self.accum > 1 and bool(self.bank_terms)
 
     def _bank_embeddings(self, micros):
         with torch.no_grad(), _autocast(self.cfg, self.ctx.device):
@@ -225,8 +227,8 @@ class _StepRunner:
                 bad = _first_non_finite(out)
                 if any_rank(bad is not None, self.ctx):
                     return None, bad
-                cmc = out.terms["cmc"] if self.use_bank else 0.0
-                (W * cmc + (out.total - cmc) / A).backward()
+                banked = sum(out.terms[t] for t in self.bank_terms) if self.use_bank else 0.0
+                (W * banked + (out.total - banked) / A).backward()
             for name, value in list(out.terms.items()) + [("total", out.total)]:
                 sums[name] = sums.get(name, 0.0) + value.detach().float() / A
             for name, value in out.logs.items():
@@ -276,7 +278,8 @@ def _weights_finite(model: torch.nn.Module, ctx: DistContext) -> bool:
 
 
 def _batch_size(batch) -> int:
-    return int(batch["input_ids"].shape[0])
+    """Pairs in a micro-batch: the leading size of its first tensor."""
+    return int(next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
 
 
 def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate_fn, *,
@@ -287,7 +290,10 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
 
     model: the module trained and checkpointed, a ``loupe_core.objective.LoupeObjective`` (or any
     module whose ``forward(batch, step=, total_steps=, diagnostics=)`` returns ``LossOutput`` and
-    ``forward(batch, embed_only=True)`` the global embeddings), built with the run's seed already set.
+    ``forward(batch, embed_only=True)`` the global embeddings, and whose ``bank_terms`` names the
+    terms that are losses over the whole accumulated batch: with ``train.accum_steps`` > 1 those
+    see every micro-batch's embeddings through a ``ContrastiveBank``), built with the run's seed
+    already set.
     resume: a checkpoint path (see ``checkpoint.resolve_resume``): continues exactly, the same
       data order, RNG streams, optimiser, schedule and scaler state.
     evaluate_fn: called with the unwrapped model every ``eval.every`` steps (0: never here),

@@ -49,10 +49,6 @@ LAZY_IMPORTS = {
     ("loupe_core", "loupe_core.api"):
         "PEP 562 lazy re-export: the root package runs before every submodule, so an eager import "
         "would make each lower layer load the API layer",
-    # Pre-existing, no reason recorded; the files are being edited in parallel (issue 14): move
-    # each import to the top of its module, then drop it from this list.
-    ("loupe_core.train.distributed", "shapley_kernels.checks"): "to move to module level",
-    ("loupe_core.eval.diagnostics", "shapley_kernels.alignment"): "to move to module level",
 }
 
 # Upward arrows still in the code (importing module, imported module): none left.

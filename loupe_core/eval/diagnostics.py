@@ -82,6 +82,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from shapley_kernels.alignment import EXACT_LIMIT
 from shapley_kernels.checks import check_finite, check_tensor
 
 from ..objective import labels as lab
@@ -497,8 +498,6 @@ def _semantic_label_metrics(objective, text, rows, owner, expression_object, img
                             seed: int) -> dict:
     """Parts 5 and 4 (semantic level) on the expressions ``rows`` (their image ``owner[rows]``);
     text: the expressions' ``encode.TextViews``."""
-    from shapley_kernels.alignment import EXACT_LIMIT
-
     rows = torch.as_tensor(rows, dtype=torch.long)
     rows = rows[text.phrase_mask[rows].sum(dim=1) >= 2]
     if rows.numel() == 0:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from shapley_kernels.checks import check_device
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -40,8 +42,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``"auto"``: the local GPU when there is one, else the CPU; ``"cuda"``: the local GPU;
     otherwise ``torch.device(name)``. ValueError naming ``train.device`` for a device this install
     cannot train on (``shapley_kernels.checks.check_device``)."""
-    from shapley_kernels.checks import check_device
-
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = check_device("train.device", name)

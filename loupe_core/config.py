@@ -15,10 +15,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
+
+from loupe_core import schema
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -167,7 +167,7 @@ class RunConfig:
             self.loss = loss_cls()
 
     def to_dict(self) -> dict:
-        return {"name": self.name, **{s: _to_plain(getattr(self, s)) for s in SECTIONS}}
+        return {"name": self.name, **{s: schema.to_plain(getattr(self, s)) for s in SECTIONS}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
@@ -185,103 +185,15 @@ def _section_classes() -> dict:
 def _field_types(cls) -> dict:
     if cls is RunConfig:
         return {"name": str, **_section_classes()}
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _to_plain(obj):
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    return obj
-
-
-def _type_name(hint) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _convert(value, hint, key: str):
-    """``value`` (a JSON value) checked and converted to ``hint``; ValueError naming ``key``."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-
-    def fail():
-        return ValueError(f"config key {key!r}: expected {_type_name(hint)}, got {value!r}")
-
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ValueError:
-                pass
-        raise fail()
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ValueError(f"config key {key!r}: expected one of {list(args)}, got {value!r}")
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        if not isinstance(value, dict):
-            raise fail()
-        return _build(hint, value, key + ".")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise fail()
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise fail()
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise fail()
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise fail()
-    if origin in (tuple, list) or hint in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise fail()
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ValueError(f"config key {key!r}: expected {len(args)} values, got {value!r}")
-            return tuple(_convert(v, a, key) for v, a in zip(value, args))
-        elem = args[0] if args else Any
-        items = [_convert(v, elem, key) for v in value]
-        return tuple(items) if (origin is tuple or hint is tuple) else items
-    if origin is dict or hint is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise fail()
-    if isinstance(hint, type) and isinstance(value, hint):
-        return value
-    raise fail()
+    return schema.field_types(cls)
 
 
 def _build(cls, d: dict, prefix: str):
-    """Instance of dataclass ``cls`` from the (partial) dict ``d``; missing fields keep defaults."""
-    if not isinstance(d, dict):
-        raise ValueError(f"config section {prefix.rstrip('.') or 'root'!r}: expected an object, got {d!r}")
-    types_ = _field_types(cls)
-    unknown = sorted(set(d) - set(types_))
-    if unknown:
-        raise ValueError(f"unknown config key {prefix + unknown[0]!r}; valid keys here: {sorted(types_)}")
-    kwargs = {k: _convert(v, types_[k], prefix + k) for k, v in d.items()}
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"config section {prefix.rstrip('.') or 'root'!r}: {exc}") from exc
+    return schema.build(cls, d, prefix, _field_types)
+
+
+def _convert(value, hint, key: str):
+    return schema.convert(value, hint, key, _field_types)
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -355,7 +267,7 @@ def apply_overrides(cfg: RunConfig, overrides) -> RunConfig:
         *head, last = key.split(".")
         for part in head:
             node = node[part]
-        node[last] = _to_plain(value)
+        node[last] = schema.to_plain(value)
     return RunConfig.from_dict(d)
 
 

@@ -22,7 +22,6 @@ from loupe_core.config import load_config
 from loupe_core.data import DataStats, Tokenizer, make_csv_loader, make_webdataset_loader
 from loupe_core.data.images import encode_png
 from loupe_core.data.shards import write_shard
-from loupe_core.data.webdataset_loader import webdataset_pipeline
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.logging import MetricLogger
 from loupe_core.train.trainer import TrainingDiverged, train

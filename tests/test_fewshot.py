@@ -14,7 +14,7 @@ from loupe_core.data.images import encode_png
 from loupe_core.eval import check_tasks, evaluate
 from loupe_core.eval.classification import zero_shot_predictions
 from loupe_core.eval.encode import encode_text_list, tokenize
-from loupe_core.eval.fewshot import (CoOpPrompt, cache_weights, coop_class_embeddings, coop_prompt,
+from loupe_core.eval.fewshot import (CoOpPrompt, coop_class_embeddings, coop_prompt,
                                      evaluate_fewshot, fit_coop, frozen, sample_support, search_tip_adapter,
                                      tip_adapter_logits, usable_shots, zero_shot_logits)
 from loupe_core.model import LoupeModel

@@ -4,12 +4,13 @@ Named configurations (the Table-4 rows, tiny test configs) are JSON files of the
 config registry; they only set the fields defined here. ``from_dict`` rejects unknown keys with
 a ``ValueError`` naming the key, so a typo in a JSON file never passes silently.
 """
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 from shapley_kernels.checks import check_int
+
+from ..schema import DictMixin
 
 IMAGE_TOWERS = ("vit", "swin")
 GROUND_SCORES = ("cosine", "shapley")
@@ -37,23 +38,6 @@ def in_range(name: str, value, low: float, high: float) -> None:
         raise TypeError(f"{name} must be a finite number, got {value!r}")
     if not low <= value <= high:
         raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
-
-
-class DictMixin:
-    """``from_dict`` (strict: unknown keys raise) and ``to_dict`` (JSON-ready) for dataclasses."""
-
-    @classmethod
-    def from_dict(cls, values: dict):
-        if not isinstance(values, dict):
-            raise TypeError(f"{cls.__name__}.from_dict needs a dict, got {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                raise ValueError(f"unknown {cls.__name__} key {key!r}; known keys: {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _default_anchors() -> List[List[float]]:

@@ -3,7 +3,8 @@
 from dataclasses import dataclass
 from typing import List
 
-from ..model.config import DictMixin, in_range, non_negative_int, one_of, positive_int
+from ..model.config import in_range, non_negative_int, one_of, positive_int
+from ..schema import DictMixin
 
 LABEL_SOURCES = ("exact", "sampling", "hybrid")
 TOKEN_BASELINES = ("zero", "drop")

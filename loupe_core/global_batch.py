@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 GLOBAL_ROWS = "global_rows"  # batch key: long[b], each pair's row in the step's global batch
 GLOBAL_SIZE = "global_size"  # batch key: int, the global batch size G
-_STREAMS = {"candidates": 8, "token_decision": 9}  # beside labels.STREAMS (0..3)
+_STREAMS = {"candidates": 8, "token_decision": 9, "views": 10}  # beside labels.STREAMS (0..3)
 _SEED_STRIDE = 1_000_003  # as labels.SAMPLE_SEED_STRIDE
 _MASK64 = (1 << 64) - 1
 
@@ -80,7 +80,7 @@ def _mix64(x: int) -> int:
 
 
 def stream_seed(step: int, stream: str) -> int:
-    """Seed of a per-pair stream ("candidates", "token_decision") at ``step`` (as ``labels.step_seed``)."""
+    """Seed of a per-pair stream ("candidates", "token_decision", "views") at ``step`` (as ``labels.step_seed``)."""
     return int(step) * _SEED_STRIDE + _STREAMS[stream]
 
 

@@ -96,3 +96,49 @@ def test_pacl_term_trains_patch_embeddings():
     out.total.backward()
     assert objective.model.image_tower.parameters().__next__().grad is not None
     assert objective.model.region_logit_scale.grad is not None
+
+
+def test_simclr_loss_matches_nt_xent_written_out():
+    from loupe_core.objective.losses import simclr_loss
+
+    g = torch.Generator().manual_seed(5)
+    a = F.normalize(torch.randn(3, 4, generator=g, dtype=torch.float64), dim=-1)
+    b = F.normalize(torch.randn(3, 4, generator=g, dtype=torch.float64), dim=-1)
+    z = torch.cat([a, b])
+    total = 0.0
+    for i in range(6):
+        positive = (i + 3) % 6
+        logits = [float(z[i] @ z[j]) / 0.5 for j in range(6) if j != i]
+        others = [j for j in range(6) if j != i]
+        total += -logits[others.index(positive)] + math.log(sum(math.exp(x) for x in logits))
+    assert float(simclr_loss(a, b, 0.5)) == pytest.approx(total / 6, rel=1e-12)
+    with pytest.raises(ValueError, match="view_a"):
+        simclr_loss(a, b[:2], 0.5)
+
+
+def test_random_views_crop_and_flip_as_drawn():
+    from loupe_core.data.augment import random_view
+
+    images = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    whole = torch.tensor([[1.0, 0.5, 0.5, 0.5, 0.9], [1.0, 0.5, 0.5, 0.5, 0.1]])   # area 1, ratio 1: no crop
+    out = random_view(images, whole)
+    torch.testing.assert_close(out[0], images[0])                    # no flip
+    torch.testing.assert_close(out[1], images[1].flip(-1))           # flipped
+    small = random_view(images, torch.tensor([[0.0, 0.5, 0.0, 0.0, 0.9]] * 2))   # smallest area, top-left
+    assert small.shape == images.shape and float(small[0, 0, 0, 0]) < float(images[0].mean())
+    with pytest.raises(ValueError, match="uniforms"):
+        random_view(images, whole[:1])
+
+
+def test_simclr_term_trains_the_image_tower_and_its_head():
+    from loupe_core.objective import LoupeObjective
+
+    from test_model import TINY, make_batch  # noqa: E402
+
+    objective = LoupeObjective(TINY, dict(cmc=True, simclr=1.0))
+    out = objective(make_batch(), step=3)
+    assert set(out.terms) == {"cmc", "simclr"} and torch.isfinite(out.total)
+    out.total.backward()
+    assert objective.simclr_head[0].weight.grad is not None
+    again = objective(make_batch(), step=3).terms["simclr"]
+    assert float(again) == pytest.approx(float(out.terms["simclr"]))   # the views are a function of (step, row)

@@ -55,6 +55,9 @@ class LossConfig(DictMixin):
     (``fine_queries="tokens"``, FILIP's text side) or its noun phrases (``"phrases"``).
     ``pacl``: weight of PACL's patch-level contrastive term (``losses.pacl_loss``: each text's
     [CLS] pools the image's patches by their compatibility with it; 0: off).
+    ``simclr``: weight of SLIP's self-supervised term (``losses.simclr_loss`` on two random views
+    of each image, ``data.augment.random_view``, through an MLP head; 0: off) at temperature
+    ``simclr_temperature``.
     """
 
     cmc: bool = True
@@ -79,6 +82,8 @@ class LossConfig(DictMixin):
     fine_contrast: float = 0.0
     fine_queries: str = "tokens"
     pacl: float = 0.0
+    simclr: float = 0.0
+    simclr_temperature: float = 0.1
 
     def __post_init__(self):
         for name in ("cmc", "tsa", "fsa", "unsil"):
@@ -97,6 +102,8 @@ class LossConfig(DictMixin):
         one_of("fine_queries", self.fine_queries, FINE_QUERIES)
         in_range("fine_contrast", self.fine_contrast, 0.0, 1e6)
         in_range("pacl", self.pacl, 0.0, 1e6)
+        in_range("simclr", self.simclr, 0.0, 1e6)
+        in_range("simclr_temperature", self.simclr_temperature, 1e-6, 1e6)
         for name in ("token_num_samples", "semantic_num_samples", "pairs_per_step", "unsil_hidden"):
             positive_int(name, getattr(self, name))
         non_negative_int("probe_size", self.probe_size)

@@ -273,3 +273,28 @@ def pacl_loss(text: torch.Tensor, patches: torch.Tensor, logit_scale: torch.Tens
     i2t = logit_scale * pacl_similarity(all_text, patches, logit_scale).t()           # [b, G]
     return _symmetric_ce(t2i, i2t, torch.arange(b, device=patches.device) + rank * b)
 
+
+def simclr_loss(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent loss (SLIP's self-supervised term) of two views of the same images.
+
+    view_a, view_b float[b, d] (L2-normalised projections of the two views; row i of each is
+    image i). Each of the 2b views is classified among the other 2b - 1 by cosine / temperature,
+    its positive being the other view of its image; mean over the 2b views. Under
+    torch.distributed (world > 1) the candidates are every rank's views (gathered with
+    gradients), this rank scoring its own; every rank must hold the same b.
+    """
+    if view_a.shape != view_b.shape or view_a.dim() != 2:
+        raise ValueError(f"view_a and view_b must both be [b, d], got {tuple(view_a.shape)} and {tuple(view_b.shape)}")
+    b = view_a.shape[0]
+    where = world()
+    rank = 0 if where is None else where[0]
+    mine = torch.cat([view_a, view_b])                                           # [2b, d]
+    every = mine if where is None else torch.cat([gather_with_grad(view_a), gather_with_grad(view_b)])
+    G = every.shape[0] // 2
+    own = torch.arange(b, device=view_a.device) + rank * b
+    rows = torch.cat([own, own + G])                                             # my views among every's
+    logits = mine @ every.t() / temperature                                      # [2b, 2G]
+    logits = logits.masked_fill(F.one_hot(rows, 2 * G).bool(), float("-inf"))   # not itself
+    positive = torch.cat([own + G, own])
+    return F.cross_entropy(logits, positive)
+

@@ -16,11 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import global_batch as gb
+from ..data.augment import random_view
 from ..model import LoupeModel, ModelConfig
 from ..model.loupe import as_config, masked_mean_embedding
 from . import labels as lab
 from .config import LossConfig
-from .losses import ContrastiveBank, LossOutput, cmc_loss, fine_contrastive_loss, fsa_loss, pacl_loss, tsa_loss
+from .losses import (ContrastiveBank, LossOutput, cmc_loss, fine_contrastive_loss, fsa_loss, pacl_loss, simclr_loss,
+                     tsa_loss)
 from .unsil import Unsil, UnsilInputs
 
 BATCH_KEYS = ("images", "input_ids", "text_mask")
@@ -95,6 +97,9 @@ class LoupeObjective(nn.Module):
         self.unsil = nn.ModuleDict({
             level: Unsil(lcfg.unsil_arch, shapes[level][0], d, lcfg.unsil_hidden, shapes[level][1])
             for level in lcfg.hybrid_levels()})
+        # SLIP's SimCLR projection head (an MLP on the image embedding), only where the term is on
+        self.simclr_head = (nn.Sequential(nn.Linear(d, 4 * d), nn.LayerNorm(4 * d), nn.GELU(), nn.Linear(4 * d, d))
+                            if lcfg.simclr > 0 else None)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict``, also of a state dict in the earlier layout (``upgrade_state_dict``)."""
@@ -130,6 +135,8 @@ class LoupeObjective(nn.Module):
                                    else (phrases, batch["phrase_mask"]))
             terms["fine"] = lcfg.fine_contrast * fine_contrastive_loss(
                 queries, query_mask, img.patch_emb, model.region_scale())
+        if lcfg.simclr > 0:
+            terms["simclr"] = lcfg.simclr * self._simclr_term(batch["images"], rows, step)
         if lcfg.pacl > 0:
             terms["pacl"] = lcfg.pacl * pacl_loss(txt.global_emb, img.patch_emb, model.region_scale())
         if lcfg.tsa or lcfg.fsa:
@@ -175,6 +182,14 @@ class LoupeObjective(nn.Module):
         logs["region_logit_scale"] = float(model.alignment_scale())
         total = sum(terms.values())
         return LossOutput(total, terms, logs)
+
+    def _simclr_term(self, images: torch.Tensor, rows: torch.Tensor, step: int) -> torch.Tensor:
+        """SLIP's term on two random views of images float[b, 3, S, S]; each pair's view draws come
+        from its global row (``rows`` long[b]), so they do not depend on its batch or rank."""
+        draws = gb.pair_uniforms(gb.stream_seed(step, "views"), rows, 10, images.device)    # [b, 10]
+        views = [F.normalize(self.simclr_head(self.model.encode_images(random_view(images, u)).global_emb), dim=-1)
+                 for u in (draws[:, :5], draws[:, 5:])]
+        return simclr_loss(*views, self.loss_config.simclr_temperature)
 
     def _alignment_token_labels(self, patch_emb, phrases, phrase_mask, region_masks):
         """Token-level labels in the alignment game (``token_game="alignment"``), exact: (values

@@ -57,6 +57,15 @@ def check_int(name: str, value, low: int, high: Optional[int] = None) -> int:
     return value
 
 
+def check_count(name: str, value, low: int = 1) -> int:
+    """``value`` as a Python int if it is integral (int or NumPy integer, not bool) and >= ``low``;
+    otherwise one ValueError naming ``name`` (for counts and seeds given by users of the
+    evaluation tasks, where the wrong type and the wrong value are the same mistake)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
 def check_num_samples(num_samples, default: int = 500) -> int:
     """Resolve ``num_samples`` (None means ``default``); raise on non-positive or non-integral."""
     return default if num_samples is None else check_int("num_samples", num_samples, 1)

@@ -39,19 +39,26 @@ from .checks import check_finite, check_tensor
 MAX_GAME_SCORES = ("phi", "excess", "shapley_iou")
 
 
-def _player_phi(values: torch.Tensor) -> torch.Tensor:
-    """Each player's Shapley value float[G, n] in the maximum games with values float[G, n] (>= 0):
-    phi_(k) = sum_{t >= k} (y_(t) - y_(t+1)) / t for the player of rank k (module docstring)."""
-    n = values.shape[-1]
+def _sorted(values: torch.Tensor):
+    """(the decreasing order long[G, n] of values float[G, n], the gaps a_t - a_(t+1) float[G, n]
+    of the sorted values a, a_(n+1) = 0): what both closed forms start from."""
     ordered, order = values.sort(dim=-1, descending=True, stable=True)
     gaps = ordered - torch.cat([ordered[..., 1:], torch.zeros_like(ordered[..., :1])], dim=-1)
-    t = torch.arange(1, n + 1, device=values.device, dtype=values.dtype)
+    return order, gaps
+
+
+def _player_phi(order: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+    """Each player's Shapley value float[G, n] in the maximum games of ``_sorted``'s order and
+    gaps: phi_(k) = sum_{t >= k} (y_(t) - y_(t+1)) / t for the player of rank k (module docstring)."""
+    n = gaps.shape[-1]
+    t = torch.arange(1, n + 1, device=gaps.device, dtype=gaps.dtype)
     shares = (gaps / t).flip(-1).cumsum(dim=-1).flip(-1)                  # by rank
     return torch.empty_like(shares).scatter_(-1, order, shares)
 
 
-def _region_phi(values: torch.Tensor, members: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """phi([R]) float[G, K] of K regions in the maximum games with values float[G, n] (>= 0).
+def _region_phi(order: torch.Tensor, gaps: torch.Tensor, members: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """phi([R]) float[G, K] of K regions in the maximum games of ``_sorted``'s order and gaps
+    (values >= 0).
 
     members long[G, K, m]: each region's players, padded; valid bool[G, K, m]: which are real.
 
@@ -63,12 +70,10 @@ def _region_phi(values: torch.Tensor, members: torch.Tensor, valid: torch.Tensor
     prefix sum per game and j, phi([R]) = sum_j W_j(r_(j+1) - 1) - W_j(r_j - 1) (r_(m+1) = n + 1):
     one sort per game and O(K m) per game after it. Gaps of width 0 (ties) add nothing.
     """
-    (G, n), (K, m) = values.shape, members.shape[1:]
-    ordered, order = values.sort(dim=-1, descending=True, stable=True)
-    gaps = ordered - torch.cat([ordered[..., 1:], torch.zeros_like(ordered[..., :1])], dim=-1)    # [G, n]
-    t = torch.arange(1, n + 1, device=values.device)
-    j = torch.arange(1, m + 1, device=values.device)
-    denominator = (1 + t[None, :] - j[:, None]).to(values.dtype)                                   # [m, n]
+    (G, n), (K, m) = gaps.shape, members.shape[1:]
+    t = torch.arange(1, n + 1, device=gaps.device)
+    j = torch.arange(1, m + 1, device=gaps.device)
+    denominator = (1 + t[None, :] - j[:, None]).to(gaps.dtype)                                   # [m, n]
     terms = torch.where(denominator > 0, gaps[:, None, :] / denominator.clamp(min=1), torch.zeros(()))
     prefix = torch.cat([torch.zeros_like(terms[..., :1]), terms.cumsum(dim=-1)], dim=-1)           # W_j(0..n)
     rank = torch.empty_like(order).scatter_(-1, order, t.expand_as(order))                          # [G, n], 1-based
@@ -114,18 +119,19 @@ def max_game_region_values(values: torch.Tensor, regions: torch.Tensor,
     K = regions.shape[-2]
     y = values.clamp(min=0.0).expand(*batch, n)
     sizes = regions.sum(dim=-1)                                                  # [..., K], regions' own batch
+    order, gaps = _sorted(y.reshape(-1, n))     # one sort per game, shared by every score
     out = {}
     if "phi" in names or "excess" in names:
         m = int(sizes.max())
         members = regions.to(torch.uint8).topk(m, dim=-1).indices               # players first, then padding
         valid = regions.gather(-1, members)
-        out["phi"] = _region_phi(y.reshape(-1, n), members.expand(*batch, K, m).reshape(-1, K, m),
+        out["phi"] = _region_phi(order, gaps, members.expand(*batch, K, m).reshape(-1, K, m),
                                  valid.expand(*batch, K, m).reshape(-1, K, m)).reshape(*batch, K)
     if "excess" in names:
         total = y.amax(dim=-1, keepdim=True)                                     # v(N)
         out["excess"] = out["phi"] - sizes.to(y.dtype) / n * total
     if "shapley_iou" in names:
-        players = _player_phi(y.reshape(-1, n)).reshape(*batch, n)
+        players = _player_phi(order, gaps).reshape(*batch, n)
         top = players.amax(dim=-1, keepdim=True)
         soft = players / torch.where(top > 0, top, torch.ones_like(top))       # w, 0 where v(N) = 0
         inside = (regions.to(y.dtype) @ soft[..., None]).squeeze(-1)             # [..., K]

@@ -77,6 +77,17 @@ def pair_config(**train) -> RunConfig:
     return cfg
 
 
+def tiny_model(vocab_size: int, **fields):
+    """A tiny untrained ``LoupeModel`` in eval mode, seeded: width 16, one layer a tower, 32-pixel
+    images of 8-pixel patches; ``fields`` override any ``ModelConfig`` field."""
+    from loupe_core.model import LoupeModel
+
+    torch.manual_seed(0)
+    return LoupeModel({"image_size": 32, "patch_size": 8, "image_dim": 16, "image_depth": 1, "image_heads": 2,
+                       "text_vocab_size": vocab_size, "text_dim": 16, "text_depth": 1, "text_heads": 2,
+                       "text_max_tokens": 24, "embed_dim": 16, "top_k": 3, "num_random": 1, **fields}).eval()
+
+
 def shapesworld_run(root: str, *overrides: str):
     """(RunConfig, LoupeObjective, RunData) of the ``tiny`` config on a tiny ShapesWorld under ``root``."""
     from loupe_core.config import load_config

@@ -15,7 +15,7 @@ from loupe_core.data import ShapesWorldDataset, Tokenizer, collate_batch, prepar
 from loupe_core.data.eval_splits import load_grounding_split
 from loupe_core.eval import PROTOCOL_TASKS, check_tasks, evaluate
 from loupe_core.eval.encode import tokenize
-from loupe_core.model import LoupeModel
+from _trainer_helpers import tiny_model
 from loupe_core.objective import LoupeObjective
 from loupe_core.viz import write_run_report
 
@@ -36,10 +36,7 @@ def tokenizer(world):
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    return LoupeModel({"image_size": 32, "patch_size": 8, "image_dim": 16, "image_depth": 1, "image_heads": 2,
-                       "text_vocab_size": tokenizer.vocab_size, "text_dim": 16, "text_depth": 1, "text_heads": 2,
-                       "text_max_tokens": 24, "embed_dim": 16, "top_k": 3, "num_random": 1}).eval()
+    return tiny_model(tokenizer.vocab_size)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from loupe_core.eval.encode import encode_text_list, tokenize
 from loupe_core.eval.fewshot import (CoOpPrompt, coop_class_embeddings, coop_prompt,
                                      evaluate_fewshot, fit_coop, frozen, sample_support, search_tip_adapter,
                                      tip_adapter_logits, usable_shots, zero_shot_logits)
-from loupe_core.model import LoupeModel
+from _trainer_helpers import tiny_model
 
 CLASSES = ["circle", "square", "red triangle"]
 TEMPLATE = "a photo of a {}."
@@ -35,10 +35,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    return LoupeModel({"image_size": 32, "patch_size": 16, "image_dim": 16, "image_depth": 1, "image_heads": 2,
-                       "text_vocab_size": tokenizer.vocab_size, "text_dim": 16, "text_depth": 1, "text_heads": 2,
-                       "text_max_tokens": 16, "embed_dim": 8, "top_k": 2, "num_random": 1}).eval()
+    return tiny_model(tokenizer.vocab_size, patch_size=16, text_max_tokens=16, embed_dim=8, top_k=2)
 
 
 # ----------------------------------------------------------------------------- Tip-Adapter

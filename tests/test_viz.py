@@ -14,7 +14,7 @@ import torch
 
 import shapley_kernels as sk
 from loupe_core.data import Tokenizer
-from loupe_core.model import LoupeModel
+from _trainer_helpers import tiny_model
 from loupe_core.viz import (alignment_figure, inspect_pair, instability_curve, plot_training_curves,
                             region_interaction_figure)
 from loupe_core.viz.matrices import semantic_interactions
@@ -40,11 +40,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    m = LoupeModel({"image_size": 16, "patch_size": 4, "image_dim": 16, "image_depth": 1, "image_heads": 2,
-                    "text_vocab_size": tokenizer.vocab_size, "text_dim": 16, "text_depth": 1, "text_heads": 2,
-                    "text_max_tokens": 16, "embed_dim": 16, "top_k": 3, "num_random": 1})
-    return m.eval()
+    return tiny_model(tokenizer.vocab_size, image_size=16, patch_size=4, text_max_tokens=16)
 
 
 @pytest.fixture(scope="module")

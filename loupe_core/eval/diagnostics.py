@@ -83,7 +83,7 @@ import torch
 import torch.nn.functional as F
 
 from shapley_kernels.alignment import EXACT_LIMIT
-from shapley_kernels.checks import check_finite, check_tensor
+from shapley_kernels.checks import check_count, check_finite, check_tensor
 
 from ..objective import labels as lab
 from ..model.loupe import masked_mean_embedding
@@ -99,12 +99,6 @@ BACKGROUND_CANDIDATES = 4
 MIN_REGION_CELLS = 2
 REFERENCE_FACTOR = 4
 NUM_LABEL_IMAGES = 4
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def _check_boxes(name: str, boxes: torch.Tensor, dims: int) -> None:
@@ -238,7 +232,7 @@ def _check_ks(ks) -> tuple:
     if not ks:
         raise ValueError("ks must hold at least one K")
     for k in ks:
-        _check_int("ks", k, 1)
+        check_count("ks", k, 1)
     return ks
 
 
@@ -340,9 +334,9 @@ def label_candidates(candidate_boxes: torch.Tensor, region_cells: torch.Tensor, 
     check_tensor("region_cells", region_cells, dims=1, dtype_kind="int")
     if region_cells.shape[0] != P:
         raise ValueError(f"region_cells must have one entry per candidate ({P}), got {region_cells.shape[0]}")
-    _check_int("max_object", max_object, 0)
-    _check_int("max_background", max_background, 0)
-    _check_int("min_cells", min_cells, 1)
+    check_count("max_object", max_object, 0)
+    check_count("max_background", max_background, 0)
+    check_count("min_cells", min_cells, 1)
     boxes, objects = candidate_boxes.detach().double().cpu(), object_boxes.detach().double().cpu()
     _, group = torch.unique(boxes, dim=0, return_inverse=True)
     first = torch.full((int(group.max()) + 1 if P else 0,), P, dtype=torch.long).scatter_reduce(
@@ -540,8 +534,8 @@ def evaluate_diagnostics(objective, split, tokenizer, *, device="cpu", batch_siz
     tower evaluations per image); ``seed`` also seeds the background draws and the label samples.
     """
     model = objective.model
-    _check_int("num_label_images", num_label_images, 0)
-    _check_int("seed", seed, 0)
+    check_count("num_label_images", num_label_images, 0)
+    check_count("seed", seed, 0)
     expressions = list(split.expressions)
     if not expressions:
         raise ValueError("split must hold at least one expression")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shapley_kernels.checks import check_finite, check_tensor
+from shapley_kernels.checks import check_count, check_finite, check_tensor
 
 from .classification import encode_classes, top1_accuracy
 from .encode import encode_image_array, evaluating, tokenize
@@ -43,12 +43,6 @@ SHOTS = (1, 2, 4, 8, 16)
 SEEDS = (0, 1, 2)
 
 
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_embeddings(name: str, x: torch.Tensor, width: Optional[int] = None) -> None:
     check_tensor(name, x, dims=2, dtype_kind="float")
     check_finite(name, x)
@@ -60,8 +54,8 @@ def sample_support(labels: torch.Tensor, shots: int, num_classes: int, seed: int
     """long[num_classes * shots]: indices into labels long[N] of ``shots`` distinct images of each
     class (class-major order), drawn by ``numpy.random.default_rng(seed)``."""
     check_tensor("labels", labels, dims=1, dtype_kind="int")
-    shots = _check_count("shots", shots)
-    num_classes = _check_count("num_classes", num_classes)
+    shots = check_count("shots", shots)
+    num_classes = check_count("num_classes", num_classes)
     y = labels.cpu().numpy()
     rng = np.random.default_rng(seed)
     picks = []
@@ -165,7 +159,7 @@ def coop_prompt(model, tokenizer, classes: Sequence[str], template: str = COOP_T
     else:
         width = model.text_tower.word_embed.embedding_dim
         gen = torch.Generator().manual_seed(seed)
-        context = COOP_INIT_STD * torch.randn(_check_count("context_length", context_length), width, generator=gen)
+        context = COOP_INIT_STD * torch.randn(check_count("context_length", context_length), width, generator=gen)
         context = context.to(model.logit_scale.device)
     return CoOpPrompt(context.detach().clone(), class_ids.to(context.device), class_mask.to(context.device))
 
@@ -213,7 +207,7 @@ def fit_coop(model, prompt: CoOpPrompt, support_emb: torch.Tensor, support_label
             or int(support_labels.max()) >= num_classes:
         raise ValueError(f"support_labels must hold one class in [0, {num_classes}) per support_emb row "
                          f"({support_emb.shape[0]}), got {list(support_labels.shape)}")
-    _check_count("steps", steps, 0)
+    check_count("steps", steps, 0)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     device = prompt.context.device

@@ -18,16 +18,6 @@ REGION_HEADS = ("mlp", "conv")
 GROUND_QUERIES = ("cls", "phrase")
 
 
-def positive_int(name: str, value) -> None:
-    """TypeError unless ``value`` is an int (not bool), ValueError unless it is positive (``checks.check_int``)."""
-    check_int(name, value, 1)
-
-
-def non_negative_int(name: str, value) -> None:
-    """TypeError unless ``value`` is an int (not bool), ValueError if it is negative (``checks.check_int``)."""
-    check_int(name, value, 0)
-
-
 def one_of(name: str, value, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
@@ -112,13 +102,13 @@ class ModelConfig(DictMixin):
         one_of("ground_score", self.ground_score, GROUND_SCORES)
         one_of("region_head", self.region_head, REGION_HEADS)
         one_of("ground_query", self.ground_query, GROUND_QUERIES)
-        non_negative_int("ground_top_k", self.ground_top_k)
+        check_int("ground_top_k", self.ground_top_k, 0)
         in_range("ground_prior", self.ground_prior, 0.0, 1e6)
         for name in ("image_size", "patch_size", "image_dim", "image_depth", "image_heads",
                      "text_vocab_size", "text_dim", "text_depth", "text_heads", "text_max_tokens",
                      "embed_dim", "top_k"):
-            positive_int(name, getattr(self, name))
-        non_negative_int("num_random", self.num_random)
+            check_int(name, getattr(self, name), 1)
+        check_int("num_random", self.num_random, 0)
         if self.image_tower == "vit" and self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size "
                              f"({self.patch_size})")

@@ -3,7 +3,9 @@
 from dataclasses import dataclass
 from typing import List
 
-from ..model.config import in_range, non_negative_int, one_of, positive_int
+from shapley_kernels.checks import check_int
+
+from ..model.config import in_range, one_of
 from ..schema import DictMixin
 
 LABEL_SOURCES = ("exact", "sampling", "hybrid")
@@ -105,8 +107,8 @@ class LossConfig(DictMixin):
         in_range("simclr", self.simclr, 0.0, 1e6)
         in_range("simclr_temperature", self.simclr_temperature, 1e-6, 1e6)
         for name in ("token_num_samples", "semantic_num_samples", "pairs_per_step", "unsil_hidden"):
-            positive_int(name, getattr(self, name))
-        non_negative_int("probe_size", self.probe_size)
+            check_int(name, getattr(self, name), 1)
+        check_int("probe_size", self.probe_size, 0)
         in_range("unsil_lambda", self.unsil_lambda, 1e-12, 1e12)
         in_range("unsil_gate", self.unsil_gate, 0.0, 1.0)
         in_range("warmup_fraction", self.warmup_fraction, 0.0, 1.0)

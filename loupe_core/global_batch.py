@@ -14,8 +14,9 @@ in its rank's micro-batch:
   and the token-level sampling (:func:`token_scores_by_pair`, which also cuts a caption's batch
   padding, so that a label does not depend on the longest caption of the rank's batch).
 - normalisation: a term that is a mean over items of the batch (images, regions, captions,
-  UNSIL targets) is :func:`global_mean` (sum, count): with ``torch.distributed`` running with
-  W > 1 processes, this rank's share W x its sum / the count summed over ranks, whose mean over
+  UNSIL targets) is :func:`global_mean` (sum, count): with :class:`Ranks` of W > 1 processes
+  (batch key ``ranks``, handed over by the trainer; nothing here reads torch.distributed's global
+  state), this rank's share W x its sum / the count summed over ranks, whose mean over
   ranks (what DDP's gradient averaging and the trainer's logs take) is the mean over every
   rank's items; one process: sum / count.
 - contrast sets: a term scoring pairs against the batch gathers the other ranks' rows with
@@ -33,7 +34,7 @@ its label and UNSIL code on empty tensors).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -147,47 +148,71 @@ def token_scores_by_pair(interactions, target_interactions, towers, image_tokens
 
 
 # ---------------------------------------------------------------- collectives
-def world() -> Optional[Tuple[int, int]]:
-    """(rank, world size) when torch.distributed runs with more than one process, else None."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.get_rank(), dist.get_world_size()
-    return None
+class Ranks(NamedTuple):
+    """The processes that share one step's global batch (torch.distributed with W > 1): this
+    process's ``rank``, their number ``size`` W and their process ``group`` (None: the default one).
+
+    The trainer hands it to the model with each micro-batch (batch key :data:`RANKS`); the
+    functions below take it as an argument and never read torch.distributed's global state: with
+    ``ranks=None`` (one process) they are local.
+    """
+
+    rank: int
+    size: int
+    group: Any = None
 
 
-def global_mean(total: torch.Tensor, count) -> torch.Tensor:
-    """This rank's share of sum / count over every rank (module docstring): ``total`` a scalar
-    with graph (0 where this rank has nothing), ``count`` its number (or weight) of items; 0,
-    with graph, where no rank has any."""
+RANKS = "ranks"  # batch key: the Ranks sharing the batch, absent or None for one process
+
+
+def batch_ranks(batch: dict) -> Optional[Ranks]:
+    """The batch's :class:`Ranks` (key :data:`RANKS`), None for one process."""
+    ranks = batch.get(RANKS)
+    if ranks is None:
+        return None
+    if not isinstance(ranks, Ranks):
+        raise ValueError(f"batch[{RANKS!r}] must be a global_batch.Ranks or None, got {type(ranks).__name__}")
+    return ranks if ranks.size > 1 else None
+
+
+def many_ranks(ranks: Optional[Ranks]) -> bool:
+    """Whether ``ranks`` holds more than one process (else every function here is local)."""
+    return ranks is not None and ranks.size > 1
+
+
+def global_mean(total: torch.Tensor, count, ranks: Optional[Ranks] = None) -> torch.Tensor:
+    """This rank's share of sum / count over every rank of ``ranks`` (module docstring): ``total`` a
+    scalar with graph (0 where this rank has nothing), ``count`` its number (or weight) of items;
+    0, with graph, where no rank has any."""
     n = torch.as_tensor(count, device=total.device).detach().to(torch.float64).clone()
     scale = 1.0
-    where = world()
-    if where is not None:
-        torch.distributed.all_reduce(n)
-        scale = float(where[1])
+    if many_ranks(ranks):
+        torch.distributed.all_reduce(n, group=ranks.group)
+        scale = float(ranks.size)
     return total * scale / n.clamp(min=1.0).to(total.dtype)
 
 
-def global_sum(x: torch.Tensor) -> torch.Tensor:
-    """``x`` summed over every rank (one all_reduce; ``x`` itself in one process). Every rank must call it."""
-    if world() is None:
+def global_sum(x: torch.Tensor, ranks: Optional[Ranks] = None) -> torch.Tensor:
+    """``x`` summed over every rank of ``ranks`` (one all_reduce; ``x`` itself for one process).
+    Every rank must call it."""
+    if not many_ranks(ranks):
         return x
     total = x.clone()
-    torch.distributed.all_reduce(total)
+    torch.distributed.all_reduce(total, group=ranks.group)
     return total
 
 
-def global_moments(values: torch.Tensor):
-    """(count float, mean, M2) of float64 ``values`` float[n] of every rank together (Chan et al.;
-    one all_gather); mean and M2 0-d tensors, 0 for no value."""
+def global_moments(values: torch.Tensor, ranks: Optional[Ranks] = None):
+    """(count float, mean, M2) of float64 ``values`` float[n] of every rank of ``ranks`` together
+    (Chan et al.; one all_gather); mean and M2 0-d tensors, 0 for no value."""
     n = float(values.numel())
     mean = values.mean() if n else values.new_zeros(())
     m2 = (values - mean).square().sum() if n else values.new_zeros(())
-    if world() is None:
+    if not many_ranks(ranks):
         return n, mean, m2
     mine = torch.stack([values.new_tensor(n), mean, m2])
-    parts = [torch.empty_like(mine) for _ in range(world()[1])]
-    torch.distributed.all_gather(parts, mine)
+    parts = [torch.empty_like(mine) for _ in range(ranks.size)]
+    torch.distributed.all_gather(parts, mine, group=ranks.group)
     counts, means, m2s = torch.stack(parts).unbind(1)
     total = float(counts.sum())
     if total == 0:
@@ -197,45 +222,45 @@ def global_moments(values: torch.Tensor):
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """x [b, ...] on every rank -> [world * b, ...] in rank order; the gradient of this rank's
-    rows is the sum over ranks of theirs (what the deprecated ``torch.distributed.nn.functional.
-    all_gather`` did; torch's suggested ``_functional_collectives.all_gather_single`` is private)."""
+    """x [b, ...] on every rank of ``ranks`` -> [W b, ...] in rank order; the gradient of this
+    rank's rows is the sum over ranks of theirs (what the deprecated
+    ``torch.distributed.nn.functional.all_gather`` did; torch's suggested
+    ``_functional_collectives.all_gather_single`` is private)."""
 
     @staticmethod
-    def forward(ctx, x):
-        dist = torch.distributed
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rows = (dist.get_rank() * x.shape[0], (dist.get_rank() + 1) * x.shape[0])
+    def forward(ctx, x, ranks):
+        parts = [torch.empty_like(x) for _ in range(ranks.size)]
+        torch.distributed.all_gather(parts, x.contiguous(), group=ranks.group)
+        ctx.rows = (ranks.rank * x.shape[0], (ranks.rank + 1) * x.shape[0])
+        ctx.group = ranks.group
         return torch.cat(parts, dim=0)
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous().clone()
-        torch.distributed.all_reduce(grad)
-        return grad[ctx.rows[0]:ctx.rows[1]]
+        torch.distributed.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rows[0]:ctx.rows[1]], None
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+def gather_with_grad(x: torch.Tensor, ranks: Optional[Ranks] = None) -> torch.Tensor:
     """Every rank's x [b, ...] (same shape on every rank) in rank order, with gradients; x for one process."""
-    return x if world() is None else _GatherWithGrad.apply(x)
+    return _GatherWithGrad.apply(x, ranks) if many_ranks(ranks) else x
 
 
-def gather_padded(x: torch.Tensor, mask: torch.Tensor):
+def gather_padded(x: torch.Tensor, mask: torch.Tensor, ranks: Optional[Ranks] = None):
     """(x float[W b, M*, ...] with gradients, mask bool[W b, M*], this rank's first row): every
     rank's x [b, M, ...] and mask bool[b, M], padded (zeros, mask False) to the largest M of
     any rank along dim 1; (x, mask, 0) for one process."""
-    where = world()
-    if where is None:
+    if not many_ranks(ranks):
         return x, mask, 0
     dist = torch.distributed
     longest = torch.tensor([x.shape[1]], device=x.device)
-    dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+    dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=ranks.group)
     extra = int(longest) - x.shape[1]
     if extra:
         x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, extra))
         mask = torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
     flags = mask.to(torch.uint8).contiguous()
-    parts = [torch.empty_like(flags) for _ in range(where[1])]
-    dist.all_gather(parts, flags)
-    return _GatherWithGrad.apply(x), torch.cat(parts).bool(), where[0] * x.shape[0]
+    parts = [torch.empty_like(flags) for _ in range(ranks.size)]
+    dist.all_gather(parts, flags, group=ranks.group)
+    return _GatherWithGrad.apply(x, ranks), torch.cat(parts).bool(), ranks.rank * x.shape[0]

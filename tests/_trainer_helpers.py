@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from loupe_core.config import RunConfig
+from loupe_core.global_batch import batch_ranks
 from loupe_core.objective.losses import LossOutput, cmc_loss
 
 IMG, VOCAB, LEN, DIM = 12, 50, 6, 8
@@ -35,7 +36,7 @@ class PairModel(torch.nn.Module):
         img, txt = self.embed(batch)
         if embed_only:
             return img, txt
-        terms = {"cmc": cmc_loss(img, txt, self.logit_scale.exp(), bank=bank)}
+        terms = {"cmc": cmc_loss(img, txt, self.logit_scale.exp(), bank=bank, ranks=batch_ranks(batch))}
         if self.local:
             terms["local"] = ((img - txt) ** 2).sum(-1).mean()
         if self.nan_at is not None and step + 1 == self.nan_at:

@@ -225,7 +225,7 @@ def _track_worker(rank, world, port, out_dir):
     g = torch.Generator().manual_seed(rank)
     for step in range(3):   # rank 1 samples no target on step 1
         n = 0 if (rank, step) == (1, 1) else 3 + rank
-        unsil.track(torch.randn(n, generator=g), torch.randn(n, generator=g))
+        unsil.track(torch.randn(n, generator=g), torch.randn(n, generator=g), ctx.ranks)
     torch.save(unsil.moments, os.path.join(out_dir, f"moments{rank}.pt"))
     shutdown(ctx)
 
@@ -245,3 +245,44 @@ def test_unsil_tracks_every_ranks_targets_so_the_gate_agrees(tmp_path):
         one.track(torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]))
     torch.testing.assert_close(got[0], got[1], rtol=0, atol=0)
     torch.testing.assert_close(got[0], one.moments, rtol=1e-12, atol=1e-12)
+
+
+def _ranks_worker(rank, world, port, out_dir):
+    from loupe_core.objective.losses import cmc_loss, pacl_loss
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    ctx = init_distributed("cpu")
+    img, txt, patches = _ranks_inputs()
+    mine = slice(2 * rank, 2 * rank + 2)
+    scale = torch.tensor(3.0, dtype=torch.float64)
+    got = {f"{name}_{which}": fn(ranks).detach() for which, ranks in (("local", None), ("global", ctx.ranks))
+           for name, fn in (("cmc", lambda r: cmc_loss(img[mine], txt[mine], scale, ranks=r)),
+                            ("pacl", lambda r: pacl_loss(txt[mine], patches[mine], scale, ranks=r)))}
+    torch.save(got, os.path.join(out_dir, f"losses{rank}.pt"))
+    shutdown(ctx)
+
+
+def _ranks_inputs():
+    g = torch.Generator().manual_seed(5)
+    norm = torch.nn.functional.normalize
+    return (norm(torch.randn(4, 3, generator=g, dtype=torch.float64), dim=-1),
+            norm(torch.randn(4, 3, generator=g, dtype=torch.float64), dim=-1),
+            norm(torch.randn(4, 5, 3, generator=g, dtype=torch.float64), dim=-1))
+
+
+def test_the_losses_span_the_ranks_they_are_given_not_the_process_group(tmp_path):
+    """With a process group of 2 running, ``ranks=None`` gives each rank's own 2-pair loss and
+    ``ranks=ctx.ranks`` the 4-pair loss (mean over ranks): the losses read no global state."""
+    from loupe_core.objective.losses import cmc_loss, pacl_loss
+
+    mp.spawn(_ranks_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"losses{r}.pt") for r in range(2)]
+    img, txt, patches = _ranks_inputs()
+    scale = torch.tensor(3.0, dtype=torch.float64)
+    for rank in range(2):
+        mine = slice(2 * rank, 2 * rank + 2)
+        torch.testing.assert_close(got[rank]["cmc_local"], cmc_loss(img[mine], txt[mine], scale))
+        torch.testing.assert_close(got[rank]["pacl_local"], pacl_loss(txt[mine], patches[mine], scale))
+    for name, full in (("cmc", cmc_loss(img, txt, scale)), ("pacl", pacl_loss(txt, patches, scale))):
+        torch.testing.assert_close((got[0][f"{name}_global"] + got[1][f"{name}_global"]) / 2, full)

@@ -75,8 +75,12 @@ def test_numpy_integers_are_accepted_everywhere_and_give_the_int_result():
 @pytest.mark.parametrize("call", [
     lambda **kw: sk.shapley_values(_linear, 3, method="sampling", **kw),
     lambda **kw: sk.interaction_index(_linear, 3, torch.tensor([[0, 1]]), method="sampling", **kw),
+    lambda **kw: sk.coalition_interaction(_linear, 3, torch.tensor([[True, True, False]]), method="sampling", **kw),
     lambda **kw: sk.region_phrase_interaction(torch.zeros(1, 2, 2), method="sampling", **kw),
-], ids=["shapley_values", "interaction_index", "region_phrase_interaction"])
+    lambda **kw: region_interaction(_mean_encoder(), _mean_encoder(), torch.ones(1, 3, 2), torch.ones(1, 2, 2),
+                                    torch.tensor([[[True, True, False]]]), method="sampling", **kw),
+], ids=["shapley_values", "interaction_index", "coalition_interaction", "region_phrase_interaction",
+        "region_interaction"])
 def test_one_rule_for_seed_and_num_samples(call):
     for seed in (2 ** 70, -1):
         with pytest.raises(ValueError, match=r"seed must be in 0\.\.18446744073709551615"):

@@ -85,7 +85,8 @@ def test_one_patch_candidates_carry_no_tsa_label(monkeypatch, source):
     monkeypatch.setattr(objective.model.region_head, "select", lambda logits, *a, **k: chosen.expand(logits.shape[0], -1))
     seen = {}
     real_tsa = loupe_module.tsa_loss
-    monkeypatch.setattr(loupe_module, "tsa_loss", lambda c, i, v: seen.update(values=i, valid=v) or real_tsa(c, i, v))
+    monkeypatch.setattr(loupe_module, "tsa_loss",
+                        lambda c, i, v, *rest: seen.update(values=i, valid=v) or real_tsa(c, i, v, *rest))
     out = objective(make_batch(B), step=0, total_steps=10)
     cells = objective.model.region_head.geometry((4, 4), 8.0, "cpu", torch.float32).masks[chosen].sum(dim=1)
     assert cells.tolist() == [1, 4, 1, 6, 1]  # the 2x2 box of the corner cell 0 is clipped to one cell

@@ -133,7 +133,7 @@ class LevelLabels(NamedTuple):
 def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
                   sample: Callable[[torch.Tensor, int], torch.Tensor], *, warmup: bool, lam: float,
                   probe_size: int, step: int, gate: float = 0.0,
-                  uniforms: Optional[torch.Tensor] = None) -> LevelLabels:
+                  uniforms: Optional[torch.Tensor] = None, ranks=None) -> LevelLabels:
     """Hybrid labels of T targets at ``level`` ("token" or "semantic").
 
     inputs: the detached UNSIL inputs of the T targets; ``sample(index LongTensor[n], seed)``
@@ -144,6 +144,8 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
     on them) and unsil_gated (1.0 on steps where that correlation is below ``gate``: then every
     target is sampled, UNSIL answers none and keeps training; ``gate=0`` never gates).
     uniforms: float[T], each target's p of the decision (default: drawn from torch's generator).
+    ranks: the ``global_batch.Ranks`` sharing the step (None: one process): UNSIL's statistics,
+    gate and loss are over every rank's targets.
     """
     start = time.perf_counter()
     T = inputs.query.shape[0]
@@ -159,12 +161,12 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
     index = need.nonzero().squeeze(1)
     sampled = sample(index, step_seed(step, level)).to(estimate.dtype) if index.numel() else estimate.new_zeros(0)
     # estimates made before training on them; on every rank, also one without a sampled target
-    unsil.track(estimate[index] * unsil.scale(), sampled)
-    unsil.observe(sampled)
+    unsil.track(estimate[index] * unsil.scale(), sampled, ranks)
+    unsil.observe(sampled, ranks)
     scale = unsil.scale()
     values = estimate.detach() * scale
     values[index] = sampled
-    loss = unsil_loss(estimate[index], sigma[index], sampled / scale, lam)
+    loss = unsil_loss(estimate[index], sigma[index], sampled / scale, lam, ranks)
     logs = {f"unsil_share_{level}": 1.0 - float(need.float().mean()) if T else 0.0,
             f"label_time_{level}": time.perf_counter() - start,
             f"unsil_corr_{level}": unsil.correlation(), f"unsil_gated_{level}": float(gated)}

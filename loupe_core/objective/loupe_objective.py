@@ -126,19 +126,20 @@ class LoupeObjective(nn.Module):
         warmup = step < lcfg.warmup_fraction * total_steps
         probe_size = lcfg.probe_size if diagnostics else 0
         rows, size = gb.batch_rows(batch)  # each pair's row in the step's global batch: budget and seeds (DDP)
+        ranks = gb.batch_ranks(batch)      # the processes sharing it: means and contrast sets span them
         terms, logs, unsil_terms = {}, {}, []
         if lcfg.cmc:
-            terms["cmc"] = cmc_loss(img.global_emb, txt.global_emb, model.contrastive_scale(), bank)
+            terms["cmc"] = cmc_loss(img.global_emb, txt.global_emb, model.contrastive_scale(), bank, ranks)
         phrases = model.phrase_embeddings(txt, batch["phrase_tokens"]) if uses_phrases else None
         if lcfg.fine_contrast > 0:
             queries, query_mask = ((txt.token_emb, batch["text_mask"]) if lcfg.fine_queries == "tokens"
                                    else (phrases, batch["phrase_mask"]))
             terms["fine"] = lcfg.fine_contrast * fine_contrastive_loss(
-                queries, query_mask, img.patch_emb, model.region_scale())
+                queries, query_mask, img.patch_emb, model.region_scale(), ranks)
         if lcfg.simclr > 0:
-            terms["simclr"] = lcfg.simclr * self._simclr_term(batch["images"], rows, step)
+            terms["simclr"] = lcfg.simclr * self._simclr_term(batch["images"], rows, step, ranks)
         if lcfg.pacl > 0:
-            terms["pacl"] = lcfg.pacl * pacl_loss(txt.global_emb, img.patch_emb, model.region_scale())
+            terms["pacl"] = lcfg.pacl * pacl_loss(txt.global_emb, img.patch_emb, model.region_scale(), ranks)
         if lcfg.tsa or lcfg.fsa:
             logits, geometry = model.candidates(img)
             # the head's selection (NMS on the host, per image) only where a loss reads it: dense
@@ -156,15 +157,15 @@ class LoupeObjective(nn.Module):
             values, labelled = self._alignment_token_labels(img.patch_emb, phrases, batch["phrase_mask"],
                                                             label_masks)
             logs["label_time_token"] = time.perf_counter() - start
-            terms["tsa"] = tsa_loss(label_logits, values, labelled)
+            terms["tsa"] = tsa_loss(label_logits, values, labelled, ranks)
         elif lcfg.tsa:
             P = gb.label_rows(rows, size, lcfg.pairs_per_step)  # this batch's pairs among the step's labelled ones
             values, labelled, unsil_term, level_logs = self._token_labels(
                 image_tokens[P], text_tokens[P], batch["text_mask"][P], img.patch_emb[P], txt.token_emb[P],
-                geometry, index[P], step, warmup, probe_size, rows[P])
+                geometry, index[P], step, warmup, probe_size, rows[P], ranks)
             unsil_terms.append(unsil_term)
             logs.update(level_logs)
-            terms["tsa"] = tsa_loss(logits.gather(1, index)[P], values, labelled)
+            terms["tsa"] = tsa_loss(logits.gather(1, index)[P], values, labelled, ranks)
         if lcfg.fsa:
             top = index[:, : min(model.config.top_k, index.shape[1])]
             regions = model.regions(img, logits, geometry, top)
@@ -172,10 +173,10 @@ class LoupeObjective(nn.Module):
             region_mask = torch.ones(A.shape[:2], dtype=torch.bool, device=A.device)
             values, unsil_term, level_logs = self._semantic_labels(
                 A, region_mask, batch["phrase_mask"], img.global_emb, txt.global_emb, regions.emb, phrases,
-                step, warmup, probe_size)
+                step, warmup, probe_size, ranks)
             unsil_terms.append(unsil_term)
             logs.update(level_logs)
-            terms["fsa"] = fsa_loss(A, values, region_mask, batch["phrase_mask"])
+            terms["fsa"] = fsa_loss(A, values, region_mask, batch["phrase_mask"], ranks)
         if self.unsil:
             terms["unsil"] = sum(term for term in unsil_terms if term is not None)
         logs["logit_scale"] = float(model.contrastive_scale().detach())
@@ -183,13 +184,13 @@ class LoupeObjective(nn.Module):
         total = sum(terms.values())
         return LossOutput(total, terms, logs)
 
-    def _simclr_term(self, images: torch.Tensor, rows: torch.Tensor, step: int) -> torch.Tensor:
+    def _simclr_term(self, images: torch.Tensor, rows: torch.Tensor, step: int, ranks) -> torch.Tensor:
         """SLIP's term on two random views of images float[b, 3, S, S]; each pair's view draws come
         from its global row (``rows`` long[b]), so they do not depend on its batch or rank."""
         draws = gb.pair_uniforms(gb.stream_seed(step, "views"), rows, 10, images.device)    # [b, 10]
         views = [F.normalize(self.simclr_head(self.model.encode_images(random_view(images, u)).global_emb), dim=-1)
                  for u in (draws[:, :5], draws[:, 5:])]
-        return simclr_loss(*views, self.loss_config.simclr_temperature)
+        return simclr_loss(*views, self.loss_config.simclr_temperature, ranks)
 
     def _alignment_token_labels(self, patch_emb, phrases, phrase_mask, region_masks):
         """Token-level labels in the alignment game (``token_game="alignment"``), exact: (values
@@ -202,9 +203,10 @@ class LoupeObjective(nn.Module):
         return values.to(patch_emb.dtype), labelled
 
     def _token_labels(self, image_tokens, text_tokens, text_mask, patch_emb, token_emb, geometry, index,
-                      step, warmup, probe_size, rows):
+                      step, warmup, probe_size, rows, ranks):
         """Token-level labels float[P, K'] of the candidates ``index`` LongTensor[P, K'] of P pairs
-        (global rows ``rows`` long[P]: each pair's draws its own, ``global_batch.token_scores_by_pair``).
+        (global rows ``rows`` long[P]: each pair's draws its own, ``global_batch.token_scores_by_pair``;
+        ``ranks``: the ``global_batch.Ranks`` sharing the step, for UNSIL).
 
         Returns (values, labelled bool[P, K'], L_UNSIL of the level or None where the source is
         not hybrid, logs). A one-patch region's interaction is 0 by Eq. 7 whatever the model does,
@@ -241,13 +243,13 @@ class LoupeObjective(nn.Module):
                                 lam=lcfg.unsil_lambda, probe_size=probe_size, step=step,
                                 gate=lcfg.unsil_gate,
                                 uniforms=gb.pair_uniforms(gb.stream_seed(step, "token_decision"), rows, K,
-                                                          pair.device)[pair, region])
+                                                          pair.device)[pair, region], ranks=ranks)
         values = patch_emb.new_zeros(P * K)
         values[flat] = out.values.to(values.dtype)
         return values.reshape(P, K), labelled, out.unsil_loss, out.logs
 
     def _semantic_labels(self, A, region_mask, phrase_mask, img_global, txt_global, region_emb, phrase_emb,
-                         step, warmup, probe_size):
+                         step, warmup, probe_size, ranks):
         """Semantic-level labels float[B, K, M] on the detached A: (values, L_UNSIL or None, logs)."""
         lcfg = self.loss_config
         if lcfg.semantic_source != "hybrid":
@@ -267,7 +269,7 @@ class LoupeObjective(nn.Module):
 
         out = lab.hybrid_labels("semantic", self.unsil["semantic"], inputs, sample, warmup=warmup,
                                 lam=lcfg.unsil_lambda, probe_size=probe_size, step=step,
-                                gate=lcfg.unsil_gate)
+                                gate=lcfg.unsil_gate, ranks=ranks)
         values = torch.zeros_like(A).detach()
         values[b, i, j] = out.values.to(A.dtype)
         return values, out.unsil_loss, out.logs

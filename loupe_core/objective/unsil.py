@@ -14,12 +14,12 @@ u_k = w3 . tanh(W4 h + W5 x_k)), "conv1d" (Hadamard fusion, 1D conv kernel 4 str
 max-pool) and "transformer" (3 layers, position and three token-type embeddings).
 Inputs are detached by the caller, so L_UNSIL trains UNSIL only.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
-from ..global_batch import global_moments, global_sum
+from ..global_batch import Ranks, global_moments, global_sum
 
 SIGMA_FLOOR = 1e-6  # keeps 1/sigma in Eq. 12 finite
 
@@ -188,10 +188,11 @@ class Unsil(nn.Module):
         return std if std > 1e-12 else 1.0
 
     @torch.no_grad()
-    def observe(self, targets: torch.Tensor) -> None:
-        """Merge raw sampled targets float[T] into the running statistics (Chan et al.)."""
+    def observe(self, targets: torch.Tensor, ranks: Optional[Ranks] = None) -> None:
+        """Merge raw sampled targets float[T] into the running statistics (Chan et al.); with
+        ``ranks`` those of every rank (one all_gather: every rank must call it)."""
         t = targets.detach().to(self.mean.dtype).flatten()
-        n_b, mean_b, m2_b = global_moments(t)  # every DDP rank's targets: the same statistics on every rank
+        n_b, mean_b, m2_b = global_moments(t, ranks)  # every DDP rank's targets: the same statistics on every rank
         if n_b == 0:
             return
         n = self.count + n_b
@@ -201,18 +202,18 @@ class Unsil(nn.Module):
         self.count.copy_(n)
 
     @torch.no_grad()
-    def track(self, estimate: torch.Tensor, target: torch.Tensor) -> None:
+    def track(self, estimate: torch.Tensor, target: torch.Tensor, ranks: Optional[Ranks] = None) -> None:
         """Record held-out pairs: estimate float[T] (before training on them) and the sampled
         target float[T] in the same units (T may be 0); older pairs are down-weighted by
-        ``TRACK_DECAY``. Under torch.distributed the pairs of every rank are recorded on every
-        rank (one all_reduce: every rank must call it), so ``correlation`` and the gate it
+        ``TRACK_DECAY``. With ``ranks`` the pairs of every rank are recorded on every rank
+        (one all_reduce: every rank must call it), so ``correlation`` and the gate it
         drives are the same on every rank."""
         x, y = estimate.detach().double().flatten(), target.detach().double().flatten()
         if x.shape != y.shape:
             raise ValueError(f"estimate and target must have the same shape, got {list(x.shape)} and {list(y.shape)}")
         stats = torch.stack([x.new_tensor(float(x.numel())), x.sum(), y.sum(), x.square().sum(), y.square().sum(),
                              (x * y).sum()]).to(self.moments.device)
-        self.moments.mul_(TRACK_DECAY).add_(global_sum(stats))
+        self.moments.mul_(TRACK_DECAY).add_(global_sum(stats, ranks))
 
     def correlation(self) -> float:
         """Pearson correlation of the tracked (estimate, target) pairs; 0.0 before it is defined."""

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from shapley_kernels.checks import check_device
+from loupe_core.global_batch import Ranks
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,12 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def ranks(self):
+        """The ``global_batch.Ranks`` (default group) the trainer hands the model with each batch;
+        None for one process."""
+        return Ranks(self.rank, self.world_size) if self.distributed else None
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

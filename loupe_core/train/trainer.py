@@ -43,7 +43,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from loupe_core.config import RunConfig, save_config
-from loupe_core.global_batch import GLOBAL_ROWS, GLOBAL_SIZE
+from loupe_core.global_batch import GLOBAL_ROWS, GLOBAL_SIZE, RANKS
 from loupe_core.objective.losses import ContrastiveBank
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.distributed import (DistContext, all_gather_cat, all_reduce_mean, all_reduce_sum, any_rank,
@@ -191,12 +191,13 @@ class _StepRunner:
         return in_global_order(img), in_global_order(txt)
 
     def with_rows(self, micros):
-        """The micro-batches with their pairs' rows in the global batch (``global_batch``: the
-        model's label budget and per-pair seeds are functions of them, not of the rank)."""
+        """The micro-batches with their pairs' rows in the global batch and the ranks that share
+        it (``global_batch``: the model's label budget and per-pair seeds are functions of the rows,
+        not of the rank; its means and contrast sets span the ranks)."""
         G = self.cfg.train.batch_size
         bounds = shard_bounds(G, self.ctx.world_size, self.ctx.rank, self.accum)
-        return [{**mb, GLOBAL_ROWS: torch.arange(start, start + _batch_size(mb)), GLOBAL_SIZE: G}
-                for mb, (start, _) in zip(micros, bounds)]
+        return [{**mb, GLOBAL_ROWS: torch.arange(start, start + _batch_size(mb)), GLOBAL_SIZE: G,
+                 RANKS: self.ctx.ranks} for mb, (start, _) in zip(micros, bounds)]
 
     def run(self, micros, step: int, total: int, diagnostics: bool = True):
         """(term means over micro-batches and ranks, this rank's log means), gradients accumulated.

@@ -11,8 +11,10 @@ in its rank's micro-batch:
   each rank labels those among its rows (:func:`label_rows`).
 - randomness: each pair draws from its own generator, seeded by the step, the stream and its
   row (:func:`pair_seed`, :func:`pair_uniforms`): the contrast candidates, the hybrid decisions
-  and the token-level sampling (:func:`token_scores_by_pair`, which also cuts a caption's batch
-  padding, so that a label does not depend on the longest caption of the rank's batch).
+  and the token- and semantic-level sampling (:func:`token_scores_by_pair`,
+  :func:`semantic_scores_by_pair`, which also cut a caption's batch padding, so that a label does
+  not depend on the longest caption of the rank's batch). Dropout is the one draw that is not per
+  pair (docs/RELIABILITY.md).
 - normalisation: a term that is a mean over items of the batch (images, regions, captions,
   UNSIL targets) is :func:`global_mean` (sum, count): with :class:`Ranks` of W > 1 processes
   (batch key ``ranks``, handed over by the trainer; nothing here reads torch.distributed's global
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 
 GLOBAL_ROWS = "global_rows"  # batch key: long[b], each pair's row in the step's global batch
 GLOBAL_SIZE = "global_size"  # batch key: int, the global batch size G
-_STREAMS = {"candidates": 8, "token_decision": 9, "views": 10}  # beside labels.STREAMS (0..3)
+_STREAMS = {"candidates": 8, "token_decision": 9, "views": 10, "semantic_decision": 11}  # beside labels.STREAMS (0..3)
 _SEED_STRIDE = 1_000_003  # as labels.SAMPLE_SEED_STRIDE
 _MASK64 = (1 << 64) - 1
 
@@ -81,7 +83,8 @@ def _mix64(x: int) -> int:
 
 
 def stream_seed(step: int, stream: str) -> int:
-    """Seed of a per-pair stream ("candidates", "token_decision", "views") at ``step`` (as ``labels.step_seed``)."""
+    """Seed of a per-pair stream (``_STREAMS``: "candidates", "token_decision", "views",
+    "semantic_decision") at ``step`` (as ``labels.step_seed``)."""
     return int(step) * _SEED_STRIDE + _STREAMS[stream]
 
 
@@ -144,6 +147,26 @@ def token_scores_by_pair(interactions, target_interactions, towers, image_tokens
             asked = torch.stack([torch.zeros_like(region[mine]), region[mine]], dim=1)
             out[mine] = target_interactions(*towers, *one, regions[p:p + 1], asked, seed=s, method=method,
                                             **common).to(dtype)
+    return out
+
+
+def semantic_scores_by_pair(interactions, A, region_mask, phrase_mask, rows, seed: int, *, num_samples: int,
+                            pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sampled semantic-level interactions float[B, K, M] of B pairs, pair by pair with pair b's own
+    seed ``pair_seed(seed, rows[b])`` and its phrase padding cut (up to its last present phrase): a
+    value does not depend on the other pairs of the rank's batch or on their phrase counts.
+
+    interactions: ``labels.semantic_interactions``; A float[B, K, M] (detached), region_mask
+    bool[B, K], phrase_mask bool[B, M], rows long[B] (global rows, CPU). pairs: long[n] the
+    positions in the batch to estimate (default every pair); the other pairs' entries are 0.
+    """
+    out = torch.zeros_like(A).detach()
+    for b in (range(A.shape[0]) if pairs is None else pairs.tolist()):
+        present = phrase_mask[b].nonzero()
+        M = int(present.max()) + 1 if present.numel() else 1
+        out[b, :, :M] = interactions(A[b:b + 1, :, :M], region_mask[b:b + 1], phrase_mask[b:b + 1, :M],
+                                     method="sampling", num_samples=num_samples,
+                                     seed=pair_seed(seed, int(rows[b])))[0]
     return out
 
 

@@ -19,7 +19,10 @@ from loupe_core.train.distributed import DistContext, init_distributed, shard_bo
 from loupe_core.train.trainer import _unused_parameters, train
 
 CASES = ({"accum_steps": 1}, {"accum_steps": 2})  # the model's own gather, and the feature bank
-LOUPE_CASES = tuple((name, accum) for name in ("tiny", "tiny_default") for accum in (1, 2))
+# (config, accum_steps, overrides): the published method (hybrid token labels, UNSIL, L_FSA), the
+# default recipe, and Table 4 row 4's sampled-or-UNSIL semantic labels
+LOUPE_CASES = tuple((name, accum, ()) for name in ("tiny", "tiny_default") for accum in (1, 2)) + (
+    ("tiny", 1, ("loss.semantic_source=hybrid", "loss.semantic_num_samples=8")),)
 LOUPE_STEPS = 3  # step 0 is UNSIL's warm-up (all targets sampled), steps 1-2 decide by sigma
 
 
@@ -44,7 +47,7 @@ def _run(case, run_dir, ctx=None, model_cls=PairModel):
     return res.losses, [p.detach().clone() for p in res.model.parameters()]
 
 
-def _loupe_run(name, accum, root, run_dir, ctx=None):
+def _loupe_run(name, accum, overrides, root, run_dir, ctx=None):
     """(logged terms per step, gradients per step) of LOUPE_STEPS steps of config ``name``.
 
     The learning rate is ~0, so the weights stay put: AdamW's first steps move every weight by
@@ -58,7 +61,7 @@ def _loupe_run(name, accum, root, run_dir, ctx=None):
 
     cfg = load_config(name, [f"data.root={root}", "train.device=cpu", "train.tensorboard=false", "eval.final=false",
                              f"train.steps={LOUPE_STEPS}", f"train.accum_steps={accum}", "train.ckpt_every=0",
-                             "train.lr=1e-30"])
+                             "train.lr=1e-30", *overrides])
     seed_everything(cfg.train.seed)
     data = build_data(cfg, ctx or DistContext())
     model = LoupeObjective(cfg.model, cfg.loss)
@@ -96,8 +99,8 @@ def _worker(rank, world, port, out_dir):
     trainer.DistributedDataParallel = recording
     results = [_run(case, os.path.join(out_dir, f"run{i}"), ctx) for i, case in enumerate(CASES)]
     spare = _run(CASES[1], os.path.join(out_dir, "spare"), ctx, PairModelWithSpare)
-    loupe = [_loupe_run(name, accum, os.path.join(out_dir, "cache"), os.path.join(out_dir, f"{name}{accum}"), ctx)
-             for name, accum in LOUPE_CASES]
+    loupe = [_loupe_run(*case, os.path.join(out_dir, "cache"), os.path.join(out_dir, f"loupe{i}"), ctx)
+             for i, case in enumerate(LOUPE_CASES)]
     if rank == 0:
         torch.save({"pairs": results, "spare": spare, "loupe": loupe, "searched": searched},
                    os.path.join(out_dir, "results.pt"))
@@ -167,6 +170,26 @@ def test_token_labels_of_a_pair_do_not_depend_on_its_batch():
     torch.testing.assert_close(some[:1], one, rtol=1e-5, atol=1e-7)
 
 
+def test_semantic_labels_of_a_pair_do_not_depend_on_its_batch():
+    """A pair's sampled semantic-level interactions are the same alone and beside a pair with more
+    phrases (whose padding widens the batch's M)."""
+    from loupe_core.objective import labels as lab
+
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(2, 3, 4, generator=g)
+    regions = torch.ones(2, 3, dtype=torch.bool)
+    phrases = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    both = gb.semantic_scores_by_pair(lab.semantic_interactions, A, regions, phrases, torch.tensor([6, 2]), 11,
+                                      num_samples=8)
+    alone = gb.semantic_scores_by_pair(lab.semantic_interactions, A[:1, :, :2], regions[:1], phrases[:1, :2],
+                                       torch.tensor([6]), 11, num_samples=8)
+    torch.testing.assert_close(both[:1, :, :2], alone, rtol=0, atol=0)
+    assert torch.equal(both[0, :, 2:], torch.zeros(3, 2)) and both[1].abs().sum() > 0
+    moved = gb.semantic_scores_by_pair(lab.semantic_interactions, A[:1], regions[:1], phrases[:1],
+                                       torch.tensor([7]), 11, num_samples=8)
+    assert not torch.equal(moved, both[:1])  # another row, other draws
+
+
 def test_the_probe_finds_the_parameters_a_config_leaves_out():
     from loupe_core.config import load_config
     from loupe_core.objective import LoupeObjective
@@ -188,7 +211,7 @@ def test_the_probe_finds_the_parameters_a_config_leaves_out():
 
 def test_two_gloo_processes_match_one_process(tmp_path):
     cache = str(tmp_path / "cache")
-    loupe1 = [_loupe_run(name, accum, cache, str(tmp_path / f"single_{name}{accum}")) for name, accum in LOUPE_CASES]
+    loupe1 = [_loupe_run(*case, cache, str(tmp_path / f"single{i}")) for i, case in enumerate(LOUPE_CASES)]
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     two = torch.load(tmp_path / "results.pt", weights_only=False)
     for case, (losses2, params2) in zip(CASES, two["pairs"]):
@@ -202,10 +225,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert two["searched"] == [False, False, True] + [False] * len(LOUPE_CASES)
     losses1, params1 = _run(CASES[1], str(tmp_path / "spare1"), model_cls=PairModelWithSpare)
     assert all(abs(a - b) <= 1e-5 * abs(a) for a, b in zip(losses1, two["spare"][0]))
-    for (name, accum), (terms1, grads1), (terms2, grads2) in zip(LOUPE_CASES, loupe1, two["loupe"]):
+    for (name, accum, overrides), (terms1, grads1), (terms2, grads2) in zip(LOUPE_CASES, loupe1, two["loupe"]):
         assert len(terms1) == len(terms2) == len(grads1) == len(grads2) == LOUPE_STEPS
         for step, (t1, t2, g1, g2) in enumerate(zip(terms1, terms2, grads1, grads2)):
-            where = f"{name} accum_steps={accum} step {step + 1}"
+            where = f"{name} {list(overrides)} accum_steps={accum} step {step + 1}"
             assert t1.keys() == t2.keys() and g1.keys() == g2.keys(), where
             for key in t1:  # 1e-4: float32 sums in another order (2 threads, split batches); L_UNSIL's 1/sigma amplifies them
                 assert abs(t1[key] - t2[key]) <= 1e-4 * abs(t1[key]) + 1e-7, (where, key, t1, t2)

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from loupe_core import global_batch as gb
 from loupe_core.objective import labels as lab
 from loupe_core.objective.losses import unsil_loss
 from loupe_core.model import LoupeModel
@@ -56,13 +57,15 @@ def test_semantic_exact_labels_match_brute_force_with_padding():
     assert torch.equal(got[1], torch.zeros(3, 3, dtype=torch.float64))  # a caption without phrases
 
 
-def test_semantic_target_sampling_uses_only_present_players():
+def test_semantic_sampling_by_pair_uses_only_present_players():
     A, region_mask, phrase_mask = _padded_alignment()
-    targets = torch.tensor([[0, 2, 1], [0, 0, 0]])
-    got = lab.semantic_target_interactions(A, region_mask, phrase_mask, targets, num_samples=4000, seed=3)
+    values = gb.semantic_scores_by_pair(lab.semantic_interactions, A, region_mask, phrase_mask, torch.tensor([4, 9]),
+                                        3, num_samples=4000, pairs=torch.tensor([0]))
+    assert torch.equal(values[1], torch.zeros_like(values[1]))  # a pair not asked for
+    got = [values[0, 2, 1].item(), values[0, 0, 0].item()]
     want = [sii_reference(A[0], [0, 2], [0, 1], 2, 1), sii_reference(A[0], [0, 2], [0, 1], 0, 0)]
     # with the padded players counted, the size weights (and the values) would differ markedly
-    assert got.tolist() == pytest.approx(want, abs=0.03)
+    assert got == pytest.approx(want, abs=0.03)
 
 
 def _tiny_towers():

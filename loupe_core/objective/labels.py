@@ -95,20 +95,6 @@ def semantic_interactions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mas
     return out
 
 
-def semantic_target_interactions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
-                                 targets: torch.Tensor, *, num_samples: int, seed: int) -> torch.Tensor:
-    """Sampled I([H_ij]) float[T] of selected targets: targets LongTensor[T, 3] of (b, i, j).
-
-    Only the matrices that hold a requested target are sampled (one batched call of the fused
-    sampler, which estimates every pair of a matrix at once: per-pair estimation through the
-    generic estimator measured about 200x slower here).
-    """
-    rows, inverse = targets[:, 0].unique(return_inverse=True)
-    values = semantic_interactions(A[rows], region_mask[rows], phrase_mask[rows], method="sampling",
-                                   num_samples=num_samples, seed=seed)
-    return values[inverse, targets[:, 1], targets[:, 2]]
-
-
 # ---------------------------------------------------------------- hybrid strategy (section 5)
 def hybrid_decision(sigma: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """bool[T], True where the target must be sampled: p ~ U(0, 1) per target, p <= sigma."""

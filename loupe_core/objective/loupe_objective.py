@@ -173,7 +173,7 @@ class LoupeObjective(nn.Module):
             region_mask = torch.ones(A.shape[:2], dtype=torch.bool, device=A.device)
             values, unsil_term, level_logs = self._semantic_labels(
                 A, region_mask, batch["phrase_mask"], img.global_emb, txt.global_emb, regions.emb, phrases,
-                step, warmup, probe_size, ranks)
+                step, warmup, probe_size, rows, ranks)
             unsil_terms.append(unsil_term)
             logs.update(level_logs)
             terms["fsa"] = fsa_loss(A, values, region_mask, batch["phrase_mask"], ranks)
@@ -249,14 +249,23 @@ class LoupeObjective(nn.Module):
         return values.reshape(P, K), labelled, out.unsil_loss, out.logs
 
     def _semantic_labels(self, A, region_mask, phrase_mask, img_global, txt_global, region_emb, phrase_emb,
-                         step, warmup, probe_size, ranks):
-        """Semantic-level labels float[B, K, M] on the detached A: (values, L_UNSIL or None, logs)."""
+                         step, warmup, probe_size, rows, ranks):
+        """Semantic-level labels float[B, K, M] on the detached A: (values, L_UNSIL or None, logs).
+
+        Sampled values and hybrid decisions are drawn per pair from its global row (``rows``
+        long[B], ``global_batch.semantic_scores_by_pair``), so they do not depend on its batch or rank.
+        """
         lcfg = self.loss_config
-        if lcfg.semantic_source != "hybrid":
+        seed = lab.step_seed(step, "semantic")
+        if lcfg.semantic_source == "exact":
             start = time.perf_counter()
-            values = lab.semantic_interactions(A, region_mask, phrase_mask, method=lcfg.semantic_source,
-                                               num_samples=lcfg.semantic_num_samples,
-                                               seed=lab.step_seed(step, "semantic"))
+            values = lab.semantic_interactions(A, region_mask, phrase_mask, method="exact",
+                                               num_samples=lcfg.semantic_num_samples, seed=seed)
+            return values, None, {"label_time_semantic": time.perf_counter() - start}
+        if lcfg.semantic_source == "sampling":
+            start = time.perf_counter()
+            values = gb.semantic_scores_by_pair(lab.semantic_interactions, A, region_mask, phrase_mask, rows, seed,
+                                                num_samples=lcfg.semantic_num_samples)
             return values, None, {"label_time_semantic": time.perf_counter() - start}
         targets = (region_mask[:, :, None] & phrase_mask[:, None, :]).nonzero()
         b, i, j = targets.unbind(1)
@@ -264,12 +273,16 @@ class LoupeObjective(nn.Module):
                                        targets)
 
         def sample(which, seed):
-            return lab.semantic_target_interactions(A, region_mask, phrase_mask, targets[which],
-                                                    num_samples=lcfg.semantic_num_samples, seed=seed)
+            asked = targets[which]
+            values = gb.semantic_scores_by_pair(lab.semantic_interactions, A, region_mask, phrase_mask, rows, seed,
+                                                num_samples=lcfg.semantic_num_samples, pairs=asked[:, 0].unique())
+            return values[asked[:, 0], asked[:, 1], asked[:, 2]]
 
+        K = A.shape[1]  # each pair's decision draws laid out [phrase, region]: independent of the batch's M
+        draws = gb.pair_uniforms(gb.stream_seed(step, "semantic_decision"), rows, K * A.shape[2], A.device)
         out = lab.hybrid_labels("semantic", self.unsil["semantic"], inputs, sample, warmup=warmup,
                                 lam=lcfg.unsil_lambda, probe_size=probe_size, step=step,
-                                gate=lcfg.unsil_gate, ranks=ranks)
+                                gate=lcfg.unsil_gate, uniforms=draws[b, j * K + i], ranks=ranks)
         values = torch.zeros_like(A).detach()
         values[b, i, j] = out.values.to(A.dtype)
         return values, out.unsil_loss, out.logs

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -69,7 +70,8 @@ class TrainConfig:
     ``steps=0`` means ``epochs`` full passes over the training set. ``precision``: "bf16"
     autocast (GPU or CPU), "fp16" autocast with a gradient scaler (GPU only), or "fp32".
     ``ckpt_every``: a checkpoint every this many steps (0: only at the end), the newest
-    ``keep_checkpoints`` kept (0: all).
+    ``keep_checkpoints`` kept (0: all). ``collective_timeout``: seconds a DDP collective waits for
+    the other ranks before the job ends with an error (a rank that failed mid-step), never a hang.
     """
 
     seed: int = 0
@@ -96,12 +98,13 @@ class TrainConfig:
     keep_checkpoints: int = 2
     progress: bool = True
     tensorboard: bool = True
+    collective_timeout: float = 600.0
 
     def __post_init__(self):
         _at_least(self, "train", steps=0, epochs=1, batch_size=1, accum_steps=1, log_every=1, ckpt_every=0,
                   keep_checkpoints=0)
         _positive(self, "train", lr=self.lr, eps=self.eps, div_factor=self.div_factor,
-                  final_div_factor=self.final_div_factor)
+                  final_div_factor=self.final_div_factor, collective_timeout=self.collective_timeout)
         for name in ("weight_decay", "grad_clip"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
@@ -134,8 +137,6 @@ def _at_least(section, prefix: str, **bounds) -> None:
 
 def _positive(section, prefix: str, **values) -> None:
     """ValueError naming ``prefix.field`` unless the float is finite and > 0."""
-    import math
-
     for name, value in values.items():
         if isinstance(value, (int, float)) and not (math.isfinite(value) and value > 0):
             raise ValueError(f"{prefix}.{name} must be a finite number > 0, got {value!r}")

@@ -136,7 +136,7 @@ def _evaluator(cfg: RunConfig, run_data: RunData, ctx: DistContext):
 def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop_at: Optional[int] = None,
              echo=print) -> dict:
     """Train, evaluate and report; returns the summary also written to ``<run_dir>/summary.json``."""
-    ctx = init_distributed(cfg.train.device)
+    ctx = init_distributed(cfg.train.device, cfg.train.collective_timeout)
     try:
         run_dir = _shared_run_dir(run_dir, ctx)
         seed_everything(cfg.train.seed)

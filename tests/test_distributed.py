@@ -309,3 +309,43 @@ def test_the_losses_span_the_ranks_they_are_given_not_the_process_group(tmp_path
         torch.testing.assert_close(got[rank]["pacl_local"], pacl_loss(txt[mine], patches[mine], scale))
     for name, full in (("cmc", cmc_loss(img, txt, scale)), ("pacl", pacl_loss(txt, patches, scale))):
         torch.testing.assert_close((got[0][f"{name}_global"] + got[1][f"{name}_global"]) / 2, full)
+
+
+class _FailsOnOneRank(PairModel):
+    """PairModel whose forward raises a non-finite ValueError on rank 1 at step 1, as a library
+    check does on activations that overflowed on that rank's data only."""
+
+    def forward(self, batch, step=0, total_steps=1, **kwargs):
+        if step == 1 and not kwargs.get("embed_only") and int(os.environ["RANK"]) == 1:
+            raise ValueError("image activations contain NaN")
+        return super().forward(batch, step, total_steps, **kwargs)
+
+
+def _one_rank_fails_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = pair_config(steps=3, batch_size=8, lr=1e-2, accum_steps=1)
+    cfg.train.collective_timeout = 3.0
+    ctx = init_distributed("cpu", cfg.train.collective_timeout)
+    try:
+        train(cfg, os.path.join(out_dir, "run"), _FailsOnOneRank(dropout=0.0), PairData(16), collate, ctx=ctx)
+        outcome = "finished"
+    except Exception as exc:  # noqa: BLE001 - what ended the rank is the result
+        outcome = f"{type(exc).__name__}: {exc}"
+    with open(os.path.join(out_dir, f"outcome{rank}.txt"), "w") as fh:
+        fh.write(outcome)
+
+
+def test_a_rank_that_fails_mid_step_ends_the_job_within_the_collective_timeout(tmp_path):
+    """Rank 1 raises inside its forward while rank 0 waits in L_CMC's gather: the ranks' calls no
+    longer match, and every rank ends with an error after ``train.collective_timeout``; none hangs."""
+    context = mp.spawn(_one_rank_fails_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
+    for p in context.processes:
+        p.join(timeout=120)
+        assert not p.is_alive(), "a rank hung"
+    # a rank ends with the error (or, torn down with gloo work pending, aborts after writing it)
+    outcomes = [(tmp_path / f"outcome{r}.txt").read_text() for r in range(2)]
+    assert all(o != "finished" for o in outcomes), outcomes
+    assert all("Timed out" in o or "NaN" in o for o in outcomes), outcomes
+    assert any("Timed out" in o for o in outcomes), outcomes

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -57,8 +58,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def init_distributed(device: str = "auto") -> DistContext:
-    """Join the torchrun process group if launched by torchrun, else a one-process context."""
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistContext:
+    """Join the torchrun process group if launched by torchrun, else a one-process context.
+
+    timeout_s: how long a collective waits for the other ranks before it raises (a rank that
+    failed or left mid-step, ranks that disagree on the calls): the job ends with that error
+    instead of hanging (``train.collective_timeout``; torch's default is 30 min for gloo).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
@@ -68,7 +74,7 @@ def init_distributed(device: str = "auto") -> DistContext:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend=backend, init_method="env://")
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=dev)
 
 

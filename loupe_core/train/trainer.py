@@ -302,7 +302,7 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
       change the training run.
     stop_at: stop after this many completed steps, with a checkpoint (a time-limited job).
     """
-    ctx = ctx or init_distributed(cfg.train.device)
+    ctx = ctx or init_distributed(cfg.train.device, cfg.train.collective_timeout)
     tc = cfg.train
     total = total_steps_for(cfg, _length(dataset))
     if ctx.is_main:

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -72,6 +73,10 @@ class TrainConfig:
     ``ckpt_every``: a checkpoint every this many steps (0: only at the end), the newest
     ``keep_checkpoints`` kept (0: all). ``collective_timeout``: seconds a DDP collective waits for
     the other ranks before the job ends with an error (a rank that failed mid-step), never a hang.
+    ``compile``: "towers" runs the dense transformer pass of
+    the image and text towers (vit only) through ``torch.compile`` (``compile_mode`` its
+    ``mode``) in training forwards; labels, the bank's embedding pass and evaluation stay eager,
+    and checkpoints are the eager run's (benchmarks/RESULTS.md: no gain on the CPU). "none": eager.
     """
 
     seed: int = 0
@@ -99,8 +104,14 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     collective_timeout: float = 600.0
+    compile: Literal["none", "towers"] = "none"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
 
     def __post_init__(self):
+        for name in ("compile", "compile_mode"):  # the loader checks these too; here for TrainConfig(...)
+            allowed = list(typing.get_args(schema.field_types(TrainConfig)[name]))
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         _at_least(self, "train", steps=0, epochs=1, batch_size=1, accum_steps=1, log_every=1, ckpt_every=0,
                   keep_checkpoints=0)
         _positive(self, "train", lr=self.lr, eps=self.eps, div_factor=self.div_factor,

@@ -86,6 +86,16 @@ class LoupeModel(nn.Module):
             self.image_tower.eval()
         return self
 
+    def compile_towers(self, **options) -> None:
+        """``torch.compile(**options)`` the dense transformer pass of both towers for training
+        forwards (``TransformerTower.compile_dense``: calls without grad, such as the token-level
+        Shapley labels and evaluation, stay eager; the state dict keys do not change). The Swin
+        image tower is not supported (ValueError)."""
+        if self.config.image_tower != "vit":
+            raise ValueError(f"compiling the towers needs the vit image tower, not {self.config.image_tower!r}")
+        for tower in (self.image_tower, self.text_tower):
+            tower.tower.compile_dense(**options)
+
     # ------------------------------------------------------------------ scales
     def _scale(self, parameter: torch.Tensor) -> torch.Tensor:
         return parameter.exp().clamp(max=self.config.logit_scale_max)

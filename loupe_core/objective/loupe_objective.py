@@ -101,6 +101,10 @@ class LoupeObjective(nn.Module):
         self.simclr_head = (nn.Sequential(nn.Linear(d, 4 * d), nn.LayerNorm(4 * d), nn.GELU(), nn.Linear(4 * d, d))
                             if lcfg.simclr > 0 else None)
 
+    def compile_towers(self, **options) -> None:
+        """``LoupeModel.compile_towers`` of the model (the trainer's ``train.compile="towers"``)."""
+        self.model.compile_towers(**options)
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict``, also of a state dict in the earlier layout (``upgrade_state_dict``)."""
         return super().load_state_dict(upgrade_state_dict(state_dict), strict=strict, assign=assign)

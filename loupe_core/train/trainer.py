@@ -239,6 +239,24 @@ class _StepRunner:
         return dict(zip(names, means)), logs
 
 
+_COMPILE_OPTIONS: dict = {}  # more torch.compile options for train.compile (tests: a cheaper backend)
+
+
+def _compile(model: torch.nn.Module, tc) -> None:
+    """``train.compile``: "towers" calls the model's ``compile_towers(mode=train.compile_mode)``
+    (``LoupeObjective``: the towers' dense pass in training forwards), before any DDP wrapping."""
+    if tc.compile == "none":
+        return
+    compile_towers = getattr(model, "compile_towers", None)
+    if tc.compile != "towers" or compile_towers is None:
+        raise ValueError(f"train.compile={tc.compile!r}: expected 'none' or 'towers' on a model with "
+                         f"compile_towers ({type(model).__name__} has {'it' if compile_towers else 'none'})")
+    try:
+        compile_towers(mode=tc.compile_mode, **_COMPILE_OPTIONS)
+    except ValueError as exc:
+        raise ValueError(f"train.compile='towers': {exc}") from None
+
+
 def _unused_parameters(model, micro, cfg, ctx: DistContext, step: int, total: int) -> list:
     """Names of the trainable parameters that the loss of the micro-batch ``micro`` does not reach
     (DDP without ``find_unused_parameters`` needs every other one in every backward): one forward
@@ -294,7 +312,7 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
     ``forward(batch, embed_only=True)`` the global embeddings, and whose ``bank_terms`` names the
     terms that are losses over the whole accumulated batch: with ``train.accum_steps`` > 1 those
     see every micro-batch's embeddings through a ``ContrastiveBank``), built with the run's seed
-    already set.
+    already set. With ``train.compile="towers"`` it also needs ``compile_towers(mode=)``.
     resume: a checkpoint path (see ``checkpoint.resolve_resume``): continues exactly, the same
       data order, RNG streams, optimiser, schedule and scaler state.
     evaluate_fn: called with the unwrapped model every ``eval.every`` steps (0: never here),
@@ -308,6 +326,7 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
     if ctx.is_main:
         ckpt.remove_partial_writes(run_dir)
     model.to(ctx.device)
+    _compile(model, tc)
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, total)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=tc.precision == "fp16")

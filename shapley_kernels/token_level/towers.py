@@ -151,6 +151,7 @@ class TransformerTower(nn.Module):
         self.attention = check_choice("attention", default_attention() if attention is None else attention,
                                       ATTENTION_IMPLS)
         self.triton_failures: Dict[tuple, str] = {}   # (device, dtype, head dim) -> error of "auto"'s kernel
+        self._compiled_run = None                     # compile_dense's torch.compile of _run, or None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(max_tokens + 1, dim))
         self.embed_norm = nn.Identity() if norm_first else nn.LayerNorm(dim, eps=layer_norm_eps)
@@ -199,7 +200,31 @@ class TransformerTower(nn.Module):
             x = block(x, key_mask, self.attention, self.triton_failures)
         return self.final_norm(x)
 
+    def _dense_pass(self):
+        """``_run``, or its compiled form (``compile_dense``) while autograd records (grad enabled)."""
+        if self._compiled_run is not None and torch.is_grad_enabled():
+            return self._compiled_run
+        return self._run
+
     # -- public -------------------------------------------------------------------------
+    def compile_dense(self, **options) -> None:
+        """Run the dense transformer pass through ``torch.compile(**options)`` from now on, where
+        autograd records (grad enabled: a training forward).
+
+        The compiled part is the pass over one dense batch of tokens (position embeddings,
+        [CLS], the layers, the final norm): tensor code without host synchronisation. The
+        packing of kept tokens (``plan_buckets``, host-side) stays eager around it, and so do
+        calls under ``torch.no_grad`` / ``torch.inference_mode`` (coalition games, evaluation),
+        whose many bucket shapes would only add compilations. The buckets' rows and lengths
+        are marked dynamic (one graph for every bucket shape); other dimensions follow
+        ``dynamic`` (default None: compiled dynamic once they have changed). The state dict is unchanged (no
+        ``_orig_mod.`` keys). ``compile_dense(disable=True)``: back to eager.
+        """
+        if options.get("disable"):
+            self._compiled_run = None
+            return
+        self._compiled_run = torch.compile(self._run, **{"dynamic": None, **options})
+
     def encode(self, tokens: torch.Tensor,
                keep: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Final hidden states after the final norm, before projection.
@@ -215,15 +240,21 @@ class TransformerTower(nn.Module):
         self._check(tokens, keep)
         C, N, _ = tokens.shape
         positions = torch.arange(N, device=tokens.device)
+        run = self._dense_pass()
         if keep is None or bool(keep.all()):
-            h = self._run(tokens, positions, None)
+            h = run(tokens, positions, None)
             return h[:, 0], h[:, 1:]
         if self.drop_impl == "mask":
-            h = self._run(tokens, positions, keep)
+            h = run(tokens, positions, keep)
             return h[:, 0], h[:, 1:].masked_fill(~keep[..., None], 0.0)
         cls_out = token_out = None
         for bucket in plan_buckets(keep):
-            h = self._run(gather_tokens(tokens, bucket), bucket.index, bucket.valid)
+            packed = gather_tokens(tokens, bucket), bucket.index, bucket.valid
+            if run is not self._run:  # bucket shapes change from call to call: one dynamic graph for all
+                for x in packed:
+                    if x is not None:  # valid: None where no row of the bucket is padded
+                        torch._dynamo.maybe_mark_dynamic(x, (0, 1))
+            h = run(*packed)
             if cls_out is None:  # the dtype the layers produce (autocast may change it)
                 cls_out = h.new_zeros(C, self.dim)
                 token_out = h.new_zeros(C, N, self.dim) if with_tokens else None

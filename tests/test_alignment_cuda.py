@@ -9,6 +9,7 @@ Two parts:
   counter layout), and chunked exact partials sum to the single-chunk result.
 """
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -78,11 +79,13 @@ def test_exact_at_twenty_players_matches_torch_backend(rng_seed):
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    """shapley_kernels.alignment._cuda_backend wired to the host-compiled kernels."""
+    """The "cuda" kernels of the alignment ops (``_cuda_backend.kernels``: the shared host driver
+    and the extension's launches) wired to the host-compiled kernels, called directly (the ops
+    would send CPU tensors to the C++ backend); ``ext`` the host-compiled module."""
     ext = build(tmp_path_factory.mktemp("cuda_emulation"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_cuda_backend, "_ext", lambda: ext)
-        yield _cuda_backend
+        yield SimpleNamespace(**_cuda_backend.kernels._asdict(), ext=ext)
 
 
 @needs_compiler
@@ -118,7 +121,7 @@ def test_emulated_exact_chunks_sum_to_one_chunk(emulated, rng_seed):
     pm[0, 3] = False
     c = _device_driver.compact(A, rm, pm)
     coef = _device_driver.direction_coefficients(c.rows, c.cols, 9, A.dtype)
-    ext = emulated._ext()
+    ext = emulated.ext
     whole = ext.alignment_exact_direction(c.A, c.rows, c.cols, coef, 1 << 9)
     parts = ext.alignment_exact_direction(c.A, c.rows, c.cols, coef, 200)   # 3 chunks, 2 of them partial steps
     assert parts.shape[1] == 3
@@ -147,7 +150,7 @@ def test_emulated_sampling_draws_match_triton(emulated, rng_seed):
 def test_the_kernels_limits_are_the_ones_python_states(emulated):
     from shapley_kernels._backends import EXTENSION_LIMITS
 
-    ext = emulated._ext()
+    ext = emulated.ext
     assert {"EXACT_LIMIT": ext.EXACT_LIMIT, "SAMPLING_LIMIT": ext.SAMPLING_LIMIT} == EXTENSION_LIMITS["_cuda"]
 
 

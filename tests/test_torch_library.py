@@ -1,13 +1,17 @@
-"""The C++ backend's entry points as torch.library custom ops: schema, fake (meta) kernels and
+"""The compiled backends' entry points as torch.library custom ops (shapley_kernels/alignment/_ops.py):
+one op per entry point with a CPU kernel (C++) and a CUDA kernel; schema, fake (meta) kernels and
 dispatch pass ``torch.library.opcheck``; the ops trace under torch.compile with fullgraph=True (no
-graph break) and give the eager results, which are the backend's own (checked against the spec
+graph break) and give the eager results, which are the backends' own (checked against the spec
 references in tests/test_alignment_*.py)."""
 import pytest
 import torch
 
 from shapley_kernels._backends import load_extension
 
-pytestmark = pytest.mark.skipif(load_extension("_C") is None, reason="the C++ extension is not built")
+needs_cpp = pytest.mark.skipif(load_extension("_C") is None, reason="the C++ extension is not built")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or load_extension("_cuda") is None,
+                                reason="needs a CUDA device and the built extension shapley_kernels._cuda")
+OPS = ("alignment_game", "alignment_exact", "alignment_sampling")
 
 
 def _inputs(seed=0, B=2, K=4, M=3, dtype=torch.float64):
@@ -21,6 +25,19 @@ def _inputs(seed=0, B=2, K=4, M=3, dtype=torch.float64):
     return A, region_mask, phrase_mask, coalitions
 
 
+def test_the_cpu_and_cuda_backends_implement_the_same_three_ops():
+    from shapley_kernels.alignment import _cpp_backend, _cuda_backend
+
+    for name in OPS:
+        for key in ("CPU", "CUDA"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"shapley_kernels::{name}", key), (name, key)
+    for backend in (_cpp_backend, _cuda_backend):
+        assert backend.kernels._fields == ("game", "exact", "sampling")
+        assert (backend.game, backend.exact, backend.sampling) == (_cpp_backend.game, _cpp_backend.exact,
+                                                                   _cpp_backend.sampling)
+
+
+@needs_cpp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_ops_pass_opcheck(dtype):
     from shapley_kernels.alignment import _cpp_backend as cpp
@@ -33,6 +50,21 @@ def test_the_ops_pass_opcheck(dtype):
     assert cpp.exact(A, rm, pm).dtype == dtype
 
 
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_ops_pass_opcheck_on_cuda(dtype):
+    from shapley_kernels.alignment import _cuda_backend as cuda
+
+    A, rm, pm, coalitions = (t.cuda() for t in _inputs(dtype=dtype))
+    ops = torch.ops.shapley_kernels
+    torch.library.opcheck(ops.alignment_game, (A, coalitions, rm, pm))
+    torch.library.opcheck(ops.alignment_exact, (A, rm, pm))
+    torch.library.opcheck(ops.alignment_sampling, (A, rm, pm, 16, 7))
+    assert cuda.exact(A, rm, pm).device == A.device
+
+
+@needs_cpp
 def test_the_backend_traces_whole_under_compile_and_matches_eager():
     from shapley_kernels.alignment import _cpp_backend as cpp
 

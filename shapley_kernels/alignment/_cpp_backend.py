@@ -13,19 +13,17 @@
 
 Shapes: A float[B, K, M] (float32 / float64), region_mask bool[B, K], phrase_mask bool[B, M].
 
-The three entry points are registered with ``torch.library`` (``torch.ops.shapley_kernels.
-alignment_game`` / ``alignment_exact`` / ``alignment_sampling``, CPU), each with a fake (meta)
-kernel giving its output's shape and dtype, so they trace under ``torch.compile`` without a graph
-break and pass ``torch.library.opcheck`` (tests/test_torch_library.py). Like the compiled
-kernels, they have no autograd formula: the wrappers below pass A detached, and the results are
-constants.
+The three entry points are the CPU kernels of the ``torch.library`` ops of ``_ops``
+(``torch.ops.shapley_kernels.alignment_game`` / ``alignment_exact`` / ``alignment_sampling``, the
+same ops the CUDA backend implements for "cuda"); ``game`` / ``exact`` / ``sampling`` call the ops.
 """
 from typing import Tuple
 
 import torch
 
 from .._backends import load_extension
-from . import EXACT_LIMIT
+from . import EXACT_LIMIT, _ops
+from ._ops import AlignmentKernels
 from ._torch_backend import factor_weights
 
 
@@ -36,19 +34,12 @@ def _ext():
     return ext
 
 
-@torch.library.custom_op("shapley_kernels::alignment_game", mutates_args=(), device_types="cpu")
-def _game_op(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
-             phrase_mask: torch.Tensor) -> torch.Tensor:
+def _game_kernel(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
+                 phrase_mask: torch.Tensor) -> torch.Tensor:
     return _ext().alignment_game(A, coalitions, region_mask, phrase_mask)
 
 
-@_game_op.register_fake
-def _game_fake(A, coalitions, region_mask, phrase_mask):
-    return A.new_empty(A.shape[0], coalitions.shape[1])
-
-
-@torch.library.custom_op("shapley_kernels::alignment_exact", mutates_args=(), device_types="cpu")
-def _exact_op(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
+def _exact_kernel(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
     # the dispatcher sends at most EXACT_LIMIT present players a side: this table covers them
     # without reducing the masks (the kernel checks the bound); built here, inside the op, so a
     # compiled caller does not trace its construction
@@ -56,35 +47,12 @@ def _exact_op(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Ten
     return _ext().alignment_exact(A, region_mask, phrase_mask, weights)
 
 
-@_exact_op.register_fake
-def _exact_fake(A, region_mask, phrase_mask):
-    return torch.empty_like(A)
-
-
-@torch.library.custom_op("shapley_kernels::alignment_sampling", mutates_args=(), device_types="cpu")
-def _sampling_op(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor, num_samples: int,
-                 seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _sampling_kernel(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor, num_samples: int,
+                     seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
     value, stderr = _ext().alignment_sampling(A, region_mask, phrase_mask, num_samples, seed)
     return value, stderr
 
 
-@_sampling_op.register_fake
-def _sampling_fake(A, region_mask, phrase_mask, num_samples, seed):
-    return torch.empty_like(A), torch.empty_like(A)
-
-
-def game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
-    """v2(S) for every coalition: float[B, C] from coalitions bool[B, C, K+M]."""
-    return torch.ops.shapley_kernels.alignment_game(A.detach(), coalitions, region_mask, phrase_mask)
-
-
-def exact(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
-    """Exact pairwise SII of every (region, phrase): float[B, K, M] (0 at padding)."""
-    return torch.ops.shapley_kernels.alignment_exact(A.detach(), region_mask, phrase_mask)
-
-
-def sampling(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor,
-             num_samples: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Monte Carlo SII: (value, stderr), each float[B, K, M]; stderr = sample std / sqrt(num_samples)."""
-    seed64 = (seed + 2**63) % 2**64 - 2**63  # any Python int -> the int64 the kernel hashes
-    return torch.ops.shapley_kernels.alignment_sampling(A.detach(), region_mask, phrase_mask, num_samples, seed64)
+kernels = AlignmentKernels(game=_game_kernel, exact=_exact_kernel, sampling=_sampling_kernel)
+_ops.register(kernels, "cpu")
+game, exact, sampling = _ops.game, _ops.exact, _ops.sampling  # the backend contract, through the ops

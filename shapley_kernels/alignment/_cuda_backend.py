@@ -11,13 +11,21 @@ extension loaded; ``A`` float32 or float64 [B, K, M] contiguous, masks bool[B, K
   counters as the Triton kernels (same seed: the same coalitions on both backends); present
   counts per side at most SAMPLING_LIMIT (64), beyond it a ValueError names triton / torch.
 - ``game``: one thread per (matrix, coalition).
+
+``kernels`` are the "cuda" implementations of the ``torch.library`` ops of ``_ops`` (the names
+the C++ backend implements for "cpu"); ``game`` / ``exact`` / ``sampling`` call the ops. The
+module ``_cuda`` itself binds the kernel launches the shared host driver calls
+(``alignment_game``, ``alignment_exact_direction``, ``alignment_sampling_sums``): compaction,
+coefficients and scatter are ``_device_driver``'s, shared with the Triton backend.
 """
 from typing import Tuple
 
 import torch
 
 from .._backends import SAMPLING_LIMIT, load_extension
+from . import _ops
 from ._device_driver import DeviceDriver, chunk_size
+from ._ops import AlignmentKernels
 
 _EXACT_STEP = 128     # kExactSubsets in csrc/alignment_cuda.cu: subsets per step of a block
 
@@ -29,8 +37,8 @@ def _ext():
     return ext
 
 
-def game(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
-         phrase_mask: torch.Tensor) -> torch.Tensor:
+def _game_kernel(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
+                 phrase_mask: torch.Tensor) -> torch.Tensor:
     """v2(S) for every coalition: float[B, C] from A float[B, K, M], coalitions bool[B, C, K + M]."""
     return _ext().alignment_game(A, coalitions.contiguous(), region_mask.contiguous(), phrase_mask.contiguous())
 
@@ -52,5 +60,8 @@ def _sampling_sums(A: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_
 
 
 _driver = DeviceDriver(_exact_direction, _sampling_sums)
-exact = _driver.exact        # (A, region_mask, phrase_mask) -> float[B, K, M]
-sampling = _driver.sampling  # (A, region_mask, phrase_mask, num_samples, seed) -> (value, stderr)
+# exact: (A, region_mask, phrase_mask) -> float[B, K, M];
+# sampling: (A, region_mask, phrase_mask, num_samples, seed) -> (value, stderr)
+kernels = AlignmentKernels(game=_game_kernel, exact=_driver.exact, sampling=_driver.sampling)
+_ops.register(kernels, "cuda")
+game, exact, sampling = _ops.game, _ops.exact, _ops.sampling  # the backend contract, through the ops

@@ -1,16 +1,19 @@
 """region_interaction's scores ("interaction", "phi", "negative_interaction", "magnitude") and
-estimators ("stratified", "paper") against brute-force enumeration of spec Eq. 3 / Eq. 4
+estimators ("antithetic", "control_variate", "stratified", "paper") against brute-force enumeration of spec Eq. 3 / Eq. 4
 (tests/reference.py), exact and sampled."""
 import pytest
 import torch
 
 from reference import brute_coalition_interaction, brute_region_phi
 from shapley_kernels import _strata
+from shapley_kernels.token_level import region
 from shapley_kernels.token_level import choose_region_method, dual_encoder_game, region_interaction
 from test_region_interaction import setup_pairs, towers, value_fn_of
 
 SCORES = ("interaction", "phi", "negative_interaction", "magnitude")
-ESTIMATORS = ("control_variate", "stratified", "paper")
+ESTIMATORS = ("antithetic", "control_variate", "stratified", "paper", "antithetic_mixed")
+# "antithetic_mixed": "antithetic" with the text half enumerated only up to 3 real tokens, so
+# pair 0 (3 words) has the text expectation and pair 1 (4 words) the sampled text half
 # 3 standard errors per target is the issue's bound; a test holds 8-18 targets, so the bound is
 # 3.5 (a family-wise false alarm of about 0.5-1% per test with fixed seeds, instead of 3-5%)
 Z = 3.5
@@ -32,6 +35,15 @@ def brute_scores(img, txt, x_img, x_txt, im, tm, regions, baseline="zero"):
             inter[b, k] = brute_coalition_interaction(value_fn, n, members) if len(members) > 1 else 0.0
             phi[b, k] = brute_region_phi(value_fn, n, members)
     return {"interaction": inter, "phi": phi, "negative_interaction": -inter, "magnitude": inter.abs()}
+
+
+@pytest.fixture
+def estimator(request, monkeypatch):
+    """The estimator name region_interaction takes (``request.param`` from ESTIMATORS)."""
+    if request.param == "antithetic_mixed":
+        monkeypatch.setattr(region, "TEXT_EXACT_HALVES", 8)
+        return "antithetic"
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +70,7 @@ def test_exact_scores_equal_brute_force(baseline):
     assert float(want["phi"].abs().min()) > 0  # phi is not the (zero) one-patch interaction
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("estimator", ESTIMATORS, indirect=True)
 def test_sampled_scores_unbiased_over_200_seeds(case, estimator):
     """Mean over 200 fixed seeds within Z = 3.5 standard errors (of that mean, from the spread of the
     runs) of the brute-force value, for every region and every score except "magnitude",
@@ -89,7 +101,7 @@ def test_sampled_scores_unbiased_over_200_seeds(case, estimator):
     assert bool((bias >= -3 * se - 1e-15).all() & (bias <= per_run + 3 * se + 1e-15).all()), (bias, per_run)
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("estimator", ESTIMATORS, indirect=True)
 def test_stderr_coverage(case, estimator):
     """Nominal 95% intervals value +- 1.96 stderr cover the exact value 90-98% of the time
     (300 fixed seeds of 64 samples x the 5 regions with more than one patch, interaction and phi)."""
@@ -159,3 +171,24 @@ def test_score_and_estimator_errors(case):
             region_interaction(img, txt, x_img, x_txt, regions, score=bad)
     with pytest.raises(ValueError, match="estimator"):
         region_interaction(img, txt, x_img, x_txt, regions, estimator="kernelshap")
+
+
+def test_antithetic_strata_are_complements_and_odd_counts_are_unpaired(case, monkeypatch):
+    """Paired draws: q_{J-1-j} = 1 - q_j (still in stratum J-1-j), the base image half and text half
+    of stratum J-1-j are the complements of stratum j's within the real tokens; with an odd count
+    (no pairing) and the text half sampled, "antithetic" draws exactly what "stratified" draws."""
+    img, txt, x_img, x_txt, im, tm, regions, _ = case
+    J = 8
+    q, s_img, s_txt = region._draw_stratified(regions, im, tm, J, torch.Generator().manual_seed(4), paired=True)
+    assert bool(((q[..., 0] * J).floor() == torch.arange(J)).all())
+    torch.testing.assert_close(q[:, J // 2:], (1 - q[:, :J // 2]).flip(1))
+    players = (im[:, None, :] & ~regions)[:, :, None, :]
+    assert torch.equal(s_img[:, :, J // 2:], (players & ~s_img[:, :, :J // 2]).flip(2))
+    assert torch.equal(s_txt[:, J // 2:], (tm[:, None, :] & ~s_txt[:, :J // 2]).flip(1))
+    monkeypatch.setattr(region, "TEXT_EXACT_HALVES", 1)
+    kw = dict(image_mask=im, text_mask=tm, method="sampling", num_samples=7, seed=3, score=("interaction", "phi"))
+    a = region_interaction(img, txt, x_img, x_txt, regions, estimator="antithetic", **kw)
+    b = region_interaction(img, txt, x_img, x_txt, regions, estimator="stratified", **kw)
+    for name in a:
+        torch.testing.assert_close(a[name].value, b[name].value, rtol=0, atol=0)
+        torch.testing.assert_close(a[name].stderr, b[name].stderr, rtol=0, atol=0)

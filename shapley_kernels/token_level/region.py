@@ -173,8 +173,7 @@ def _expected_text_directions(text_encoder, text_tokens, q, s_txt, text_mask, ba
     if not bool(exact.any()):
         return _directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
     pairs = exact.nonzero().flatten().tolist()
-    keep = torch.cat([_all_halves(text_mask[b]) for b in pairs])
-    pair = torch.cat([torch.full((2 ** int(lengths[b]),), b, dtype=torch.long, device=q.device) for b in pairs])
+    keep, pair = _pair_halves(text_mask, pairs)
     emb = encode_halves(text_encoder, text_tokens, pair, keep, baseline=baseline, max_batch=max_batch,
                         token_mask=text_mask)
     t = F.normalize(emb.to(dtype), dim=-1, eps=1e-12)  # [halves, d]
@@ -182,7 +181,9 @@ def _expected_text_directions(text_encoder, text_tokens, q, s_txt, text_mask, ba
     qh = q[pair].to(dtype)  # [halves, J]
     weight = qh ** size * (1 - qh) ** (lengths[pair, None].to(dtype) - size)
     mean = torch.zeros(B, J, t.shape[1], dtype=dtype, device=q.device)
-    mean.index_add_(0, pair, weight[:, :, None] * t[:, None, :])
+    counts = [2 ** int(lengths[b]) for b in pairs]
+    for b, w, t_b in zip(pairs, weight.split(counts), t.split(counts)):  # [2^l, J], [2^l, d]
+        mean[b] = w.T @ t_b
     sampled = (~exact).nonzero().flatten()
     if len(sampled):
         mean[sampled] = _directions(text_encoder, text_tokens[sampled], s_txt[sampled], text_mask[sampled],
@@ -270,6 +271,14 @@ def _all_halves(mask: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def _pair_halves(mask: torch.Tensor, pairs):
+    """Every half of the real tokens of each listed pair, pair after pair: (keep bool[H, N],
+    pair long[H]) from mask bool[B, N], H = sum over the pairs of 2^(real tokens)."""
+    keep = torch.cat([_all_halves(mask[b]) for b in pairs])
+    counts = torch.tensor([2 ** int(mask[b].sum()) for b in pairs], device=mask.device)
+    return keep, torch.tensor(list(pairs), dtype=torch.long, device=mask.device).repeat_interleave(counts)
+
+
 def _exact(image_encoder, text_encoder, image_tokens, text_tokens, regions, image_mask, text_mask,
            baseline, max_batch, dtype):
     """Scores by enumeration: ({"interaction": float[B, K] (Eq. 7), "phi": float[B, K]},
@@ -289,9 +298,7 @@ def _exact(image_encoder, text_encoder, image_tokens, text_tokens, regions, imag
     embeddings = []
     for encoder, tokens, mask, counts in ((image_encoder, image_tokens, image_mask, n_img),
                                           (text_encoder, text_tokens, text_mask, n_txt)):
-        keep = torch.cat([_all_halves(mask[b]) for b in range(B)])
-        pair = torch.arange(B, device=keep.device).repeat_interleave(
-            torch.tensor([2 ** c for c in counts], device=keep.device))
+        keep, pair = _pair_halves(mask, range(B))
         emb = encode_halves(encoder, tokens, pair, keep, baseline=baseline, max_batch=max_batch,
                             token_mask=mask)
         embeddings.append(F.normalize(emb.to(dtype), dim=-1, eps=1e-12).split([2 ** c for c in counts]))

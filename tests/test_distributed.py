@@ -344,8 +344,11 @@ def test_a_rank_that_fails_mid_step_ends_the_job_within_the_collective_timeout(t
     for p in context.processes:
         p.join(timeout=120)
         assert not p.is_alive(), "a rank hung"
-    # a rank ends with the error (or, torn down with gloo work pending, aborts after writing it)
+    # a rank ends with its own error, with the collective timeout, or, when the other rank's
+    # timeout fired first and that rank exited, with gloo's report of the vanished peer
     outcomes = [(tmp_path / f"outcome{r}.txt").read_text() for r in range(2)]
-    assert all(o != "finished" for o in outcomes), outcomes
-    assert all("Timed out" in o or "NaN" in o for o in outcomes), outcomes
-    assert any("Timed out" in o for o in outcomes), outcomes
+    shown = "\n".join(f"rank {r}: {o}" for r, o in enumerate(outcomes))
+    endings = ("Timed out", "NaN", "Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    assert all(o != "finished" for o in outcomes), shown
+    assert all(any(e in o for e in endings) for o in outcomes), shown
+    assert any("Timed out" in o for o in outcomes), shown

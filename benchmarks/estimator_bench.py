@@ -10,8 +10,9 @@ Workloads (issue 13, item 3):
   (b) ``--checkpoint RUN``: a trained run's real towers and candidates: the first ``pairs`` test
       images with their first referring expression, the head's top 4 regions after NMS each,
       ``region_interaction`` (Eq. 7, the run's token baseline) on the real token grid; the
-      reference is a ``--reference-samples`` stratified estimate (unbiased, its own standard
-      error reported), since exact enumeration over 64 patches is out of reach.
+      reference is a ``--reference-samples`` estimate by the default estimator ("antithetic":
+      unbiased, its own standard error reported), since exact enumeration over 64 patches is out
+      of reach.
   (c) shapiq-style games: sums of unanimity games v(S) = sum_T a_T [T subset S] over n = 14
       players, whose values are known in closed form (``unanimity_values``); the generic
       ``shapley_values``, ``interaction_index`` (all pairs) and ``coalition_interaction``.
@@ -36,6 +37,7 @@ from shapley_kernels.token_level import TransformerTower, region_interaction
 
 ESTIMATORS = ("paper", "stratified", "control_variate")  # the generic estimators' (workload (c))
 REGION_ESTIMATORS = ESTIMATORS + ("antithetic",)  # region_interaction's (workloads (a), (b))
+REFERENCE_ESTIMATOR = "antithetic"  # (b)'s reference: the lowest-variance unbiased one
 
 
 # ------------------------------------------------------------------ (c) unanimity games
@@ -152,7 +154,7 @@ def bench_real(checkpoint: str, device, runs: int, samples_list, reference_sampl
     common = dict(text_mask=text_mask, baseline=baseline, method="sampling", score=("interaction", "phi"))
     with torch.no_grad():
         reference = region_interaction(img, txt, x_img, x_txt, regions, num_samples=reference_samples,
-                                       seed=10**6, estimator="stratified", **common)
+                                       seed=10**6, estimator=REFERENCE_ESTIMATOR, **common)
     out = []
     for num_samples, estimator in itertools.product(samples_list, REGION_ESTIMATORS):
         values = {"interaction": [], "phi": []}

@@ -29,8 +29,8 @@ Estimators for ``method="sampling"`` (same expectation; ``num_samples`` J per re
       pairs its image halves with E[t(T) | q_j] (``_expected_text_directions``: v1 is linear in
       the text direction given the image half): the text half's variance is gone, at 2^l text
       encodings per pair instead of J. Longer texts use the sampled text half.
-      Measured on a trained run's real candidates (benchmarks/RESULTS.md): 3-5x lower variance
-      than "stratified" at equal image-half evaluations.
+      Measured on a trained run's real candidates (benchmarks/RESULTS.md): 2-4x lower variance
+      than "stratified" and 4-7x lower than "paper" at equal game evaluations.
   "stratified": q is stratified, q_j = (j + u_j) / J (``_strata``), one draw per
       stratum; the J strata are shared by all regions of a pair, as are their random numbers
       (common random numbers: one base image half per stratum, S = base \\ R, so candidate

@@ -1,14 +1,16 @@
 """Estimator efficiency: error against game evaluations and wall time, "paper" vs the variance-reduced ones.
 
     python benchmarks/estimator_bench.py [--device cpu|cuda] [--runs 40] [--json out.json]
-                                         [--checkpoint RUN [--reference-samples 20000]]
+                                         [--checkpoint RUN [--reference-samples 20000]
+                                          [--captions first|longest]]
 
 Workloads (issue 13, item 3):
   (a) tiny encoders: ``region_interaction`` on random TransformerTowers (12 patches, 6 words,
       n = 18), 2 pairs x 4 candidate regions of 2-4 patches; the reference is exact enumeration
       (``method="exact"``, itself tested against brute force). Scores "interaction" and "phi".
   (b) ``--checkpoint RUN``: a trained run's real towers and candidates: the first ``pairs`` test
-      images with their first referring expression, the head's top 4 regions after NMS each,
+      images with their first referring expression (``--captions longest``: their longest, 12-13
+      real tokens, beyond the text half's enumeration), the head's top 4 regions after NMS each,
       ``region_interaction`` (Eq. 7, the run's token baseline) on the real token grid; the
       reference is a ``--reference-samples`` estimate by the default estimator ("antithetic":
       unbiased, its own standard error reported), since exact enumeration over 64 patches is out
@@ -19,8 +21,8 @@ Workloads (issue 13, item 3):
 For each estimator and num_samples: ``runs`` seeded runs give the MSE against the reference
 (mean over runs and targets), the instability (spec section 5), the mean game evaluations per
 run and the mean wall time per call. All estimators spend the same game evaluations at the same
-num_samples ("antithetic" adds 2^l text-half encodings per pair of l <= 6 real text tokens,
-instead of num_samples), so the MSE ratio paper / new at equal num_samples is the ratio at equal
+num_samples ("antithetic" encodes 2^l text halves per pair of l <= 7 real text tokens, and
+num_samples x TEXT_POOL_HALVES for longer texts, instead of num_samples), so the MSE ratio paper / new at equal num_samples is the ratio at equal
 evaluations (MSE ~ 1 / evaluations: a ratio r means the paper needs r x the evaluations for
 the same error). Prints a markdown table and writes JSON with --json.
 """
@@ -122,10 +124,11 @@ def bench_tiny(device, runs: int, samples_list):
     return out
 
 
-def real_workload(checkpoint: str, device, pairs: int = 2, regions: int = 4):
+def real_workload(checkpoint: str, device, pairs: int = 2, regions: int = 4, captions: str = "first"):
     """A trained run's towers, the tokens of ``pairs`` test pairs and the head's top ``regions``
     candidates: ((image_tower, text_tower), x_img float[P, N_I, D], x_txt float[P, L, D],
-    text_mask bool[P, L], token-grid regions bool[P, K, N_I], token baseline)."""
+    text_mask bool[P, L], token-grid regions bool[P, K, N_I], token baseline). ``captions``:
+    each image's "first" referring expression or its "longest" (in words)."""
     from loupe_core.eval import splits
     from loupe_core.eval.encode import image_tensor, tokenize
     from loupe_core.pipeline import load_run, resolve_data
@@ -136,7 +139,9 @@ def real_workload(checkpoint: str, device, pairs: int = 2, regions: int = 4):
     split = splits.load("grounding", files["grounding"], cfg.model.image_size)
     first = {}
     for r, i in enumerate(split.expression_image):
-        first.setdefault(int(i), r)
+        kept = first.setdefault(int(i), r)
+        if captions == "longest" and len(split.expressions[r].split()) > len(split.expressions[kept].split()):
+            first[int(i)] = r
     images = sorted(first)[:pairs]
     with torch.no_grad():
         x_img, feats = model.encode_image_tokens(image_tensor(split.images[images], device))
@@ -148,8 +153,8 @@ def real_workload(checkpoint: str, device, pairs: int = 2, regions: int = 4):
             cfg.loss.token_baseline)
 
 
-def bench_real(checkpoint: str, device, runs: int, samples_list, reference_samples: int):
-    (img, txt), x_img, x_txt, text_mask, regions, baseline = real_workload(checkpoint, device)
+def bench_real(checkpoint: str, device, runs: int, samples_list, reference_samples: int, captions: str = "first"):
+    (img, txt), x_img, x_txt, text_mask, regions, baseline = real_workload(checkpoint, device, captions=captions)
     img, txt = img.double().eval(), txt.double().eval()
     common = dict(text_mask=text_mask, baseline=baseline, method="sampling", score=("interaction", "phi"))
     with torch.no_grad():
@@ -169,7 +174,7 @@ def bench_real(checkpoint: str, device, runs: int, samples_list, reference_sampl
         seconds = (time.perf_counter() - start) / runs
         for name, vals in values.items():
             ref = reference[name]
-            out.append(dict(workload="trained_default", target=name, estimator=estimator, num_samples=num_samples,
+            out.append(dict(workload="trained_default" if captions == "first" else f"trained_default_{captions}", target=name, estimator=estimator, num_samples=num_samples,
                             reference_stderr=float(ref.stderr.max()),
                             **_summary(torch.stack(vals), ref.value.cpu(), seconds, evals / runs)))
     return out
@@ -243,6 +248,8 @@ def main(argv=None):
     parser.add_argument("--json", default=None)
     parser.add_argument("--checkpoint", default=None, help="a trained run: adds workload (b)")
     parser.add_argument("--reference-samples", type=int, default=20000, help="samples of (b)'s reference")
+    parser.add_argument("--captions", choices=("first", "longest"), default="first",
+                        help="(b): each image's first referring expression or its longest")
     parser.add_argument("--collect", nargs=3, metavar=("STEPS_TSV", "ESTIMATOR_JSON", "OUT_JSON"),
                         help="only write benchmarks/gpu_suite.sh's summary JSON (see collect)")
     args = parser.parse_args(argv)
@@ -251,7 +258,7 @@ def main(argv=None):
     device = torch.device(args.device)
     rows = bench_tiny(device, args.runs, args.samples) + bench_unanimity(device, args.runs, args.samples)
     if args.checkpoint:
-        rows += bench_real(args.checkpoint, device, args.runs, args.samples, args.reference_samples)
+        rows += bench_real(args.checkpoint, device, args.runs, args.samples, args.reference_samples, args.captions)
     result = dict(machine=f"{platform.machine()} {platform.processor() or ''}".strip(), torch=torch.__version__,
                   device=str(device), threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                   runs=args.runs, rows=rows, ratios=ratios(rows))

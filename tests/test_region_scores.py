@@ -13,7 +13,7 @@ from test_region_interaction import setup_pairs, towers, value_fn_of
 SCORES = ("interaction", "phi", "negative_interaction", "magnitude")
 ESTIMATORS = ("antithetic", "control_variate", "stratified", "paper", "antithetic_mixed")
 # "antithetic_mixed": "antithetic" with the text half enumerated only up to 3 real tokens, so
-# pair 0 (3 words) has the text expectation and pair 1 (4 words) the sampled text half
+# pair 0 (3 words) has the text expectation and pair 1 (4 words) the pool of sampled text halves
 # 3 standard errors per target is the issue's bound; a test holds 8-18 targets, so the bound is
 # 3.5 (a family-wise false alarm of about 0.5-1% per test with fixed seeds, instead of 3-5%)
 Z = 3.5
@@ -174,21 +174,45 @@ def test_score_and_estimator_errors(case):
 
 
 def test_antithetic_strata_are_complements_and_odd_counts_are_unpaired(case, monkeypatch):
-    """Paired draws: q_{J-1-j} = 1 - q_j (still in stratum J-1-j), the base image half and text half
-    of stratum J-1-j are the complements of stratum j's within the real tokens; with an odd count
-    (no pairing) and the text half sampled, "antithetic" draws exactly what "stratified" draws."""
+    """Paired draws: q_{J-1-j} = 1 - q_j (still in stratum J-1-j), the base image half and each
+    text half of stratum J-1-j's pool are the complements of stratum j's within the real tokens;
+    the pool's halves are distinct draws. With an odd count (no pairing), the text half sampled
+    and a pool of one, "antithetic" draws exactly what "stratified" draws."""
     img, txt, x_img, x_txt, im, tm, regions, _ = case
-    J = 8
-    q, s_img, s_txt = region._draw_stratified(regions, im, tm, J, torch.Generator().manual_seed(4), paired=True)
+    J, P = 8, 3
+    q, s_img, s_txt = region._draw_stratified(regions, im, tm, J, torch.Generator().manual_seed(4),
+                                              paired=True, text_pool=P)
     assert bool(((q[..., 0] * J).floor() == torch.arange(J)).all())
     torch.testing.assert_close(q[:, J // 2:], (1 - q[:, :J // 2]).flip(1))
     players = (im[:, None, :] & ~regions)[:, :, None, :]
     assert torch.equal(s_img[:, :, J // 2:], (players & ~s_img[:, :, :J // 2]).flip(2))
-    assert torch.equal(s_txt[:, J // 2:], (tm[:, None, :] & ~s_txt[:, :J // 2]).flip(1))
+    assert s_txt.shape == (*tm.shape[:1], J, P, tm.shape[1])
+    assert torch.equal(s_txt[:, J // 2:], (tm[:, None, None, :] & ~s_txt[:, :J // 2]).flip(1))
+    assert not bool((s_txt & ~tm[:, None, None, :]).any())
+    assert not torch.equal(s_txt[:, :, 0], s_txt[:, :, 1])
     monkeypatch.setattr(region, "TEXT_EXACT_HALVES", 1)
+    monkeypatch.setattr(region, "TEXT_POOL_HALVES", 1)
     kw = dict(image_mask=im, text_mask=tm, method="sampling", num_samples=7, seed=3, score=("interaction", "phi"))
     a = region_interaction(img, txt, x_img, x_txt, regions, estimator="antithetic", **kw)
     b = region_interaction(img, txt, x_img, x_txt, regions, estimator="stratified", **kw)
     for name in a:
         torch.testing.assert_close(a[name].value, b[name].value, rtol=0, atol=0)
         torch.testing.assert_close(a[name].stderr, b[name].stderr, rtol=0, atol=0)
+
+
+def test_text_pool_serves_only_the_texts_beyond_enumeration(case, monkeypatch):
+    """With the text half enumerated up to 3 real tokens, pair 0 (3 words) has the exact text
+    expectation whatever the pool size, and pair 1 (4 words) pairs its strata with the pool:
+    its estimates change with the pool size, pair 0's do not (same image halves: the image
+    draws come first in the stream)."""
+    img, txt, x_img, x_txt, im, tm, regions, _ = case
+    monkeypatch.setattr(region, "TEXT_EXACT_HALVES", 8)
+    kw = dict(image_mask=im, text_mask=tm, method="sampling", num_samples=8, seed=9, score=("interaction", "phi"))
+    got = {}
+    for pool in (1, 4):
+        monkeypatch.setattr(region, "TEXT_POOL_HALVES", pool)
+        got[pool] = region_interaction(img, txt, x_img, x_txt, regions, **kw)
+    assert tm.sum(1).tolist() == [3, 4]
+    for name in ("interaction", "phi"):
+        torch.testing.assert_close(got[1][name].value[0], got[4][name].value[0], rtol=0, atol=0)
+        assert bool((got[1][name].value[1] != got[4][name].value[1]).any())

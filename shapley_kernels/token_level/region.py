@@ -25,12 +25,15 @@ Estimators for ``method="sampling"`` (same expectation; ``num_samples`` J per re
       units, one per stratum of (0, 1/2)) give the collapsed-strata standard error. Odd J: no
       pairing.
       (2) The text half in expectation: a pair with at most TEXT_EXACT_HALVES text halves
-      (6 real text tokens) has all its text halves encoded once and each stratum
+      (7 real text tokens) has all its text halves encoded once and each stratum
       pairs its image halves with E[t(T) | q_j] (``_expected_text_directions``: v1 is linear in
       the text direction given the image half): the text half's variance is gone, at 2^l text
-      encodings per pair instead of J. Longer texts use the sampled text half.
-      Measured on a trained run's real candidates (benchmarks/RESULTS.md): 2-4x lower variance
-      than "stratified" and 4-7x lower than "paper" at equal game evaluations.
+      encodings per pair instead of J. A longer text pairs each stratum's image halves with the
+      mean direction of TEXT_POOL_HALVES text halves drawn at q_j (an unbiased estimate of
+      E[t(T) | q_j] with 1 / TEXT_POOL_HALVES the variance of one half; J * TEXT_POOL_HALVES
+      text encodings per pair, shared by its regions).
+      Measured on a trained run's real candidates, short and long captions (benchmarks/RESULTS.md):
+      2-5x lower variance than "stratified" and 4-7x lower than "paper" at equal game evaluations.
   "stratified": q is stratified, q_j = (j + u_j) / J (``_strata``), one draw per
       stratum; the J strata are shared by all regions of a pair, as are their random numbers
       (common random numbers: one base image half per stratum, S = base \\ R, so candidate
@@ -68,9 +71,11 @@ from .game import check_encoders, check_tokens, encode_halves, resolve_max_batch
 METHODS = ("auto", "exact", "sampling")
 SCORES = ("interaction", "phi", "negative_interaction", "magnitude")
 ESTIMATORS = ("antithetic", "control_variate", "stratified", "paper")
-# a pair whose text half has at most this many distinct values (2^real text tokens) gets the
-# exact expectation over its text half ("antithetic")
-TEXT_EXACT_HALVES = 64
+# "antithetic": a pair whose text half has at most TEXT_EXACT_HALVES distinct values (2^real
+# text tokens: up to 7 tokens) gets the exact expectation over its text half, a longer one
+# TEXT_POOL_HALVES text halves per stratum; enumeration costs no more than the pool at 16 samples
+TEXT_POOL_HALVES = 8
+TEXT_EXACT_HALVES = 16 * TEXT_POOL_HALVES
 
 
 def _pair_evaluations(region_sizes, num_samples: int, singles: bool) -> int:
@@ -122,25 +127,26 @@ def _draw_paper(regions, image_mask, text_mask, num_samples, generator):
     return s_img, s_txt
 
 
-def _draw_stratified(regions, image_mask, text_mask, num_strata, generator, paired=False):
+def _draw_stratified(regions, image_mask, text_mask, num_strata, generator, paired=False, text_pool=1):
     """Stratified draws shared by the regions of a pair: one q_j per stratum and pair, one base
-    image half (S = base \\ R per region: common random numbers) and one text half per stratum.
-    ``paired`` (J even): stratum J-1-j takes the complements of stratum j's halves and
-    q_{J-1-j} = 1 - q_j (each still U(0, 1) on its stratum with Bernoulli(q) halves).
+    image half (S = base \\ R per region: common random numbers) and ``text_pool`` independent
+    text halves per stratum. ``paired`` (J even): stratum J-1-j takes the complements of stratum
+    j's halves and q_{J-1-j} = 1 - q_j (each still U(0, 1) on its stratum with Bernoulli(q) halves).
 
-    Returns (q float[B, J, 1], s_img bool[B, K, J, N_I], s_txt bool[B, J, N_T]).
+    Returns (q float[B, J, 1], s_img bool[B, K, J, N_I], s_txt bool[B, J, P, N_T]), P = text_pool.
     """
     B, K, N_I = regions.shape
     N_T = text_mask.shape[1]
     dev = regions.device
     q = stratified_uniform((B,), num_strata, generator, dev)[..., None]  # [B, J, 1]
     base = (torch.rand(B, num_strata, N_I, generator=generator, device=dev) < q) & image_mask[:, None, :]
-    s_txt = (torch.rand(B, num_strata, N_T, generator=generator, device=dev) < q) & text_mask[:, None, :]
+    real_txt = text_mask[:, None, None, :]
+    s_txt = (torch.rand(B, num_strata, text_pool, N_T, generator=generator, device=dev) < q[..., None]) & real_txt
     if paired:
         h = num_strata // 2
         q = torch.cat([q[:, :h], (1 - q[:, :h]).flip(1)], 1)
         base = torch.cat([base[:, :h], (image_mask[:, None, :] & ~base[:, :h]).flip(1)], 1)
-        s_txt = torch.cat([s_txt[:, :h], (text_mask[:, None, :] & ~s_txt[:, :h]).flip(1)], 1)
+        s_txt = torch.cat([s_txt[:, :h], (real_txt & ~s_txt[:, :h]).flip(1)], 1)
     s_img = base[:, None] & ~regions[:, :, None, :]
     return q, s_img, s_txt
 
@@ -156,22 +162,28 @@ def _directions(encoder, tokens, keep, token_mask, baseline, max_batch, dtype):
     return F.normalize(emb.to(dtype), dim=-1, eps=1e-12).view(*keep.shape[:-1], -1)
 
 
+def _pooled_directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype):
+    """Mean unit text direction of each stratum's pool: s_txt bool[B, J, P, N_T] -> float[B, J, d]
+    (for P = 1 the one half's unit direction itself)."""
+    return _directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype).mean(2)
+
+
 def _expected_text_directions(text_encoder, text_tokens, q, s_txt, text_mask, baseline, max_batch, dtype):
-    """Unit text directions each stratum pairs with: float[B, J, d] from q float[B, J] and the
-    sampled text halves s_txt bool[B, J, N_T].
+    """Text directions each stratum pairs with: float[B, J, d] from q float[B, J] and the
+    sampled text pools s_txt bool[B, J, P, N_T].
 
     A pair with 2^l <= TEXT_EXACT_HALVES text halves (l real text tokens) gets the exact
     conditional expectation E[t(T) | q_j] = sum_T q_j^|T| (1 - q_j)^(l - |T|) t(T) over all its
     halves T, encoded once for every stratum; v1 is linear in the text direction given the image
     half (v1 = image direction . text direction) and the halves are independent given q, so each
     stratum's term keeps its conditional expectation and loses the text half's variance. Other
-    pairs use t(s_txt).
+    pairs use the mean unit direction of their stratum's pool (``_pooled_directions``).
     """
     B, J = q.shape
     lengths = text_mask.sum(1)
     exact = lengths <= TEXT_EXACT_HALVES.bit_length() - 1  # 2^l <= TEXT_EXACT_HALVES
     if not bool(exact.any()):
-        return _directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
+        return _pooled_directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
     pairs = exact.nonzero().flatten().tolist()
     keep, pair = _pair_halves(text_mask, pairs)
     emb = encode_halves(text_encoder, text_tokens, pair, keep, baseline=baseline, max_batch=max_batch,
@@ -186,8 +198,8 @@ def _expected_text_directions(text_encoder, text_tokens, q, s_txt, text_mask, ba
         mean[b] = w.T @ t_b
     sampled = (~exact).nonzero().flatten()
     if len(sampled):
-        mean[sampled] = _directions(text_encoder, text_tokens[sampled], s_txt[sampled], text_mask[sampled],
-                                    baseline, max_batch, dtype)
+        mean[sampled] = _pooled_directions(text_encoder, text_tokens[sampled], s_txt[sampled], text_mask[sampled],
+                                           baseline, max_batch, dtype)
     return mean
 
 
@@ -236,12 +248,13 @@ def _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions, i
         s_img, s_txt = _draw_paper(regions, image_mask, text_mask, num_samples, generator)
         text_dir = _directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
     else:
-        q, s_img, s_txt = _draw_stratified(regions, image_mask, text_mask, num_samples, generator, paired)
+        pool = TEXT_POOL_HALVES if estimator == "antithetic" else 1
+        q, s_img, s_txt = _draw_stratified(regions, image_mask, text_mask, num_samples, generator, paired, pool)
         if estimator == "antithetic":
             text_dir = _expected_text_directions(text_encoder, text_tokens, q[..., 0], s_txt, text_mask,
                                                  baseline, max_batch, dtype)
         else:
-            text_dir = _directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
+            text_dir = _pooled_directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
         text_dir = text_dir[:, None].expand(B, K, *text_dir.shape[1:])
     phi, inter = _sample_terms(image_encoder, image_tokens, regions, image_mask, s_img, text_dir,
                                singles, baseline, max_batch, dtype)
@@ -251,7 +264,7 @@ def _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions, i
     if estimator == "control_variate":  # features: each player's presence minus q, 0 off X\\R
         players = (image_mask[:, None, :] & ~regions)[:, :, None, :].to(dtype)
         features = torch.cat([(s_img.to(dtype) - q[:, None].to(dtype)) * players,
-                              ((s_txt.to(dtype) - q.to(dtype)) * text_mask[:, None, :].to(dtype))[:, None]
+                              ((s_txt[:, :, 0].to(dtype) - q.to(dtype)) * text_mask[:, None, :].to(dtype))[:, None]
                               .expand(B, K, -1, -1)], -1)
         adjusted = {name: crossfit_control(t, features) for name, t in terms.items()}
         return {name: (t.mean(-1), strata_stderr(t) * factor) for name, (t, factor) in adjusted.items()}

@@ -33,7 +33,7 @@ Estimators for ``method="sampling"`` (same expectation; ``num_samples`` J per re
       E[t(T) | q_j] with 1 / TEXT_POOL_HALVES the variance of one half; J * TEXT_POOL_HALVES
       text encodings per pair, shared by its regions).
       Measured on a trained run's real candidates, short and long captions (benchmarks/RESULTS.md):
-      2-5x lower variance than "stratified" and 4-7x lower than "paper" at equal game evaluations.
+      2-5x lower variance than "stratified" and 3-7x lower than "paper" at equal game evaluations.
   "stratified": q is stratified, q_j = (j + u_j) / J (``_strata``), one draw per
       stratum; the J strata are shared by all regions of a pair, as are their random numbers
       (common random numbers: one base image half per stratum, S = base \\ R, so candidate

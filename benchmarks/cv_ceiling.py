@@ -16,6 +16,12 @@ same with feature sets added:
   "all patches x (1, q)" the same and (x_i - q) q: coefficients linear in q
   "neighbours of R"      x_i - q for the patches next to R (8-neighbourhood on the patch grid)
   "counts"               neighbour and other present counts minus their means given q
+  "max game"             a non-linear surrogate: the same term (Eq. 7's or phi's) on the same
+                         image halves in the maximum game g(S) = max(0, max_{p in S} c_p), c_p the
+                         cosine of patch p's embedding (full image) with the text's embedding,
+                         minus its exact conditional mean given q (``expected_max``). Low-order
+                         polynomial surrogates cannot help: a pairwise game's Eq. 7 term does not
+                         depend on S, and its phi term is linear in S.
 
 The units are the strata, or with complementary pairs the pair means (the second member's
 deviations are the first's negatives, so a control variate whose coefficients do not depend on
@@ -67,12 +73,13 @@ def unit_terms(encoders, x_img, x_txt, text_mask, regions, baseline, strata: int
     return q, s_img, terms
 
 
-def feature_sets(bits: torch.Tensor, q: torch.Tensor, region: torch.Tensor, side: int) -> dict:
+def feature_sets(bits: torch.Tensor, q: torch.Tensor, region: torch.Tensor, grid) -> dict:
     """Control-variate features of one candidate: bits bool[U, N_I], q float64[U], region
-    bool[N_I] on a side x side patch grid -> {name: float64[U, F]} (module docstring)."""
+    bool[N_I] on a patch grid (rows, columns), row-major -> {name: float64[U, F]} (module
+    docstring; "max game" is added by ``gains_table``)."""
     deviation = bits.double() - q[:, None]
-    grid = region.view(1, 1, side, side).double()
-    near = (torch.nn.functional.max_pool2d(grid, 3, 1, 1).flatten() > 0) & ~region
+    cells = region.view(1, 1, *grid).double()
+    near = (torch.nn.functional.max_pool2d(cells, 3, 1, 1).flatten() > 0) & ~region
     outside = ~region
     neighbours = deviation[:, near]
     count_near = neighbours.sum(1, keepdim=True)
@@ -81,6 +88,48 @@ def feature_sets(bits: torch.Tensor, q: torch.Tensor, region: torch.Tensor, side
             "all patches x (1, q)": torch.cat([deviation[:, outside], deviation[:, outside] * q[:, None]], 1),
             "neighbours of R": neighbours,
             "counts": torch.cat([count_near, count_far], 1)}
+
+
+def patch_text_cosines(encoders, x_img, x_txt, text_mask) -> torch.Tensor:
+    """c float64[B, N_I]: cosine of each patch's final embedding (whole image) with the text's
+    global embedding, from the towers' ``encode`` and ``project``."""
+    img, txt = encoders
+    with torch.inference_mode():
+        _, final = img.encode(x_img)
+        cls, _ = txt.encode(x_txt, text_mask)
+        patches = torch.nn.functional.normalize(img.project(final), dim=-1)
+        text = torch.nn.functional.normalize(txt.project(cls), dim=-1)
+    return (patches * text[:, None]).sum(-1).double()
+
+
+def max_value(c: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """The maximum game max(0, max_{p present} c_p): c float64[N], present bool[..., N] -> float64[...]."""
+    return torch.where(present, c, torch.zeros((), dtype=c.dtype)).amax(-1).clamp(min=0)
+
+
+def expected_max(c: torch.Tensor, players: torch.Tensor, forced: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """E[max(0, max over forced u S of c)] with each player of bool[N] ``players`` in S
+    independently with probability q float64[U], forced bool[N] always present: float64[U].
+    With the players' c sorted descending, the i-th (0-based) is the largest present one with
+    probability q (1 - q)^i."""
+    floor = max_value(c, forced)
+    ranked = torch.maximum(c[players].sort(descending=True).values, floor)
+    rank = torch.arange(len(ranked), dtype=c.dtype, device=c.device)
+    weight = q[:, None] * (1 - q[:, None]) ** rank
+    return (weight * ranked).sum(1) + (1 - q) ** len(ranked) * floor
+
+
+def max_game_residual(c: torch.Tensor, bits: torch.Tensor, q: torch.Tensor, region: torch.Tensor,
+                      score: str) -> torch.Tensor:
+    """The maximum game's term ("interaction": Eq. 7's, "phi": phi's) on image halves bits
+    bool[U, N] (S, outside region bool[N]) at q float64[U], minus its exact mean given q: float64[U]."""
+    empty = torch.zeros_like(region)
+    if score == "phi":  # v(S u R) - v(S)
+        coalitions = [(region, 1.0), (empty, -1.0)]
+    else:  # v(S u R) - sum_x v(S u {x}) + (n_R - 1) v(S)
+        singles = torch.eye(len(region), dtype=torch.bool, device=region.device)[region]
+        coalitions = [(region, 1.0), (empty, float(region.sum()) - 1.0)] + [(one, -1.0) for one in singles]
+    return sum(w * (max_value(c, bits | forced) - expected_max(c, ~region, forced, q)) for forced, w in coalitions)
 
 
 def heldout_residual(y: torch.Tensor, design: torch.Tensor, generator: torch.Generator) -> float:
@@ -105,20 +154,39 @@ def ceiling_gains(y: torch.Tensor, q: torch.Tensor, features: dict, seed: int = 
                for name, f in features.items()}}
 
 
-def run(checkpoint: str, strata: int, paired: bool, seed: int, captions: str) -> list:
-    encoders, x_img, x_txt, text_mask, regions, baseline = real_workload(checkpoint, "cpu", captions=captions)
-    encoders = tuple(e.double().eval() for e in encoders)
+def gains_table(encoders, x_img, x_txt, text_mask, regions, baseline, grid, strata: int, paired: bool,
+                seed: int) -> list:
+    """One row per (score, pair, candidate): its variance given q and each feature set's gain
+    bound (``ceiling_gains``), from one pilot (``unit_terms``); regions bool[B, K, N_I] on the
+    patch grid (rows, columns)."""
     q, bits, terms = unit_terms(encoders, x_img, x_txt, text_mask, regions, baseline, strata, paired, seed)
-    side = int(round(regions.shape[-1] ** 0.5))
+    cosines = patch_text_cosines(encoders, x_img, x_txt, text_mask)
     rows = []
     for name, t in terms.items():
         for b, k in itertools.product(range(regions.shape[0]), range(regions.shape[1])):
-            size = int(regions[b, k].sum())
+            region = regions[b, k]
+            size = int(region.sum())
             if name == "interaction" and size < 2:  # Eq. 7 is 0 exactly for one patch
                 continue
-            gains = ceiling_gains(t[b, k], q[b], feature_sets(bits[b, k], q[b], regions[b, k], side))
+            features = feature_sets(bits[b, k], q[b], region, grid)
+            surrogate = max_game_residual(cosines[b], bits[b, k], q[b], region, name)
+            if paired:  # the unit's second member: the complement within X\R at 1 - q
+                surrogate = (surrogate + max_game_residual(cosines[b], ~bits[b, k] & ~region, 1 - q[b],
+                                                           region, name)) / 2
+            features["max game"] = surrogate[:, None]
+            gains = ceiling_gains(t[b, k], q[b], features)
             rows.append(dict(score=name, pair=b, region=k, patches=size, **gains))
     return rows
+
+
+def run(checkpoint: str, strata: int, paired: bool, seed: int, captions: str) -> list:
+    """``gains_table`` on workload (b) of estimator_bench.py (a ViT's square patch grid)."""
+    encoders, x_img, x_txt, text_mask, regions, baseline = real_workload(checkpoint, "cpu", captions=captions)
+    side = int(round(regions.shape[-1] ** 0.5))
+    if side * side != regions.shape[-1]:
+        raise ValueError(f"checkpoint: expected a square patch grid, got {regions.shape[-1]} patches")
+    encoders = tuple(e.double().eval() for e in encoders)
+    return gains_table(encoders, x_img, x_txt, text_mask, regions, baseline, (side, side), strata, paired, seed)
 
 
 def main(argv=None):

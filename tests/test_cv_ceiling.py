@@ -36,13 +36,23 @@ def test_pilot_units_average_to_the_default_estimate(strata, paired):
         torch.testing.assert_close(strata_stderr(terms[name]), got[name].stderr)
 
 
+def test_gains_table_on_the_tiny_towers():
+    towers, x_img, x_txt, regions = estimator_bench.tiny_workload("cpu")
+    text_mask = torch.ones(x_txt.shape[:2], dtype=torch.bool)
+    rows = ceiling.gains_table(towers, x_img, x_txt, text_mask, regions, "zero", (4, 3), 64, True, seed=2)
+    assert len(rows) == 2 * 8  # every candidate holds at least 2 patches
+    for row in rows:
+        gains = [row[name] for name in ("all patches", "all patches x (1, q)", "neighbours of R", "counts", "max game")]
+        assert row["within_q_variance"] > 0 and all(0 < g < float("inf") for g in gains)
+
+
 def test_feature_sets_of_a_block_inside_the_grid():
     region = torch.zeros(64, dtype=torch.bool)
     region[[27, 28, 35, 36]] = True  # a 2 x 2 block in the middle of the 8 x 8 grid
     bits = torch.rand(10, 64, generator=torch.Generator().manual_seed(0)) < 0.5
     bits &= ~region
     q = torch.full((10,), 0.5, dtype=torch.float64)
-    sets = ceiling.feature_sets(bits, q, region, 8)
+    sets = ceiling.feature_sets(bits, q, region, (8, 8))
     assert {k: v.shape[1] for k, v in sets.items()} == {
         "all patches": 60, "all patches x (1, q)": 120, "neighbours of R": 12, "counts": 2}
     torch.testing.assert_close(sets["counts"].sum(1), sets["all patches"].sum(1))
@@ -69,3 +79,41 @@ def test_gain_bound_is_about_one_on_noise():
     gains = ceiling.ceiling_gains(y, q, {"bits": bits.double() - q[:, None]})
     assert 0.8 < gains["bits"] < 1.1
     assert gains["within_q_variance"] == pytest.approx(1.0, rel=0.2)
+
+
+def test_expected_max_against_enumeration():
+    """E[max(0, max over forced u S of c)] against the sum over every S of the 6 players."""
+    gen = torch.Generator().manual_seed(3)
+    c = torch.randn(8, generator=gen, dtype=torch.float64)
+    players = torch.tensor([1, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool)
+    q = torch.tensor([0.0, 0.1, 0.5, 0.93, 1.0], dtype=torch.float64)
+    index = players.nonzero().flatten()
+    subsets = ((torch.arange(64)[:, None] >> torch.arange(6)) & 1).bool()  # [64, 6]
+    for forced in (torch.zeros(8, dtype=torch.bool), torch.tensor([0, 0, 1, 0, 0, 0, 1, 0], dtype=torch.bool)):
+        present = forced.repeat(64, 1)
+        present[:, index] = subsets
+        values = ceiling.max_value(c, present)  # [64]
+        size = subsets.sum(1).double()
+        weights = q[:, None] ** size * (1 - q[:, None]) ** (6 - size)  # [5, 64]
+        torch.testing.assert_close(ceiling.expected_max(c, players, forced, q), weights @ values)
+    assert float(ceiling.max_value(c, torch.zeros(8, dtype=torch.bool))) == 0.0
+
+
+def test_max_game_residual_is_the_term_minus_its_mean():
+    """Averaged over every S of the players outside R with its probability at q, the residual
+    is 0, and on one S it is Eq. 7's (phi's) term of the maximum game minus that mean."""
+    c = torch.tensor([0.3, -0.2, 0.9, 0.1, 0.5, 0.7], dtype=torch.float64)
+    region = torch.tensor([0, 0, 1, 0, 1, 0], dtype=torch.bool)
+    players = (~region).nonzero().flatten()
+    subsets = torch.zeros(16, 6, dtype=torch.bool)
+    subsets[:, players] = ((torch.arange(16)[:, None] >> torch.arange(4)) & 1).bool()
+    q = torch.full((16,), 0.3, dtype=torch.float64)
+    weights = 0.3 ** subsets.sum(1).double() * 0.7 ** (4 - subsets.sum(1).double())
+    v = lambda present: ceiling.max_value(c, present)  # noqa: E731
+    one = torch.eye(6, dtype=torch.bool)
+    terms = {"phi": v(subsets | region) - v(subsets),
+             "interaction": v(subsets | region) - v(subsets | one[2]) - v(subsets | one[4]) + v(subsets)}
+    for score, term in terms.items():
+        residual = ceiling.max_game_residual(c, subsets, q, region, score)
+        assert float(weights @ residual) == pytest.approx(0.0, abs=1e-12)
+        torch.testing.assert_close(residual, term - weights @ term)

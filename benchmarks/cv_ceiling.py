@@ -46,31 +46,29 @@ POLY_DEGREE = 6
 
 
 def unit_terms(encoders, x_img, x_txt, text_mask, regions, baseline, strata: int, paired: bool, seed: int):
-    """The pilot: the default estimator's draws for ``strata`` strata, without the averaging.
+    """The pilot: the default estimator's draws and terms for ``strata`` strata
+    (``region.stratified_terms``), without the averaging.
 
     Returns (q float64[B, U], bits bool[B, K, U, N_I] (the image half S of each unit's first
     member), {"interaction": float64[B, K, U], "phi": float64[B, K, U]}), U = strata, or
-    strata / 2 pair means when ``paired``.
+    strata / 2 pair means (``region.pair_means``) when ``paired`` (strata even, >= 4).
+    ``paired=False``: the same estimator without its complementary pairs.
     """
     img, txt = encoders
-    B, K, N_I = regions.shape
+    B, _, N_I = regions.shape
     image_mask = torch.ones(B, N_I, dtype=torch.bool, device=regions.device)
     generator = torch.Generator(device=regions.device).manual_seed(seed)
+    if paired and (strata % 2 or strata < 4):
+        raise ValueError(f"strata: complementary pairs need an even number >= 4, got {strata}")
     with torch.inference_mode():
-        q, s_img, s_txt = region_module._draw_stratified(regions, image_mask, text_mask, strata, generator,
-                                                         paired, region_module.TEXT_POOL_HALVES)
-        text_dir = region_module._expected_text_directions(txt, x_txt, q[..., 0], s_txt, text_mask, baseline,
-                                                           None, torch.float64)
-        text_dir = text_dir[:, None].expand(B, K, *text_dir.shape[1:])
-        phi, inter = region_module._sample_terms(img, x_img, regions, image_mask, s_img, text_dir, True,
-                                                 baseline, None, torch.float64)
+        q, bits, _, terms = region_module.stratified_terms(img, txt, x_img, x_txt, regions, image_mask, text_mask,
+                                                           baseline, strata, generator, None, torch.float64,
+                                                           True, "antithetic", paired)
     q = q[..., 0].double()
-    terms = {"interaction": inter, "phi": phi}
     if paired:
-        h = strata // 2
-        terms = {name: (t[..., :h] + t[..., h:].flip(-1)) / 2 for name, t in terms.items()}
-        q, s_img = q[:, :h], s_img[:, :, :h]
-    return q, s_img, terms
+        terms = region_module.pair_means(terms)
+        q, bits = q[:, :strata // 2], bits[:, :, :strata // 2]
+    return q, bits, terms
 
 
 def feature_sets(bits: torch.Tensor, q: torch.Tensor, region: torch.Tensor, grid) -> dict:
@@ -162,7 +160,8 @@ def gains_table(encoders, x_img, x_txt, text_mask, regions, baseline, grid, stra
     q, bits, terms = unit_terms(encoders, x_img, x_txt, text_mask, regions, baseline, strata, paired, seed)
     cosines = patch_text_cosines(encoders, x_img, x_txt, text_mask)
     rows = []
-    for name, t in terms.items():
+    for name in ("interaction", "phi"):
+        t = terms[name]
         for b, k in itertools.product(range(regions.shape[0]), range(regions.shape[1])):
             region = regions[b, k]
             size = int(region.sum())

@@ -1,6 +1,5 @@
 """benchmarks/cv_ceiling.py: its pilot is the default estimator's own draws, and its gain bound
 finds a linear signal where there is one and none in noise."""
-import importlib.util
 import os
 import sys
 
@@ -10,11 +9,8 @@ import torch
 from shapley_kernels._strata import strata_stderr
 from shapley_kernels.token_level import region_interaction
 
-_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
-sys.path.insert(0, _DIR)
-_spec = importlib.util.spec_from_file_location("cv_ceiling", os.path.join(_DIR, "cv_ceiling.py"))
-ceiling = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ceiling)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+import cv_ceiling as ceiling  # noqa: E402
 import estimator_bench  # noqa: E402
 
 
@@ -68,7 +64,8 @@ def _draws(units, players, seed):
 def test_gain_bound_finds_a_linear_signal():
     q, bits, gen = _draws(800, 10, 1)
     coef = torch.randn(10, generator=gen, dtype=torch.float64)
-    y = torch.sin(3 * q) + (bits.double() - q[:, None]) @ coef + 0.01 * torch.randn(800, generator=gen, dtype=torch.float64)
+    noise = 0.01 * torch.randn(800, generator=gen, dtype=torch.float64)
+    y = torch.sin(3 * q) + (bits.double() - q[:, None]) @ coef + noise
     gains = ceiling.ceiling_gains(y, q, {"bits": bits.double() - q[:, None]})
     assert gains["bits"] > 100
 

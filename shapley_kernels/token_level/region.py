@@ -208,8 +208,8 @@ def _sample_terms(image_encoder, image_tokens, regions, image_mask, s_img, text_
     """Per-sample terms of every (pair, region, sample).
 
     s_img bool[B, K, S, N_I] (the sampled image halves of S), text_dir float[B, K, S, d] (unit
-    text embedding each sample pairs with). Returns (phi float[B, K, S]: v1(S u R) - v1(S),
-    interaction float[B, K, S] (Eq. 7's term) or None when ``singles`` is False).
+    text embedding each sample pairs with). Returns {"phi": float[B, K, S] (v1(S u R) - v1(S)),
+    "interaction": float[B, K, S] (Eq. 7's term), only when ``singles``}.
     """
     B, K, S, N_I = s_img.shape
     dev = regions.device
@@ -230,12 +230,41 @@ def _sample_terms(image_encoder, image_tokens, regions, image_mask, s_img, text_
     v_full = (e[:n] * t).sum(-1).view(B, K, S)
     v_empty = (e[n:2 * n] * t).sum(-1).view(B, K, S)
     if not singles:
-        return v_full - v_empty, None
+        return {"phi": v_full - v_empty}
     v_single = (e[2 * n:].view(M, S, -1) * text_dir[mb, mk]).sum(-1)  # [M, S]
     single_sum = torch.zeros(B * K, S, dtype=dtype, device=dev)
     single_sum.index_add_(0, mb * K + mk, v_single)
     n_r = regions.sum(-1).to(dtype)[..., None]  # [B, K, 1]
-    return v_full - v_empty, v_full - single_sum.view(B, K, S) + (n_r - 1) * v_empty
+    return {"phi": v_full - v_empty, "interaction": v_full - single_sum.view(B, K, S) + (n_r - 1) * v_empty}
+
+
+def stratified_terms(image_encoder, text_encoder, image_tokens, text_tokens, regions, image_mask,
+                     text_mask, baseline, num_samples, generator, max_batch, dtype, singles, estimator,
+                     paired):
+    """The draws and per-stratum terms of a stratified estimator ("antithetic", "stratified" or
+    "control_variate"), before any averaging: (q float[B, J, 1], s_img bool[B, K, J, N_I],
+    s_txt bool[B, J, P, N_T], {"phi": float[B, K, J], "interaction": float[B, K, J] when
+    ``singles``}). ``paired`` (J even, >= 4): stratum J-1-j is stratum j's complement
+    (``_draw_stratified``; ``pair_means`` gives the independent units)."""
+    B, K, _ = regions.shape
+    pool = TEXT_POOL_HALVES if estimator == "antithetic" else 1
+    q, s_img, s_txt = _draw_stratified(regions, image_mask, text_mask, num_samples, generator, paired, pool)
+    if estimator == "antithetic":
+        text_dir = _expected_text_directions(text_encoder, text_tokens, q[..., 0], s_txt, text_mask,
+                                             baseline, max_batch, dtype)
+    else:
+        text_dir = _pooled_directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
+    text_dir = text_dir[:, None].expand(B, K, *text_dir.shape[1:])
+    terms = _sample_terms(image_encoder, image_tokens, regions, image_mask, s_img, text_dir, singles,
+                          baseline, max_batch, dtype)
+    return q, s_img, s_txt, terms
+
+
+def pair_means(terms: dict) -> dict:
+    """Means of the complementary strata pairs (j, J-1-j): {name: float[..., J]} -> {name: float[..., J/2]},
+    unit j pairing stratum j with stratum J-1-j."""
+    half = next(iter(terms.values())).shape[-1] // 2
+    return {name: (t[..., :half] + t[..., half:].flip(-1)) / 2 for name, t in terms.items()}
 
 
 def _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions, image_mask,
@@ -247,20 +276,12 @@ def _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions, i
     if estimator == "paper":
         s_img, s_txt = _draw_paper(regions, image_mask, text_mask, num_samples, generator)
         text_dir = _directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
-    else:
-        pool = TEXT_POOL_HALVES if estimator == "antithetic" else 1
-        q, s_img, s_txt = _draw_stratified(regions, image_mask, text_mask, num_samples, generator, paired, pool)
-        if estimator == "antithetic":
-            text_dir = _expected_text_directions(text_encoder, text_tokens, q[..., 0], s_txt, text_mask,
-                                                 baseline, max_batch, dtype)
-        else:
-            text_dir = _pooled_directions(text_encoder, text_tokens, s_txt, text_mask, baseline, max_batch, dtype)
-        text_dir = text_dir[:, None].expand(B, K, *text_dir.shape[1:])
-    phi, inter = _sample_terms(image_encoder, image_tokens, regions, image_mask, s_img, text_dir,
-                               singles, baseline, max_batch, dtype)
-    terms = {"phi": phi} if inter is None else {"phi": phi, "interaction": inter}
-    if estimator == "paper":
+        terms = _sample_terms(image_encoder, image_tokens, regions, image_mask, s_img, text_dir,
+                              singles, baseline, max_batch, dtype)
         return {name: (t.mean(-1), iid_stderr(t)) for name, t in terms.items()}
+    q, s_img, s_txt, terms = stratified_terms(image_encoder, text_encoder, image_tokens, text_tokens, regions,
+                                              image_mask, text_mask, baseline, num_samples, generator,
+                                              max_batch, dtype, singles, estimator, paired)
     if estimator == "control_variate":  # features: each player's presence minus q, 0 off X\\R
         players = (image_mask[:, None, :] & ~regions)[:, :, None, :].to(dtype)
         features = torch.cat([(s_img.to(dtype) - q[:, None].to(dtype)) * players,
@@ -268,9 +289,8 @@ def _sampling(image_encoder, text_encoder, image_tokens, text_tokens, regions, i
                               .expand(B, K, -1, -1)], -1)
         adjusted = {name: crossfit_control(t, features) for name, t in terms.items()}
         return {name: (t.mean(-1), strata_stderr(t) * factor) for name, (t, factor) in adjusted.items()}
-    if paired:  # pair means (strata j and J-1-j) are the independent units
-        h = num_samples // 2
-        terms = {name: (t[..., :h] + t[..., h:].flip(-1)) / 2 for name, t in terms.items()}
+    if paired:  # pair means are the independent units
+        terms = pair_means(terms)
     return {name: (t.mean(-1), strata_stderr(t)) for name, t in terms.items()}
 
 

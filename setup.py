@@ -7,6 +7,9 @@ torch.utils.cpp_extension) is built against the torch already installed: install
 PyTorch are both present. A failed extension build is reported and skipped: the package still
 installs and works with its torch (and Triton) backends.
 
+No -std flag is passed: torch.utils.cpp_extension adds the C++ standard its own headers need
+(C++20 from torch 2.13 on; torch 2.14's headers refuse C++17).
+
 Switches: SHAPLEY_KERNELS_NO_EXT=1 skips every extension; SHAPLEY_KERNELS_NO_CUDA=1 skips CUDA;
 TORCH_CUDA_ARCH_LIST as in PyTorch (default here: 8.0;9.0).
 """
@@ -29,7 +32,7 @@ def _extensions():
         print(f"[shapley_kernels] torch not importable ({exc}); building no extension", file=sys.stderr)
         return [], {}
 
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp"]
     cpp_sources = sorted(
         os.path.relpath(p, HERE)
         for p in glob.glob(os.path.join(HERE, "csrc", "*.cpp"))
@@ -44,17 +47,24 @@ def _extensions():
     cu_sources = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.cu")))
     binding = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*_cuda_binding.cpp")))
     want_cuda = os.environ.get("SHAPLEY_KERNELS_NO_CUDA") != "1"
-    if want_cuda and cu_sources and torch.version.cuda is not None and CUDA_HOME is not None:
+    if not (want_cuda and cu_sources and torch.version.cuda is not None and CUDA_HOME is not None):
+        cuda_skipped = "needs a CUDA toolkit and a CUDA build of torch"
+    elif not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime_api.h")):
+        # torch takes CUDA_HOME from the nvcc on the PATH when it is unset: a wrapper script outside
+        # the toolkit (/usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc) gives a folder without headers
+        cuda_skipped = (f"no include/cuda_runtime_api.h under CUDA_HOME={CUDA_HOME}: set CUDA_HOME to the "
+                        f"CUDA toolkit's folder, e.g. /usr/local/cuda")
+    else:
+        cuda_skipped = None
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         exts.append(
             CUDAExtension(
                 "shapley_kernels._cuda", binding + cu_sources,
-                extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+                extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math"]},
             )
         )
-    else:
-        print("[shapley_kernels] CUDA extension skipped (needs a CUDA toolkit and a CUDA build of torch)",
-              file=sys.stderr)
+    if cuda_skipped:
+        print(f"[shapley_kernels] CUDA extension skipped ({cuda_skipped})", file=sys.stderr)
 
     class TolerantBuildExt(BuildExtension):
         """Build each extension; on failure warn and go on (the torch backend still works)."""

@@ -37,8 +37,7 @@ def ensure_cuda_extension() -> str:
     module = load(name="_cuda",
                   sources=[os.path.join(ROOT, "csrc", "alignment_cuda_binding.cpp"),
                            os.path.join(ROOT, "csrc", "alignment_cuda.cu")],
-                  extra_cflags=["-O3", "-std=c++17"],
-                  extra_cuda_cflags=["-O3", "--use_fast_math", "-std=c++17"], verbose=False)
+                  extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "--use_fast_math"], verbose=False)
     sys.modules["shapley_kernels._cuda"] = module
     return "jit-built"
 

@@ -5,10 +5,11 @@
 #
 # Works from a plain checkout or after `pip install --no-deps --no-build-isolation -e .`
 # (it runs with the repository root on PYTHONPATH either way). Steps, each under its own
-# time limit (seconds): GPU tests `pytest -m gpu` (150), benchmarks/gpu_alignment_bench.py
-# --quick (120), benchmarks/gpu_token_bench.py (90), benchmarks/estimator_bench.py on CUDA
-# (90). Writes OUT_DIR/gpu_suite.log (every step's output) and OUT_DIR/gpu_suite.json (per
-# step: command, exit status, seconds; the estimator benchmark's own JSON under "estimator").
+# time limit (seconds): the GPU and Triton tests `pytest -m "gpu or triton"`, on CUDA (150),
+# benchmarks/gpu_alignment_bench.py --quick (120), benchmarks/gpu_token_bench.py (90),
+# benchmarks/estimator_bench.py on CUDA (90). Writes OUT_DIR/gpu_suite.log (every step's
+# output) and OUT_DIR/gpu_suite.json (per step: command, exit status, seconds; the estimator
+# benchmark's own JSON under "estimator").
 # A failing step does not stop the others; the script exits non-zero if any step failed.
 set -u
 OUT="${1:?usage: gpu_suite.sh OUT_DIR}"
@@ -33,7 +34,7 @@ step() {  # step NAME LIMIT_S COMMAND...
 }
 
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" >> "$LOG" 2>&1
-step gpu_tests 150 "$PY" -m pytest -q -m gpu tests
+step gpu_tests 150 "$PY" -m pytest -q -m "gpu or triton" tests
 step alignment_bench 120 "$PY" benchmarks/gpu_alignment_bench.py --quick
 step token_bench 90 "$PY" benchmarks/gpu_token_bench.py --repeats 5
 step estimator_bench 90 "$PY" benchmarks/estimator_bench.py --device cuda --runs 20 --json "$OUT/estimator.json"

@@ -3,10 +3,7 @@
 Without a CUDA device the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set before
 triton is imported); grids are kept tiny because each interpreted program costs ~60 ms.
 """
-import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -91,14 +88,3 @@ def test_sampling_one_pair_one_sample():
                                        return_stderr=True)
     assert est.value.dtype == torch.float64
     assert est.value.item() == 1.0 and est.stderr.item() == 0.0
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton.backends.nvidia") is None,
-                    reason="triton has no NVIDIA backend in this install")
-def test_kernels_compile_for_sm90():
-    """The kernels compile to sm_90 cubins (real compiler, no GPU needed), at the launch configs."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_triton_compile_check.py")
-    result = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.count("bytes of cubin") == 6, result.stdout

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton", reason="triton is an optional dependency")
+pytestmark = pytest.mark.triton
 
 from shapley_kernels.token_level._triton_attention import bitmask_attention  # noqa: E402
 from shapley_kernels.token_level.towers import TransformerTower, sdpa_attention  # noqa: E402

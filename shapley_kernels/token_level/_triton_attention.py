@@ -56,6 +56,16 @@ def _bitmask_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, bits_ptr, L, HD, HEADS
              mask=(offs_m[:, None] < L) & d_ok[None, :])
 
 
+def launch_config(L: int, hd: int, dtype: torch.dtype) -> dict:
+    """The kernel's constexprs for keys of length L, head width hd and inputs of ``dtype``:
+    BLOCK_M = BLOCK_N (16 for L <= 16, else 64), BLOCK_D (hd rounded up to a power of two, at
+    least 16, tl.dot's smallest) and PRECISION ("ieee" for float32, so no TF32; "tf32" otherwise,
+    where the half-precision dots ignore it)."""
+    block = 16 if L <= 16 else 64
+    return {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": max(16, triton.next_power_of_2(hd)),
+            "PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
+
+
 def bitmask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Masked attention with the mask sent to the kernel as packed bits.
@@ -75,11 +85,9 @@ def bitmask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     bits = pack_bits(key_mask).contiguous()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q)
-    block_d = max(16, triton.next_power_of_2(hd))
-    block = 16 if L <= 16 else 64
-    grid = (triton.cdiv(L, block), c * heads)
+    config = launch_config(L, hd, q.dtype)
+    grid = (triton.cdiv(L, config["BLOCK_M"]), c * heads)
     _bitmask_attention_kernel[grid](q, k, v, out, bits, L, hd, heads, bits.shape[1],
-                                    1.0 / math.sqrt(hd), BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d,
-                                    PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+                                    1.0 / math.sqrt(hd), **config)
     return out
 

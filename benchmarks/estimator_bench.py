@@ -256,6 +256,8 @@ def main(argv=None):
     if args.collect:
         return collect(*args.collect)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device (torch.cuda.is_available() is False)")
     rows = bench_tiny(device, args.runs, args.samples) + bench_unanimity(device, args.runs, args.samples)
     if args.checkpoint:
         rows += bench_real(args.checkpoint, device, args.runs, args.samples, args.reference_samples, args.captions)

@@ -21,6 +21,11 @@ STEPS="$OUT/steps.tsv"
 : > "$LOG"; : > "$STEPS"
 cd "$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# the JIT build of gpu_alignment_bench.py needs the toolkit's headers; torch's guess from a
+# wrapper nvcc outside the toolkit has none (setup.py says so at install)
+if [ -z "${CUDA_HOME:-}" ] && [ -e /usr/local/cuda/include/cuda_runtime_api.h ]; then
+  export CUDA_HOME=/usr/local/cuda
+fi
 
 step() {  # step NAME LIMIT_S COMMAND...
   local name="$1" limit="$2"; shift 2
@@ -34,6 +39,7 @@ step() {  # step NAME LIMIT_S COMMAND...
 }
 
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" >> "$LOG" 2>&1
+"$PY" -c "import triton, shapley_kernels as sk; print('triton', triton.__version__, 'CUDA_HOME', '${CUDA_HOME:-unset}'); print(sk.backend_status())" >> "$LOG" 2>&1
 step gpu_tests 150 "$PY" -m pytest -q -m "gpu or triton" tests
 step alignment_bench 120 "$PY" benchmarks/gpu_alignment_bench.py --quick
 step token_bench 90 "$PY" benchmarks/gpu_token_bench.py --repeats 5

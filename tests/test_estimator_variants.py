@@ -113,3 +113,10 @@ def test_gpu_suite_script_is_valid_bash():
 
     script = os.path.join(os.path.dirname(_PATH), "gpu_suite.sh")
     assert subprocess.run(["bash", "-n", script]).returncode == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_estimator_bench_refuses_cuda_without_a_device(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cuda"])
+    assert "--device cuda: no CUDA device" in capsys.readouterr().err

@@ -91,7 +91,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """Map ``backend`` ("auto" or a name) to a runnable backend for tensors on ``device``.
 
     "auto": cuda, then triton, on a CUDA device; cpp on the CPU; torch as the fallback.
-    An explicit backend that is unknown or unavailable raises ValueError listing what is available.
+    An explicit backend that is unknown or unavailable raises ValueError listing what is available,
+    as does one that cannot take tensors on ``device`` (cuda and, outside Triton's interpreter,
+    triton need a CUDA device; cpp the CPU).
     """
     avail = available_backends()
     if backend == "auto":
@@ -108,4 +110,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError("backend 'cuda' needs tensors on a CUDA device")
     if backend == "cpp" and device.type != "cpu":
         raise ValueError("backend 'cpp' needs tensors on the CPU")
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("backend 'triton' needs tensors on a CUDA device (on the CPU only under TRITON_INTERPRET=1)")
     return backend

@@ -139,7 +139,9 @@ def test_emulated_sampling_draws_match_triton(emulated, rng_seed):
     pm = torch.ones(1, 3, dtype=torch.bool)
     seed = rng_seed * 2**32 + 12345                       # both key words non-zero
     cuda_value, cuda_err = emulated.sampling(A, rm, pm, 64, seed)
-    triton_value, triton_err = _triton_backend.sampling(A, rm, pm, 64, seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter on the CPU only
+    triton_value, triton_err = (t.cpu() for t in _triton_backend.sampling(A.to(device), rm.to(device),
+                                                                          pm.to(device), 64, seed))
     torch.testing.assert_close(cuda_value, triton_value, rtol=0, atol=1e-12)
     torch.testing.assert_close(cuda_err, triton_err, rtol=0, atol=1e-12)
     exact = brute_interactions(A, rm, pm)

@@ -186,3 +186,15 @@ def test_unavailable_backend_lists_available(monkeypatch):
     monkeypatch.setenv("SHAPLEY_KERNELS_DISABLE", "cpp")
     with pytest.raises(ValueError, match=r"backend 'cpp' is not available.*available: \[.*'torch'"):
         alignment_game(torch.zeros(1, 2, 2), torch.ones(1, 1, 4, dtype=torch.bool), backend="cpp")
+
+
+def test_triton_backend_refuses_cpu_tensors_outside_the_interpreter(monkeypatch):
+    """On a GPU machine (triton available, no interpreter) CPU tensors get a clear error, not
+    Triton's pointer error from inside the launch."""
+    from shapley_kernels import _backends
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(_backends, "available_backends", lambda: ["torch", "triton"])
+    with pytest.raises(ValueError, match="backend 'triton' needs tensors on a CUDA device"):
+        _backends.resolve_backend("triton", torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert _backends.resolve_backend("triton", torch.device("cpu")) == "triton"

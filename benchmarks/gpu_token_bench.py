@@ -3,12 +3,15 @@
     python benchmarks/gpu_token_bench.py [--coalitions 512] [--keep 0.5] [--bf16] [--repeats 10]
 
 Towers: ViT-S/16 (196 patches, dim 384, depth 12, heads 6) and BERT-Small (60 tokens, hidden
-512, depth 4, heads 8). For each: coalition evaluations per second for "zero" (zeroed tokens,
-full attention), "drop" (kept tokens packed) and "drop+triton" (bitmask Triton attention),
-the achieved TFLOP/s counting only the FLOPs of the tokens each mode actually needs (kept
-tokens + [CLS]), and a measured bf16 matmul peak to compare with. With --bf16 the towers run
-under torch.autocast(bfloat16) and the script prints the largest error of the global
-embeddings against float32. Prints one markdown table row per (tower, mode).
+512, depth 4, heads 8). For each: coalition evaluations per second for "loop" (the naive way:
+one zeroed coalition per forward, over the first LOOP_COALITIONS), "zero" (zeroed tokens, full
+attention, all coalitions in one batch), "drop" (kept tokens packed) and "drop+triton" (bitmask
+Triton attention), the achieved TFLOP/s counting only the FLOPs of the tokens each mode actually
+needs (kept tokens + [CLS]; all tokens for loop and zero), and a measured bf16 matmul peak to
+compare with. With --bf16 the towers run under torch.autocast(bfloat16) and the script prints the
+largest error of the global embeddings against float32. Prints one markdown table row per
+(tower, mode), then per tower the ratios the issue's targets name: batched zero / loop (>= 20x)
+and drop / zero (>= 1.7x).
 """
 import argparse
 import time
@@ -21,6 +24,7 @@ TOWERS = {
     "ViT-S/16": dict(dim=384, depth=12, heads=6, tokens=196),
     "BERT-Small": dict(dim=512, depth=4, heads=8, tokens=60, norm_first=False, layer_norm_eps=1e-12),
 }
+LOOP_COALITIONS = 64  # the naive loop's coalitions per timed call (its rate does not depend on the count)
 
 
 def tower_flops(dim: int, depth: int, kept: torch.Tensor) -> float:
@@ -72,11 +76,15 @@ def main():
         x = torch.randn(C, N, cfg["dim"], device="cuda", generator=gen)
         keep = torch.rand(C, N, device="cuda", generator=gen) < args.keep
         kept = keep.sum(1).cpu()
-        modes = {
+        L = min(C, LOOP_COALITIONS)
+        modes = {  # mode: (call, tokens each row needs, attention)
+            "loop": (lambda: torch.cat([tower(x[i:i + 1] * keep[i:i + 1, :, None]) for i in range(L)]),
+                     torch.full((L,), N), "sdpa"),
             "zero": (lambda: tower(x * keep[..., None]), torch.full_like(kept, N), "sdpa"),
             "drop": (lambda: tower(x, keep), kept, "sdpa"),
             "drop+triton": (lambda: tower(x, keep), kept, "triton"),
         }
+        rate = {}
         for mode, (fn, needed, attention) in modes.items():
             tower.attention = attention
             with torch.inference_mode():
@@ -86,7 +94,10 @@ def main():
                     out = fn().float()
             err = f"{(out - ref).abs().max().item():.2e}" if args.bf16 else "-"
             tflops = tower_flops(cfg["dim"], cfg["depth"], needed) / seconds / 1e12
-            print(f"| {name} | {mode} | {C / seconds:,.0f} | {tflops:.1f} | {100 * tflops / peak:.0f}% | {err} |")
+            rate[mode] = len(needed) / seconds
+            print(f"| {name} | {mode} | {rate[mode]:,.0f} | {tflops:.1f} | {100 * tflops / peak:.0f}% | {err} |")
+        print(f"{name}: batched zero / loop {rate['zero'] / rate['loop']:.1f}x (target >= 20x), "
+              f"drop / zero {rate['drop'] / rate['zero']:.2f}x (target >= 1.7x)")
 
 
 if __name__ == "__main__":

@@ -51,13 +51,18 @@ def load_extension(name: str) -> Optional[object]:
     return mod
 
 
+def _triton_interprets() -> bool:
+    """Whether Triton runs its kernels in the interpreter, on the CPU (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _triton_usable() -> Optional[str]:
     """None if Triton kernels can run here (a CUDA GPU, or TRITON_INTERPRET=1), else why not."""
     try:
         import triton  # noqa: F401
     except Exception as exc:
         return f"triton not importable: {exc}"
-    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+    if torch.cuda.is_available() or _triton_interprets():
         return None
     return "no CUDA device and TRITON_INTERPRET is not 1"
 
@@ -110,6 +115,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError("backend 'cuda' needs tensors on a CUDA device")
     if backend == "cpp" and device.type != "cpu":
         raise ValueError("backend 'cpp' needs tensors on the CPU")
-    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if backend == "triton" and device.type != "cuda" and not _triton_interprets():
         raise ValueError("backend 'triton' needs tensors on a CUDA device (on the CPU only under TRITON_INTERPRET=1)")
     return backend

@@ -1,7 +1,7 @@
 """The ceiling of linear control variates on a trained run's candidates (issue 13).
 
     python benchmarks/cv_ceiling.py --checkpoint RUN [--strata 2048] [--unpaired] [--seed 7]
-                                    [--captions first|longest] [--json out.json]
+                                    [--captions first|longest] [--learned] [--json out.json]
 
 ``control_variate`` fits its coefficients on 16-64 strata and loses to "antithetic" on real
 candidates (benchmarks/RESULTS.md). This asks what any control variate linear in the players'
@@ -16,12 +16,25 @@ same with feature sets added:
   "all patches x (1, q)" the same and (x_i - q) q: coefficients linear in q
   "neighbours of R"      x_i - q for the patches next to R (8-neighbourhood on the patch grid)
   "counts"               neighbour and other present counts minus their means given q
+  "all patches + adjacent pairs"
+                         "all patches" and (x_i - q)(x_j - q) for every pair of patches outside R
+                         that touch on the grid (4-neighbourhood): a quadratic surrogate, whose
+                         centred part, unlike the linear one, does not cancel within a
+                         complementary pair
   "max game"             a non-linear surrogate: the same term (Eq. 7's or phi's) on the same
                          image halves in the maximum game g(S) = max(0, max_{p in S} c_p), c_p the
                          cosine of patch p's embedding (full image) with the text's embedding,
                          minus its exact conditional mean given q (``expected_max``). Low-order
                          polynomial surrogates cannot help: a pairwise game's Eq. 7 term does not
                          depend on S, and its phi term is linear in S.
+
+Beside these least-squares families, two learned surrogates bound what any function of the
+presence bits and q could remove (``learned_gains``): gradient-boosted trees
+(``sklearn.ensemble.HistGradientBoostingRegressor``) and a one-hidden-layer MLP
+(``sklearn.neural_network.MLPRegressor``), each fitted to the q polynomial's residual on the
+same halves. A control variate needs its exact mean given q, which these have not; their gain
+is the ceiling of the whole non-linear family that a fit from this many units can find, not an
+estimator.
 
 The units are the strata, or with complementary pairs the pair means (the second member's
 deviations are the first's negatives, so a control variate whose coefficients do not depend on
@@ -85,7 +98,20 @@ def feature_sets(bits: torch.Tensor, q: torch.Tensor, region: torch.Tensor, grid
     return {"all patches": deviation[:, outside],
             "all patches x (1, q)": torch.cat([deviation[:, outside], deviation[:, outside] * q[:, None]], 1),
             "neighbours of R": neighbours,
-            "counts": torch.cat([count_near, count_far], 1)}
+            "counts": torch.cat([count_near, count_far], 1),
+            "all patches + adjacent pairs": torch.cat([deviation[:, outside], adjacent_products(deviation, outside, grid)], 1)}
+
+
+def adjacent_products(deviation: torch.Tensor, players: torch.Tensor, grid) -> torch.Tensor:
+    """(x_i - q)(x_j - q) for every pair i < j of players that touch on the patch grid (same
+    row and next column, or same column and next row): deviation float64[U, N] (row-major over
+    the grid (rows, columns)), players bool[N] -> float64[U, E]."""
+    rows, cols = grid
+    index = torch.arange(rows * cols, device=deviation.device).view(rows, cols)
+    edges = torch.cat([torch.stack([index[:, :-1].flatten(), index[:, 1:].flatten()], 1),
+                       torch.stack([index[:-1].flatten(), index[1:].flatten()], 1)])
+    edges = edges[players[edges[:, 0]] & players[edges[:, 1]]]
+    return deviation[:, edges[:, 0]] * deviation[:, edges[:, 1]]
 
 
 def patch_text_cosines(encoders, x_img, x_txt, text_mask) -> torch.Tensor:
@@ -130,11 +156,10 @@ def max_game_residual(c: torch.Tensor, bits: torch.Tensor, q: torch.Tensor, regi
     return sum(w * (max_value(c, bits | forced) - expected_max(c, ~region, forced, q)) for forced, w in coalitions)
 
 
-def heldout_residual(y: torch.Tensor, design: torch.Tensor, generator: torch.Generator) -> float:
+def heldout_residual(y: torch.Tensor, design: torch.Tensor, seed: int) -> float:
     """Mean squared held-out residual of least squares y float64[U] ~ design float64[U, F]:
-    fitted on a random half of the units, scored on the other, both ways."""
-    order = torch.randperm(len(y), generator=generator)
-    halves = order[: len(y) // 2], order[len(y) // 2:]
+    fitted on a random half of the units (``_halves``), scored on the other, both ways."""
+    halves = _halves(len(y), seed)
     squared = 0.0
     for fit, score in (halves, halves[::-1]):
         coef = torch.linalg.lstsq(design[fit], y[fit], driver="gelsd").solution
@@ -142,21 +167,64 @@ def heldout_residual(y: torch.Tensor, design: torch.Tensor, generator: torch.Gen
     return squared / len(y)
 
 
+def _halves(units: int, seed: int):
+    """The two halves of the units that every fit and score uses: a random split by ``seed``."""
+    order = torch.randperm(units, generator=torch.Generator().manual_seed(seed))
+    return order[: units // 2], order[units // 2:]
+
+
+def _q_polynomial(q: torch.Tensor) -> torch.Tensor:
+    """float64[U, POLY_DEGREE + 1]: 1, q, ..., q^POLY_DEGREE."""
+    return torch.stack([q ** p for p in range(POLY_DEGREE + 1)], 1)
+
+
+def learned_gains(y: torch.Tensor, q: torch.Tensor, bits: torch.Tensor, seed: int = 0) -> dict:
+    """Gain bound of the learned surrogates for one candidate's unit terms y float64[U] at q
+    float64[U] with presence bits bool[U, F] (module docstring): per half, the q polynomial is
+    fitted by least squares, then each learner on its residual from features (q, bits); scored
+    on the other half, both ways. Returns {name: held-out residual variance with the polynomial
+    alone / with the learner}."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.neural_network import MLPRegressor
+
+    learners = {
+        "boosted trees": lambda: HistGradientBoostingRegressor(
+            learning_rate=0.05, max_iter=400, max_leaf_nodes=15, min_samples_leaf=20, l2_regularization=1.0,
+            early_stopping=True, validation_fraction=0.15, n_iter_no_change=20, random_state=seed),
+        "MLP": lambda: MLPRegressor(hidden_layer_sizes=(64,), alpha=1e-3, learning_rate_init=1e-3, max_iter=500,
+                                    early_stopping=True, validation_fraction=0.15, n_iter_no_change=20,
+                                    random_state=seed),
+    }
+    poly = _q_polynomial(q)
+    x = torch.cat([q[:, None], bits.double() - q[:, None]], 1).numpy()
+    base, squared = 0.0, dict.fromkeys(learners, 0.0)
+    halves = _halves(len(y), seed)
+    for fit, score in (halves, halves[::-1]):
+        coef = torch.linalg.lstsq(poly[fit], y[fit], driver="gelsd").solution
+        residual = y - poly @ coef
+        scale = float(residual[fit].std()) or 1.0  # the learners fit unit-scale targets
+        base += float((residual[score] ** 2).sum())
+        for name, make in learners.items():
+            model = make().fit(x[fit], (residual[fit] / scale).numpy())
+            predicted = torch.from_numpy(model.predict(x[score])).double() * scale
+            squared[name] += float(((residual[score] - predicted) ** 2).sum())
+    return {name: base / value for name, value in squared.items()}
+
+
 def ceiling_gains(y: torch.Tensor, q: torch.Tensor, features: dict, seed: int = 0) -> dict:
     """Gain bound of each feature set for one candidate's unit terms y float64[U] at q float64[U]:
     held-out residual variance with the q polynomial alone / with the features added."""
-    poly = torch.stack([q ** p for p in range(POLY_DEGREE + 1)], 1)
-    base = heldout_residual(y, poly, torch.Generator().manual_seed(seed))
+    poly = _q_polynomial(q)
+    base = heldout_residual(y, poly, seed)
     return {"within_q_variance": base,
-            **{name: base / heldout_residual(y, torch.cat([poly, f], 1), torch.Generator().manual_seed(seed))
-               for name, f in features.items()}}
+            **{name: base / heldout_residual(y, torch.cat([poly, f], 1), seed) for name, f in features.items()}}
 
 
 def gains_table(encoders, x_img, x_txt, text_mask, regions, baseline, grid, strata: int, paired: bool,
-                seed: int) -> list:
+                seed: int, learned: bool = False) -> list:
     """One row per (score, pair, candidate): its variance given q and each feature set's gain
     bound (``ceiling_gains``), from one pilot (``unit_terms``); regions bool[B, K, N_I] on the
-    patch grid (rows, columns)."""
+    patch grid (rows, columns). ``learned``: the learned surrogates' gains too (``learned_gains``)."""
     q, bits, terms = unit_terms(encoders, x_img, x_txt, text_mask, regions, baseline, strata, paired, seed)
     cosines = patch_text_cosines(encoders, x_img, x_txt, text_mask)
     rows = []
@@ -174,18 +242,21 @@ def gains_table(encoders, x_img, x_txt, text_mask, regions, baseline, grid, stra
                                                            region, name)) / 2
             features["max game"] = surrogate[:, None]
             gains = ceiling_gains(t[b, k], q[b], features)
+            if learned:
+                gains.update(learned_gains(t[b, k], q[b], bits[b, k][:, ~region]))
             rows.append(dict(score=name, pair=b, region=k, patches=size, **gains))
     return rows
 
 
-def run(checkpoint: str, strata: int, paired: bool, seed: int, captions: str) -> list:
+def run(checkpoint: str, strata: int, paired: bool, seed: int, captions: str, learned: bool = False) -> list:
     """``gains_table`` on workload (b) of estimator_bench.py (a ViT's square patch grid)."""
     encoders, x_img, x_txt, text_mask, regions, baseline = real_workload(checkpoint, "cpu", captions=captions)
     side = int(round(regions.shape[-1] ** 0.5))
     if side * side != regions.shape[-1]:
         raise ValueError(f"checkpoint: expected a square patch grid, got {regions.shape[-1]} patches")
     encoders = tuple(e.double().eval() for e in encoders)
-    return gains_table(encoders, x_img, x_txt, text_mask, regions, baseline, (side, side), strata, paired, seed)
+    return gains_table(encoders, x_img, x_txt, text_mask, regions, baseline, (side, side), strata, paired, seed,
+                       learned)
 
 
 def main(argv=None):
@@ -195,9 +266,11 @@ def main(argv=None):
     parser.add_argument("--unpaired", action="store_true", help="plain stratified draws, no complementary pairs")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--captions", choices=("first", "longest"), default="first")
+    parser.add_argument("--learned", action="store_true",
+                        help="also the learned surrogates' gains (boosted trees, MLP; scikit-learn)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    rows = run(args.checkpoint, args.strata, not args.unpaired, args.seed, args.captions)
+    rows = run(args.checkpoint, args.strata, not args.unpaired, args.seed, args.captions, args.learned)
     names = [k for k in rows[0] if k not in ("score", "pair", "region", "patches", "within_q_variance")]
     print("| score | pair | region | patches | variance given q | " + " | ".join(names) + " |")
     print("|---" * (5 + len(names)) + "|")
@@ -207,7 +280,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(checkpoint=args.checkpoint, strata=args.strata, paired=not args.unpaired,
-                           seed=args.seed, captions=args.captions, rows=rows), f, indent=1)
+                           seed=args.seed, captions=args.captions, learned=args.learned, rows=rows), f, indent=1)
     return rows
 
 

@@ -1,4 +1,4 @@
-"""The ceiling of linear control variates on a trained run's candidates (issue 13).
+"""The ceiling of control variates (linear, quadratic, learned) on a trained run's candidates (issue 13).
 
     python benchmarks/cv_ceiling.py --checkpoint RUN [--strata 2048] [--unpaired] [--seed 7]
                                     [--captions first|longest] [--learned] [--json out.json]
@@ -32,9 +32,11 @@ Beside these least-squares families, two learned surrogates bound what any funct
 presence bits and q could remove (``learned_gains``): gradient-boosted trees
 (``sklearn.ensemble.HistGradientBoostingRegressor``) and a one-hidden-layer MLP
 (``sklearn.neural_network.MLPRegressor``), each fitted to the q polynomial's residual on the
-same halves. A control variate needs its exact mean given q, which these have not; their gain
-is the ceiling of the whole non-linear family that a fit from this many units can find, not an
-estimator.
+same halves. Their gain bounds a non-linear control variate that a fit from this many units can
+find: such a surrogate has a usable mean given q (a tree ensemble's is a sum over its leaves of
+products of q and 1 - q along each path; any cheap surrogate's can be averaged without bias over
+many draws of its own at the same q). It is a ceiling, not an estimator: the fit uses the pilot's
+units, far more than one call spends.
 
 The units are the strata, or with complementary pairs the pair means (the second member's
 deviations are the first's negatives, so a control variate whose coefficients do not depend on
@@ -99,7 +101,8 @@ def feature_sets(bits: torch.Tensor, q: torch.Tensor, region: torch.Tensor, grid
             "all patches x (1, q)": torch.cat([deviation[:, outside], deviation[:, outside] * q[:, None]], 1),
             "neighbours of R": neighbours,
             "counts": torch.cat([count_near, count_far], 1),
-            "all patches + adjacent pairs": torch.cat([deviation[:, outside], adjacent_products(deviation, outside, grid)], 1)}
+            "all patches + adjacent pairs": torch.cat([deviation[:, outside],
+                                                       adjacent_products(deviation, outside, grid)], 1)}
 
 
 def adjacent_products(deviation: torch.Tensor, players: torch.Tensor, grid) -> torch.Tensor:

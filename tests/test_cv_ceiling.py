@@ -137,8 +137,8 @@ def test_max_game_residual_is_the_term_minus_its_mean():
 
 
 def test_learned_gains_find_an_interaction_and_nothing_in_noise():
-    """A term with a three-way interaction of presence bits, which no linear or adjacent-pair
-    feature set holds: both learners recover most of it; on pure noise neither gains."""
+    """A term with a three-way and a pairwise interaction of presence bits, beyond any linear
+    feature set: both learners recover most of it; on pure noise neither gains."""
     q, bits, gen = _draws(1600, 12, 5)
     x = bits.double()
     signal = torch.sin(3 * q) + 2 * x[:, 0] * x[:, 1] * (1 - x[:, 2]) - x[:, 3] * x[:, 4]

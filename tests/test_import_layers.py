@@ -24,6 +24,7 @@ PACKAGES = ("shapley_kernels", "loupe_core")
 # (layer, module patterns): "pkg.*" is the package and everything under it, otherwise one module.
 LAYERS = (
     ("shapley_kernels", ("shapley_kernels.*",)),        # the estimator library: knows no LOUPE
+    ("errors", ("loupe_core.errors",)),                  # the exception types (imports nothing of the project)
     ("schema", ("loupe_core.schema",)),                  # typed strict dataclass loading (stdlib only)
     ("data", ("loupe_core.data.*",)),                    # datasets, loaders, tokenizer, phrases
     ("global_batch", ("loupe_core.global_batch",)),      # DDP-invariant rows, seeds, gathers (torch only)

@@ -125,7 +125,12 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Zero-shot evaluation on the held-out split ``split``: every ``every`` steps (0: only at the end)."""
+    """Zero-shot evaluation on the held-out split ``split``: every ``every`` steps (0: only at the end).
+
+    ``hard_splits``: the harder ShapesWorld grounding splits (docs/CONTRACTS.md s6, names from
+    ``loupe_core.data.shapesworld_hard.HARD_SPLITS``) of ``hard_size`` images each, scored once
+    after the final evaluation (grounding and the cheap diagnostics); ShapesWorld data only.
+    """
 
     every: int = 0
     split: str = "test"
@@ -133,9 +138,11 @@ class EvalConfig:
     tasks: tuple[str, ...] = ("retrieval", "grounding")
     batch_size: int = 64
     report: bool = True
+    hard_splits: tuple[str, ...] = ()
+    hard_size: int = 200
 
     def __post_init__(self):
-        _at_least(self, "eval", every=0, batch_size=1)
+        _at_least(self, "eval", every=0, batch_size=1, hard_size=1)
 
 
 def _at_least(section, prefix: str, **bounds) -> None:

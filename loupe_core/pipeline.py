@@ -24,9 +24,11 @@ from loupe_core import data
 from loupe_core.api import load_checkpoint
 from loupe_core.config import RunConfig, apply_overrides, load_config
 from loupe_core.data.csv_loader import CsvPairs, CsvStream
+from loupe_core.data.shapesworld_hard import prepare_hard_splits
 from loupe_core.data.webdataset_loader import webdataset_pipeline
 from loupe_core.eval import evaluate as run_eval
 from loupe_core.eval import splits
+from loupe_core.eval.hard_splits import evaluate_hard_splits
 from loupe_core.objective import LoupeObjective
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.distributed import DistContext, barrier, init_distributed, shutdown
@@ -67,12 +69,14 @@ def resolve_run(config: Optional[str], overrides, out: Optional[str], resume: Op
 
 class RunData(NamedTuple):
     """tokenizer; train: map-style dataset of pairs; collate: its batch function (CONTRACTS s3);
-    eval_paths: the held-out evaluation files (CONTRACTS s4), as ``loupe_core.eval.evaluate`` takes them."""
+    eval_paths: the held-out evaluation files (CONTRACTS s4), as ``loupe_core.eval.evaluate`` takes them;
+    hard_files: {hard split: {"grounding": JSON path}} (``eval.hard_splits``, CONTRACTS s6; ShapesWorld only)."""
 
     tokenizer: object
     train: object
     collate: object
     eval_paths: object
+    hard_files: dict = {}
 
 
 def build_data(cfg: RunConfig, ctx: DistContext) -> RunData:
@@ -91,10 +95,11 @@ def build_data(cfg: RunConfig, ctx: DistContext) -> RunData:
                                              num_train=cfg.data.train_size, num_val=cfg.data.eval_size,
                                              num_test=cfg.data.eval_size, num_heldout=cfg.data.eval_size,
                                              seed=cfg.data.seed, progress=ctx.is_main and cfg.train.progress)
+            hard = prepare_hard_splits(paths, cfg.eval.hard_size, cfg.eval.hard_splits)
         barrier(ctx)
     tokenizer = data.Tokenizer.from_file(paths.tokenizer, max_length=max_tokens)
     train_set = data.ShapesWorldDataset(paths, "train", tokenizer)
-    return RunData(tokenizer, train_set, data.collate_batch, paths.split(cfg.eval.split).eval_files())
+    return RunData(tokenizer, train_set, data.collate_batch, paths.split(cfg.eval.split).eval_files(), hard)
 
 
 def _stream_data(cfg: RunConfig, ctx: DistContext, max_tokens: int) -> RunData:
@@ -160,6 +165,10 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
                                else "data.eval_paths"), "data": result.data_counts}
         if ctx.is_main and cfg.eval.final and result.step == result.total_steps:
             summary["metrics"] = _final_eval(evaluate, result, run_dir)
+            if run_data.hard_files:
+                hard_start = time.perf_counter()
+                summary["metrics"].update(_hard_eval(cfg, run_data, ctx, result, run_dir))
+                summary["hard_eval_seconds"] = time.perf_counter() - hard_start
             if cfg.eval.report:
                 summary["report"] = write_run_report(run_dir, model=result.model.model, tokenizer=run_data.tokenizer,
                                                      eval_paths=run_data.eval_paths, metrics=summary["metrics"],
@@ -202,6 +211,18 @@ def _final_eval(evaluate, result, run_dir: str) -> dict:
     result.model.eval()
     with torch.no_grad():
         metrics = {k: float(v) for k, v in evaluate(result.model).items()}
+    logger = MetricLogger(run_dir, tensorboard=False, resume_step=result.step)
+    logger.log(result.step, {f"eval/{k}": v for k, v in metrics.items()})
+    logger.close()
+    return metrics
+
+
+def _hard_eval(cfg: RunConfig, run_data: RunData, ctx: DistContext, result, run_dir: str) -> dict:
+    """The hard splits' metrics of the trained model (``eval.hard_splits``), also logged."""
+    result.model.eval()
+    with torch.no_grad():
+        metrics = evaluate_hard_splits(result.model.model, run_data.hard_files, run_data.tokenizer,
+                                       device=ctx.device, batch_size=cfg.eval.batch_size, objective=result.model)
     logger = MetricLogger(run_dir, tensorboard=False, resume_step=result.step)
     logger.log(result.step, {f"eval/{k}": v for k, v in metrics.items()})
     logger.close()

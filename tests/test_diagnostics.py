@@ -27,7 +27,7 @@ from test_eval_model import world  # noqa: F401  (module fixture: a tiny generat
 
 KEYS = {"diag_truebox_cls", "diag_truebox_phrase", "diag_truebox_chance", "diag_recall@4", "diag_recall@16",
         "diag_recall@64", "diag_recall_random@4", "diag_recall_random@16", "diag_recall_random@64",
-        "diag_recall_oracle", "diag_label_auc", "diag_label_auc_interaction",
+        "diag_recall_oracle", "diag_recall_oracle_strict", "diag_label_auc", "diag_label_auc_interaction",
         "diag_label_auc_negative_interaction", "diag_label_auc_phi", "diag_label_corr", "diag_semantic_gold",
         "diag_semantic_chance", "diag_label_auc_alignment_phi", "diag_label_auc_alignment_excess",
         "diag_label_auc_alignment_shapley_iou"}
@@ -268,6 +268,7 @@ def test_model_level_returns_every_documented_key(tiny, tiny_metrics):
     for k in (4, 16):
         assert tiny_metrics[f"diag_recall@{k}"] <= tiny_metrics["diag_recall_oracle"]
         assert tiny_metrics[f"diag_recall_random@{k}"] <= tiny_metrics["diag_recall_oracle"] + 1e-9
+    assert tiny_metrics["diag_recall_oracle_strict"] <= tiny_metrics["diag_recall_oracle"]
 
 
 def test_model_level_is_seeded_and_checks_arguments(tiny, tiny_metrics):

@@ -70,7 +70,7 @@ def test_grounding_matches_per_expression_loop(model, world, tokenizer, metrics)
     split = load_grounding_split(world.heldout.grounding, image_size=32)
     from loupe_core.data import normalize_image
 
-    hits = 0
+    hits = strict_hits = 0
     with torch.no_grad():
         for expr, owner, gt in zip(split.expressions, split.expression_image, split.boxes.tolist()):
             regions = model.propose_regions(model.encode_images(normalize_image(split.images[owner:owner + 1])), 3)
@@ -82,7 +82,9 @@ def test_grounding_matches_per_expression_loop(model, world, tokenizer, metrics)
             inter = iw * ih
             union = (x1 - x0) * (y1 - y0) + (gt[2] - gt[0]) * (gt[3] - gt[1]) - inter
             hits += inter / union >= 0.5
+            strict_hits += inter / union >= 0.7
     assert metrics["grounding/acc@0.5"] == pytest.approx(100.0 * hits / len(split.expressions))
+    assert metrics["grounding/acc@0.7"] == pytest.approx(100.0 * strict_hits / len(split.expressions))
 
 
 def test_evaluate_is_deterministic_and_accepts_a_dict(model, world, tokenizer, metrics):

@@ -3,10 +3,12 @@
     loupe data shapes  --out DIR --num N [--image-size 64] [--seed 0] [--split train] [--shard-size 1000]
     loupe data phrases --shards PATTERN --out DIR [--caption-key txt] [--backend pattern]
     loupe data prepare [--cache-dir DIR] [--num-train 4000] [--num-eval 200] [--image-size 64] [--seed 0]
+                       [--hard-splits all|NAME,...] [--num-hard 200]
 
 ``shapes`` writes ShapesWorld webdataset shards; ``phrases`` copies shards with noun-phrase
 spans precomputed into each sample's json; ``prepare`` generates (or finds) the embedded
-ShapesWorld dataset and prints its root.
+ShapesWorld dataset and prints its root, with ``--hard-splits`` also the harder grounding
+splits beside it (docs/CONTRACTS.md s6), one ``grounding.json`` path per line.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import argparse
 import sys
 
 from loupe_core.data.shapesworld import prepare_shapesworld
+from loupe_core.data.shapesworld_hard import HARD_SPLITS, prepare_hard_splits
 from loupe_core.data.shards import add_phrases_to_shards, write_shapesworld_shards
 from loupe_core.data.webdataset_loader import expand_shards
 
@@ -38,6 +41,10 @@ def _prepare(args) -> int:
                                 num_val=args.num_eval, num_test=args.num_eval, num_heldout=args.num_eval,
                                 seed=args.seed)
     print(paths.root)
+    if args.hard_splits:
+        names = HARD_SPLITS if args.hard_splits == "all" else tuple(args.hard_splits.split(","))
+        for name, files in prepare_hard_splits(paths, args.num_hard, names).items():
+            print(f"{name}: {files['grounding']}")
     return 0
 
 
@@ -79,5 +86,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--num-eval", type=int, default=200, help="images in each of val, test, heldout")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hard-splits", default=None,
+                   help=f"also write harder grounding splits: 'all' or names from {','.join(HARD_SPLITS)}")
+    p.add_argument("--num-hard", type=int, default=200, help="images in each hard split")
     p.set_defaults(func=_run(_prepare))
 

@@ -39,6 +39,37 @@ def _image_entries(records: list[dict], size: int) -> list[dict]:
             for i, r in enumerate(records)]
 
 
+def _write_pngs(split_dir: str, images: np.ndarray, records: list[dict]) -> None:
+    """``<split_dir>/images/<key>.png`` of each image uint8 ``[N, S, S, 3]`` and its record."""
+    image_dir = os.path.join(split_dir, "images")
+    os.makedirs(image_dir, exist_ok=True)
+    for img, rec in zip(images, records):
+        with open(os.path.join(image_dir, f"{rec['key']}.png"), "wb") as f:
+            f.write(encode_png(img))
+
+
+def write_grounding_file(split_dir: str, images: np.ndarray, records: list[dict],
+                         sentences: list[list[list[str]]]) -> str:
+    """Write a grounding-only split (``images/`` and ``grounding.json``); returns the JSON path.
+
+    images: uint8 ``[N, S, S, 3]`` with ``records`` (ShapesWorld annotations, boxes included);
+    sentences[i][k]: the referring expressions of object k of image i (empty: no ref for it).
+    """
+    _write_pngs(split_dir, images, records)
+    entries = _image_entries(records, images.shape[1])
+    refs = []
+    for entry, rec, per_object in zip(entries, records, sentences):
+        for obj, texts in zip(rec["objects"], per_object):
+            if texts:
+                refs.append({"ref_id": len(refs) + 1, "image_id": entry["id"], "bbox": _xywh(obj["box"]),
+                             "category_id": SHAPES.index(obj["shape"]) + 1,
+                             "sentences": [{"sent": t} for t in texts]})
+    path = os.path.join(split_dir, "grounding.json")
+    _write_json(path, {"images": entries, "refs": refs,
+                       "categories": [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]})
+    return path
+
+
 def write_eval_files(split_dir: str, split: str, images: np.ndarray, records: list[dict],
                      class_images: np.ndarray, class_records: list[dict],
                      rng: np.random.Generator) -> dict[str, str]:
@@ -47,11 +78,7 @@ def write_eval_files(split_dir: str, split: str, images: np.ndarray, records: li
     images: uint8 ``[N, S, S, 3]`` scenes with ``records`` (ShapesWorld annotations, 5 captions
     each); class_images: uint8 ``[N_c, S, S, 3]`` single-object scenes with ``class_records``.
     """
-    image_dir = os.path.join(split_dir, "images")
-    os.makedirs(image_dir, exist_ok=True)
-    for img, rec in zip(np.concatenate([images, class_images]), records + class_records):
-        with open(os.path.join(image_dir, f"{rec['key']}.png"), "wb") as f:
-            f.write(encode_png(img))
+    _write_pngs(split_dir, np.concatenate([images, class_images]), records + class_records)
     size = images.shape[1]
     paths = {task: os.path.join(split_dir, f"{task}.json") for task in EVAL_FILES}
 

@@ -57,15 +57,26 @@ def sample_scene(rng: np.random.Generator, size: int, pairs: list[tuple[str, str
     objects = []
     for colour, shape in chosen[:n]:
         obj_size = SIZES[int(rng.integers(len(SIZES)))]
-        radius = RADIUS_FRACTION[obj_size] * size
-        centre = _place(rng, size, radius, objects)
-        if centre is None:
-            continue
-        objects.append({"shape": shape, "colour": colour, "size": obj_size,
-                        "striped": bool(rng.random() < STRIPED_PROB),
-                        "cx": centre[0], "cy": centre[1], "radius": radius})
-    background = "noise" if rng.random() < NOISE_PROB else "plain"
-    return {"background": background, "objects": objects}
+        add_object(rng, size, objects, colour, shape, obj_size, RADIUS_FRACTION[obj_size] * size)
+    return {"background": draw_background(rng), "objects": objects}
+
+
+def add_object(rng: np.random.Generator, size: int, objects: list[dict], colour: str, shape: str,
+               obj_size: str, radius: float) -> bool:
+    """Place one object (striped by chance) apart from ``objects`` and append it; False (nothing
+    appended) when no centre fits after a few tries."""
+    centre = _place(rng, size, radius, objects)
+    if centre is None:
+        return False
+    objects.append({"shape": shape, "colour": colour, "size": obj_size,
+                    "striped": bool(rng.random() < STRIPED_PROB),
+                    "cx": centre[0], "cy": centre[1], "radius": radius})
+    return True
+
+
+def draw_background(rng: np.random.Generator) -> str:
+    """A scene's background kind: "noise" with probability ``NOISE_PROB``, else "plain"."""
+    return "noise" if rng.random() < NOISE_PROB else "plain"
 
 
 def _backgrounds(rng: np.random.Generator, scenes: list[dict], size: int) -> np.ndarray:

@@ -21,7 +21,8 @@ correlations as they are.
    ``diag_recall_random@K``: the same, expected for a uniformly random ranking of all P
    candidates without NMS: an object hit by m candidates is found with probability
    1 - C(P - m, K) / C(P, K), computed exactly. ``diag_recall_oracle``: percent of objects hit
-   by any candidate (the ceiling for every K).
+   by any candidate (the ceiling for every K); ``diag_recall_oracle_strict``: the same at
+   IoU >= 0.7 (``grounding.STRICT_IOU_THRESHOLD``).
 3. Token-level labels (the L_TSA targets) of object and background regions, on
    ``num_label_images`` images drawn with ``seed``. Per image the text is its first expression.
    Candidates: the head's candidates whose region holds >= 2 cells of the token grid (Eq. 7 is
@@ -90,7 +91,7 @@ from ..model.loupe import masked_mean_embedding
 from ..objective.loupe_objective import semantic_unsil_inputs, token_unsil_inputs
 from ..model.region_head import box_iou, cells_in_boxes
 from .encode import batches, encode_text_views, evaluating, image_tensor, tokenize
-from .grounding import IOU_THRESHOLD, paired_box_iou
+from .grounding import IOU_THRESHOLD, STRICT_IOU_THRESHOLD, paired_box_iou
 
 RECALL_KS = (4, 16, 64)
 LABEL_SCORES = ("interaction", "negative_interaction", "phi")
@@ -558,6 +559,7 @@ def evaluate_diagnostics(objective, split, tokenizer, *, device="cpu", batch_siz
     for k, value in random_recall(geometry.boxes, objects, object_mask, RECALL_KS).items():
         out[f"diag_recall_random@{k}"] = value
     out["diag_recall_oracle"] = oracle_recall(geometry.boxes, objects, object_mask)
+    out["diag_recall_oracle_strict"] = oracle_recall(geometry.boxes, objects, object_mask, STRICT_IOU_THRESHOLD)
     aligned = _alignment_label_metrics(patch_emb, text, owner, expression_object, objects, object_mask, geometry)
     out.update(aligned)
     if objective.loss_config.token_game == "alignment":

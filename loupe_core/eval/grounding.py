@@ -14,6 +14,7 @@ from shapley_kernels.checks import check_finite, check_tensor
 from .encode import batches, encode_phrase_list, encode_text_list, evaluating, image_tensor
 
 IOU_THRESHOLD = 0.5
+STRICT_IOU_THRESHOLD = 0.7  # the strict reading: a hit must fit the object, not merely overlap it
 
 
 def paired_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -112,7 +113,8 @@ def ground_expressions(model, images, expression_image, query_emb: torch.Tensor,
 
 def evaluate_grounding(model, split, tokenizer, *, top_k: int, device="cpu", batch_size: int = 64,
                        progress=None) -> dict:
-    """Model level: ``{"acc@0.5": percent}`` on a grounding split.
+    """Model level: ``{"acc@0.5": percent, "acc@0.7": percent}`` on a grounding split (the same
+    top-1 region per expression, a hit at IoU >= 0.5 and at the strict IoU >= 0.7).
 
     split: images uint8 ``[N, S, S, 3]``, ``expressions`` (texts), ``expression_image`` (image
     index of each) and ``boxes`` float[R, 4] xyxy in the model-input pixels. ``top_k``: regions
@@ -124,4 +126,5 @@ def evaluate_grounding(model, split, tokenizer, *, top_k: int, device="cpu", bat
     boxes, scores = ground_expressions(model, split.images, split.expression_image, query, top_k=k, device=device,
                                        batch_size=batch_size, progress=progress)
     gt = torch.as_tensor(split.boxes, dtype=torch.float32)
-    return {"acc@0.5": grounding_accuracy(boxes, scores, gt)}
+    return {"acc@0.5": grounding_accuracy(boxes, scores, gt),
+            "acc@0.7": grounding_accuracy(boxes, scores, gt, STRICT_IOU_THRESHOLD)}

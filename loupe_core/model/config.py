@@ -15,6 +15,7 @@ from ..schema import DictMixin
 IMAGE_TOWERS = ("vit", "swin")
 GROUND_SCORES = ("cosine", "shapley")
 REGION_HEADS = ("mlp", "conv")
+REGION_BOXES = ("cells", "anchors")
 GROUND_QUERIES = ("cls", "phrase")
 
 
@@ -51,6 +52,10 @@ class ModelConfig(DictMixin):
     contrast candidates for L_TSA. Candidates whose region holds one patch (1 x 1 anchors,
     clipped boxes at the border) get no L_TSA label (their Eq. 7 interaction is 0 whatever the
     model does).
+    An anchor may also be [width, height, dx, dy]: its centre shifted by (dx, dy) cells from the
+    cell's centre (|dx|, |dy| <= 0.5; ``region_head.with_offsets``). ``region_boxes``: a candidate's
+    box is the rectangle of its region's cells ("cells", the spec's choice) or its anchor box in
+    continuous pixels ("anchors", issue 31: boxes that can fit objects smaller than the cells).
     ``region_head``: "mlp" (per-cell LayerNorm-Linear-GELU-Linear) or "conv" (the same with a
     3 x 3 convolution over the patch grid first, so each cell's confidences see its neighbours).
     Both the global and the region-phrase alignment logit scales start at
@@ -90,6 +95,7 @@ class ModelConfig(DictMixin):
     logit_scale_init: float = 1.0 / 0.07
     logit_scale_max: float = 100.0
     region_head: str = "mlp"
+    region_boxes: str = "cells"
     ground_top_k: int = 0
     ground_query: str = "cls"
     ground_prior: float = 0.0
@@ -101,6 +107,7 @@ class ModelConfig(DictMixin):
         one_of("image_tower", self.image_tower, IMAGE_TOWERS)
         one_of("ground_score", self.ground_score, GROUND_SCORES)
         one_of("region_head", self.region_head, REGION_HEADS)
+        one_of("region_boxes", self.region_boxes, REGION_BOXES)
         one_of("ground_query", self.ground_query, GROUND_QUERIES)
         check_int("ground_top_k", self.ground_top_k, 0)
         in_range("ground_prior", self.ground_prior, 0.0, 1e6)
@@ -124,7 +131,10 @@ class ModelConfig(DictMixin):
         if not isinstance(self.anchors, (list, tuple)) or len(self.anchors) == 0:
             raise ValueError(f"anchors must be a non-empty list of [width, height], got {self.anchors!r}")
         for anchor in self.anchors:
-            if (not isinstance(anchor, (list, tuple)) or len(anchor) != 2
-                    or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 for s in anchor)):
-                raise ValueError(f"anchors entries must be [width, height] with positive sizes, got {anchor!r}")
-        self.anchors = [[float(w), float(h)] for w, h in self.anchors]
+            if (not isinstance(anchor, (list, tuple)) or len(anchor) not in (2, 4)
+                    or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)
+                           for s in anchor)
+                    or not (anchor[0] > 0 and anchor[1] > 0) or any(abs(d) > 0.5 for d in anchor[2:])):
+                raise ValueError(f"anchors entries must be [width, height] with positive sizes, or [width, height, "
+                                 f"dx, dy] with |dx|, |dy| <= 0.5, got {anchor!r}")
+        self.anchors = [[float(v) for v in anchor] for anchor in self.anchors]

@@ -75,7 +75,7 @@ class LoupeModel(nn.Module):
         init = math.log(cfg.logit_scale_init)
         self.logit_scale = nn.Parameter(torch.tensor(init))
         self.region_logit_scale = nn.Parameter(torch.tensor(init))
-        self.region_head = RegionHead(cfg.embed_dim, cfg.anchors, cfg.region_head)
+        self.region_head = RegionHead(cfg.embed_dim, cfg.anchors, cfg.region_head, cfg.region_boxes)
         if cfg.lock_image:
             self.image_tower.requires_grad_(False)
 

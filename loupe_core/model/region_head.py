@@ -1,11 +1,14 @@
 """Region head: YOLOv3-style anchor candidates with one confidence logit each (spec section 3).
 
-A candidate is a (cell, anchor) pair of the final patch grid. Its region R is the set of cells
-whose centres fall in the (half-open) anchor box of the anchor's shape (width, height in cells)
-centred on the cell's centre, clipped to the image; R always holds the centre cell. The
-candidate's box is the rectangle of R's cells (spec section 9 **[choice]**: one definition for
-labels, pooling and IoU; for an even-sized anchor R takes the centre cell and its upper/left
-side, and the box follows R, not the centred anchor box).
+A candidate is a (cell, anchor) pair of the final patch grid. An anchor is [width, height] in
+cells, or [width, height, dx, dy] with its centre shifted by (dx, dy) cells (|dx|, |dy| <= 0.5)
+from the cell's centre (sub-cell placement, ``with_offsets``). Its anchor box is that shape
+around that centre, clipped to the image. Its region R is the set of cells whose centres fall
+in the (half-open) anchor box; R always holds the candidate's own cell. The candidate's box
+(``boxes="cells"``, spec section 9 **[choice]**: one definition for labels, pooling and IoU) is
+the rectangle of R's cells (for an even-sized anchor R takes the centre cell and its upper/left
+side, and the box follows R, not the centred anchor box); with ``boxes="anchors"`` (issue 31) it
+is the anchor box itself, in continuous pixels, while R (pooling, labels) stays the cells.
 Candidates are indexed ``cell * A + anchor`` with cells in row-major order. The geometry
 depends only on the grid, so it is computed once per (grid, cell size, device, dtype).
 """
@@ -14,6 +17,9 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+BOX_MODES = ("cells", "anchors")
 
 
 class Geometry(NamedTuple):
@@ -39,13 +45,24 @@ def cell_centres(grid: Tuple[int, int], cell: float, *, device=None, dtype=torch
 
 def anchor_boxes(grid: Tuple[int, int], cell: float, anchors: Sequence[Sequence[float]], *,
                  device=None, dtype=torch.float32) -> torch.Tensor:
-    """Boxes float[gh * gw * A, 4] xyxy pixels, anchor (w, h) in cells, centred on each cell, clipped."""
-    centres = cell_centres(grid, cell, device=device, dtype=dtype)
-    half = torch.as_tensor(anchors, device=device, dtype=dtype) * (cell / 2.0)
-    lo = (centres[:, None, :] - half[None]).reshape(-1, 2)
-    hi = (centres[:, None, :] + half[None]).reshape(-1, 2)
+    """Boxes float[gh * gw * A, 4] xyxy pixels: anchor [w, h] (or [w, h, dx, dy]) in cells, centred
+    on each cell's centre (shifted by (dx, dy) cells), clipped to the image."""
+    table = torch.as_tensor([list(a) + [0.0] * (4 - len(a)) for a in anchors], device=device, dtype=dtype)
+    centres = cell_centres(grid, cell, device=device, dtype=dtype)[:, None, :] + table[None, :, 2:] * cell
+    half = table[:, :2] * (cell / 2.0)
+    lo = (centres - half[None]).reshape(-1, 2)
+    hi = (centres + half[None]).reshape(-1, 2)
     limit = torch.tensor([grid[1] * cell, grid[0] * cell], device=device, dtype=dtype)
     return torch.cat([lo.clamp(min=0.0), torch.minimum(hi, limit)], dim=1)
+
+
+def with_offsets(anchors: Sequence[Sequence[float]], per_side: int) -> List[List[float]]:
+    """Each [w, h] anchor at ``per_side`` x ``per_side`` sub-cell centres: [w, h, dx, dy] with dx, dy
+    at the centres of ``per_side`` equal parts of the cell, (i + 0.5) / per_side - 0.5 (1: [w, h, 0, 0])."""
+    if isinstance(per_side, bool) or not isinstance(per_side, int) or per_side < 1:
+        raise ValueError(f"per_side must be an int >= 1, got {per_side!r}")
+    steps = [(i + 0.5) / per_side - 0.5 for i in range(per_side)]
+    return [[float(a[0]), float(a[1]), dx, dy] for a in anchors for dy in steps for dx in steps]
 
 
 def cells_in_boxes(boxes: torch.Tensor, grid: Tuple[int, int], cell: float) -> torch.Tensor:
@@ -122,12 +139,15 @@ class RegionHead(nn.Module):
     candidates, spec section 3 **[choice]**), using torch's global generator.
     """
 
-    def __init__(self, embed_dim: int, anchors: Sequence[Sequence[float]], kind: str = "mlp"):
+    def __init__(self, embed_dim: int, anchors: Sequence[Sequence[float]], kind: str = "mlp", boxes: str = "cells"):
         super().__init__()
         if kind not in ("mlp", "conv"):
             raise ValueError(f"kind must be 'mlp' or 'conv', got {kind!r}")
+        if boxes not in BOX_MODES:
+            raise ValueError(f"boxes must be one of {list(BOX_MODES)}, got {boxes!r}")
         self.anchors = [list(a) for a in anchors]
         self.kind = kind
+        self.boxes = boxes
         self.norm = nn.LayerNorm(embed_dim)
         self.hidden = (nn.Linear(embed_dim, embed_dim) if kind == "mlp"
                        else nn.Conv2d(embed_dim, embed_dim, kernel_size=3, padding=1))
@@ -145,14 +165,15 @@ class RegionHead(nn.Module):
         return self.out(F.gelu(x)).flatten(1)
 
     def geometry(self, grid: Tuple[int, int], cell: float, device, dtype) -> Geometry:
-        """The candidates' boxes (their cells' rectangles), cell masks and IoU for this grid (cached)."""
+        """The candidates' boxes (their cells' rectangles, or the anchor boxes: ``boxes``), cell masks
+        and IoU for this grid (cached)."""
         key = (tuple(grid), float(cell), str(device), dtype)
         if key not in self._cache:
             anchor = anchor_boxes(grid, cell, self.anchors, device=device, dtype=dtype)
             masks = cells_in_boxes(anchor, grid, cell)
             centre = torch.arange(grid[0] * grid[1], device=device).repeat_interleave(len(self.anchors))
             masks[torch.arange(masks.shape[0], device=device), centre] = True  # always the centre cell
-            boxes = cell_rectangles(masks, grid, cell).to(dtype)
+            boxes = cell_rectangles(masks, grid, cell).to(dtype) if self.boxes == "cells" else anchor
             self._cache[key] = Geometry(boxes, masks, box_iou(boxes, boxes))
         return self._cache[key]
 

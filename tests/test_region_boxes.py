@@ -101,3 +101,61 @@ def test_fit_anchors_finds_the_clusters():
             fit_anchors(wh, bad)
     with pytest.raises(ValueError, match="wh"):
         fit_anchors(torch.tensor([[1.0, 0.0]]), 1)
+
+
+def test_dilate_cells_by_hand():
+    from loupe_core.model.region_head import dilate_cells
+
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[5] = True  # cell (1, 1) of the 4 x 4 grid: grows to rows 0-2, cols 0-2
+    assert _cells(dilate_cells(mask[None], GRID)[0]) == [0, 1, 2, 4, 5, 6, 8, 9, 10]
+    corner = torch.zeros(16, dtype=torch.bool)
+    corner[15] = True
+    assert _cells(dilate_cells(corner[None], GRID)[0]) == [10, 11, 14, 15]
+
+
+def test_refine_boxes_by_hand():
+    from loupe_core.model.region_head import refine_boxes
+
+    boxes = torch.tensor([[[0.0, 0.0, 6.0, 6.0], [4.0, 4.0, 12.0, 12.0], [0.0, 0.0, 8.0, 8.0]]], dtype=torch.float64)
+    weights = torch.zeros(1, 3, 16, dtype=torch.float64)
+    weights[0, 0, 5], weights[0, 0, 6] = 1.0, 1.0  # centres (6, 6) and (10, 6): mean (8, 6)
+    weights[0, 1, 0], weights[0, 1, 15] = 3.0, 1.0  # (2, 2) x 3 and (14, 14): mean (5, 5)
+    out = refine_boxes(boxes, weights, GRID, CELL)  # the third box has no weight: unchanged
+    assert out[0, 0].tolist() == [5.0, 3.0, 11.0, 9.0]
+    assert out[0, 1].tolist() == [1.0, 1.0, 9.0, 9.0]
+    assert out[0, 2].tolist() == [0.0, 0.0, 8.0, 8.0]
+    edge = torch.zeros(1, 1, 16, dtype=torch.float64)
+    edge[0, 0, 15] = 1.0  # centre (14, 14), half 4 -> [10, 10, 18, 18] clipped to the 16-px image
+    assert refine_boxes(boxes[:, 1:2], edge, GRID, CELL)[0, 0].tolist() == [10.0, 10.0, 16.0, 16.0]
+
+
+def test_grounding_refined_boxes_match_a_loop_over_cells():
+    """``eval.grounding.refined_boxes`` against the centroid written out cell by cell."""
+    from loupe_core.eval.grounding import refined_boxes
+    from loupe_core.model.loupe import Regions
+
+    torch.manual_seed(3)
+    R, K, N, d = 2, 3, 16, 5
+    patch = torch.nn.functional.normalize(torch.randn(R, N, d, dtype=torch.float64), dim=-1)
+    query = torch.nn.functional.normalize(torch.randn(R, d, dtype=torch.float64), dim=-1)
+    masks = torch.zeros(R, K, N, dtype=torch.bool)
+    masks[0, 0, 5] = masks[0, 1, 0] = masks[0, 2, 10] = masks[0, 2, 11] = True
+    masks[1, 0, 15] = masks[1, 1, 3] = masks[1, 2, 6] = True
+    boxes = torch.tensor([[0.0, 0.0, 6.0, 6.0]], dtype=torch.float64).expand(R, K, 4)
+    regions = Regions(boxes, torch.zeros(R, K), masks, torch.zeros(R, K, d))
+    got = refined_boxes(patch, regions, query, GRID, CELL)
+    for r in range(R):
+        cos = [float(patch[r, n] @ query[r]) for n in range(N)]
+        mean = sum(cos) / N
+        for k in range(K):
+            own = [(n // 4, n % 4) for n in range(N) if masks[r, k, n]]
+            sx = sy = total = 0.0
+            for n in range(N):
+                row, col = divmod(n, 4)
+                if any(abs(row - a) <= 1 and abs(col - b) <= 1 for a, b in own):
+                    w = max(cos[n] - mean, 0.0)
+                    sx, sy, total = sx + w * (col * 4 + 2), sy + w * (row * 4 + 2), total + w
+            want = [sx / total - 3, sy / total - 3, sx / total + 3, sy / total + 3] if total > 0 else [0, 0, 6, 6]
+            want = [min(max(v, 0.0), 16.0) for v in want]
+            assert got[r, k].tolist() == pytest.approx(want), (r, k)

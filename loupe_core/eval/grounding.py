@@ -11,6 +11,7 @@ import torch
 
 from shapley_kernels.checks import check_finite, check_tensor
 
+from ..model.region_head import dilate_cells, refine_boxes
 from .encode import batches, encode_phrase_list, encode_text_list, evaluating, image_tensor
 
 IOU_THRESHOLD = 0.5
@@ -82,13 +83,28 @@ def expression_embeddings(model, tokenizer, expressions, *, device="cpu", batch_
                   desc="referring expressions")
 
 
+def refined_boxes(patch_emb: torch.Tensor, regions, query_emb: torch.Tensor, grid, cell: float) -> torch.Tensor:
+    """float[R, K, 4]: each region's box moved (size kept) to the centroid of the query's evidence
+    in its cells and their neighbours (``region_head.dilate_cells``): cell weights = cosine of
+    the cell's embedding with the query minus its mean over the image's cells, negatives 0.
+
+    patch_emb float[R, N, d] and query_emb float[R, d] (L2-normalised), regions: ``Regions`` with
+    leading dims [R, K] (``boxes``, ``patch_masks``).
+    """
+    cos = (patch_emb @ query_emb[:, :, None]).squeeze(2)  # [R, N]
+    evidence = (cos - cos.mean(dim=1, keepdim=True)).clamp(min=0)
+    window = dilate_cells(regions.patch_masks, grid)  # [R, K, N]
+    return refine_boxes(regions.boxes, evidence[:, None, :] * window, grid, cell)
+
+
 def ground_expressions(model, images, expression_image, query_emb: torch.Tensor, *, top_k: int, device="cpu",
                        batch_size: int = 64, progress=None):
     """(boxes float[R, K, 4] xyxy model-input pixels, scores float[R, K]) of each expression's candidates.
 
     images uint8 [N, S, S, 3]; expression_image: image index of each of the R expressions;
     query_emb float[R, d]. The candidates are the head's ``top_k`` regions of the expression's
-    image, scored by ``LoupeModel.ground_scores``.
+    image, scored by ``LoupeModel.ground_scores``; with ``model.config.ground_refine`` the boxes are
+    ``refined_boxes`` (scores unchanged).
     """
     owner = torch.as_tensor(expression_image, dtype=torch.long)
     R = owner.shape[0]
@@ -100,11 +116,14 @@ def ground_expressions(model, images, expression_image, query_emb: torch.Tensor,
             mine = ((owner >= sl.start) & (owner < sl.stop)).nonzero().squeeze(1)
             local = (owner[mine] - sl.start).to(feats.patch_emb.device)
             picked = type(regions)(*(field[local] for field in regions))
-            s = model.ground_scores(feats.patch_emb[local], picked, query_emb[mine].to(feats.patch_emb.device))
+            query = query_emb[mine].to(feats.patch_emb.device)
+            s = model.ground_scores(feats.patch_emb[local], picked, query)
             if boxes is None:
                 boxes = torch.zeros(R, s.shape[1], 4)
                 scores = torch.full((R, s.shape[1]), float("-inf"))
-            boxes[mine] = picked.boxes.float().cpu()
+            picked_boxes = (refined_boxes(feats.patch_emb[local], picked, query, feats.grid, feats.patch_size)
+                            if model.config.ground_refine else picked.boxes)
+            boxes[mine] = picked_boxes.float().cpu()
             scores[mine] = s.float().cpu()
     if boxes is None:
         raise ValueError("images must hold at least one image")

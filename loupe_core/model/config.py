@@ -67,6 +67,9 @@ class ModelConfig(DictMixin):
     region's pooled embedding (``ground_score="cosine"``) or the region's exact excess Shapley
     value in the text's maximum game over the patches (``"shapley"``,
     ``shapley_kernels.max_game_region_values``, docs/fine_grained_alignment.md).
+    ``ground_refine`` (issue 31): the grounding boxes are moved, size kept, to the centroid of the
+    query's per-cell evidence around them (``eval.grounding.refined_boxes``), so that a box can
+    sit between cell centres.
     Locked-image tuning (LiT): ``image_init`` names a trained run (directory, checkpoint file or
     ``save_pretrained`` folder) whose image tower initialises this one (the pipeline loads it;
     the towers must match), and ``lock_image`` freezes the image tower (no gradient, always in
@@ -99,6 +102,7 @@ class ModelConfig(DictMixin):
     ground_top_k: int = 0
     ground_query: str = "cls"
     ground_prior: float = 0.0
+    ground_refine: bool = False
     ground_score: str = "cosine"
     image_init: Optional[str] = None
     lock_image: bool = False

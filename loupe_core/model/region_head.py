@@ -93,6 +93,29 @@ def cell_rectangles(masks: torch.Tensor, grid: Tuple[int, int], cell: float) -> 
     return torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32) * cell
 
 
+def dilate_cells(masks: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """bool[..., gh * gw]: each cell set of masks bool[..., gh * gw] plus its 8 neighbours."""
+    gh, gw = grid
+    flat = masks.reshape(-1, 1, gh, gw).to(torch.float32)
+    grown = F.max_pool2d(flat, kernel_size=3, stride=1, padding=1) > 0
+    return grown.reshape(masks.shape)
+
+
+def refine_boxes(boxes: torch.Tensor, weights: torch.Tensor, grid: Tuple[int, int], cell: float) -> torch.Tensor:
+    """Boxes float[..., 4] moved (same width and height) to centre on the weighted mean of the
+    cell centres, weights float[..., gh * gw] >= 0 per cell; a box whose weights sum to 0 stays.
+    The result is clipped to the image (gw * cell x gh * cell pixels)."""
+    centres = cell_centres(grid, cell, device=boxes.device, dtype=boxes.dtype)  # [N, 2]
+    w = weights.to(boxes.dtype)
+    total = w.sum(dim=-1, keepdim=True)
+    centre = (w @ centres) / total.clamp(min=torch.finfo(boxes.dtype).tiny)
+    half = (boxes[..., 2:] - boxes[..., :2]) / 2
+    moved = torch.cat([centre - half, centre + half], dim=-1)
+    out = torch.where(total > 0, moved, boxes)
+    limit = torch.tensor([grid[1] * cell, grid[0] * cell] * 2, device=boxes.device, dtype=boxes.dtype)
+    return torch.minimum(out.clamp(min=0), limit)
+
+
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU float[P, Q] of xyxy boxes a float[P, 4] and b float[Q, 4]."""
     lt = torch.maximum(a[:, None, :2], b[None, :, :2])

@@ -90,34 +90,36 @@ def test_every_split_is_written_and_loads(hard):
         assert split.images.shape == (NUM, SIZE, SIZE, 3)
 
 
-def test_shape_decides_one_colour_distinct_shapes(hard):
-    grounding, records = _read(hard["shape_decides"])
+def _scenes_with_plain_refs(files, low, high):
+    """(objects, [(colour, shape) named, ref]) per scene of a split whose every object has one
+    plain "the <colour> <shape>" expression, after checking the object count is in [low, high]."""
+    grounding, records = _read(files)
     refs = _refs_by_image(grounding)
     for i, rec in enumerate(records):
         objects = rec["objects"]
-        assert 3 <= len(objects) <= 4
-        assert len({o["colour"] for o in objects}) == 1
-        assert len({o["shape"] for o in objects}) == len(objects)
-        assert len(refs[i]) == len(objects)  # every object is referred to
-        for ref in refs[i]:
-            (colour, shape), rel, _ = _parse(ref["sentences"][0]["sent"])
-            assert rel is None
-            assert sum(o["colour"] == colour for o in objects) == len(objects)  # the colour names all
-            named = [k for k, o in enumerate(objects) if o["shape"] == shape]
-            assert named == _referred(ref, objects)  # the shape names the referent alone
-
-
-def test_crowded_six_to_eight_distinct_objects(hard):
-    grounding, records = _read(hard["crowded"])
-    refs = _refs_by_image(grounding)
-    for i, rec in enumerate(records):
-        objects = rec["objects"]
-        assert 6 <= len(objects) <= 8
-        assert len(set(_pairs(objects))) == len(objects)
-        assert len(refs[i]) == len(objects)
+        assert low <= len(objects) <= high and len(refs[i]) == len(objects)  # every object is referred to
+        named = []
         for ref in refs[i]:
             pair, rel, _ = _parse(ref["sentences"][0]["sent"])
             assert rel is None
+            named.append((pair, ref))
+        yield objects, named
+
+
+def test_shape_decides_one_colour_distinct_shapes(hard):
+    for objects, named in _scenes_with_plain_refs(hard["shape_decides"], 3, 4):
+        assert len({o["colour"] for o in objects}) == 1
+        assert len({o["shape"] for o in objects}) == len(objects)
+        for (colour, shape), ref in named:
+            assert sum(o["colour"] == colour for o in objects) == len(objects)  # the colour names all
+            by_shape = [k for k, o in enumerate(objects) if o["shape"] == shape]
+            assert by_shape == _referred(ref, objects)  # the shape names the referent alone
+
+
+def test_crowded_six_to_eight_distinct_objects(hard):
+    for objects, named in _scenes_with_plain_refs(hard["crowded"], 6, 8):
+        assert len(set(_pairs(objects))) == len(objects)
+        for pair, ref in named:
             assert [k for k, p in enumerate(_pairs(objects)) if p == pair] == _referred(ref, objects)
 
 

@@ -266,6 +266,20 @@ def load_run(checkpoint: str, device):
     return objective.to(device).eval(), cfg, run_dir, int(state["step"])
 
 
+def resolve_hard_files(cfg: RunConfig, data_arg: Optional[str], names, num: int) -> dict:
+    """{hard split: {"grounding": JSON path}} for ``loupe eval --hard-splits``: generated (or found)
+    beside the run's own ShapesWorld, or beside the ShapesWorld root ``data_arg``."""
+    if data_arg is None:
+        if cfg.data.dataset != "shapesworld":
+            raise ValueError("--hard-splits: the run's data is not ShapesWorld; pass --data ROOT (a ShapesWorld folder)")
+        root = os.path.dirname(os.path.dirname(build_data(cfg, DistContext()).eval_paths["retrieval"]))
+    elif os.path.isdir(data_arg):
+        root = data_arg
+    else:
+        raise ValueError(f"--hard-splits: --data {data_arg!r} is not a ShapesWorld folder")
+    return prepare_hard_splits(data.ShapesWorldPaths.at(root), num, names)
+
+
 def resolve_data(cfg: RunConfig, data_arg: Optional[str], split: Optional[str]):
     """(tokenizer, {task: JSON path}) for ``loupe eval``: the run's tokenizer and the chosen files.
 

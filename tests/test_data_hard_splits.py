@@ -227,3 +227,25 @@ def test_pretrain_reports_the_hard_splits(tmp_path):
     assert "grounding/acc@0.7" in metrics and summary["hard_eval_seconds"] > 0
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/hard_crowded/grounding/acc@0.5" in row for row in logged)
+
+
+def test_loupe_eval_scores_hard_splits_of_a_run(tmp_path, capsys):
+    """``loupe eval --hard-splits`` adds the named splits' metrics, equal to ``evaluate_hard_splits``."""
+    from loupe_core.cli import main
+    from loupe_core.pipeline import load_run, resolve_data, resolve_hard_files
+    from _trainer_helpers import write_tiny_checkpoint
+
+    run = write_tiny_checkpoint(tmp_path, 2)
+    out = tmp_path / "out"
+    assert main(["eval", "--checkpoint", run, "--task", "grounding", "--out", str(out), "--no-pictures",
+                 "--hard-splits", "crowded", "--num-hard", "3", "--batch-size", "4"]) == 0
+    saved = json.loads((out / "metrics.json").read_text())["metrics"]
+    objective, cfg, _, _ = load_run(run, "cpu")
+    tokenizer, _ = resolve_data(cfg, None, None)
+    with torch.no_grad():
+        want = evaluate_hard_splits(objective.model, resolve_hard_files(cfg, None, ("crowded",), 3), tokenizer,
+                                    batch_size=5, objective=objective, progress=False)
+    assert {k: v for k, v in saved.items() if k.startswith("hard_")} == pytest.approx(want)
+    assert main(["eval", "--checkpoint", run, "--task", "grounding", "--no-pictures",
+                 "--hard-splits", "colourful"]) == 2
+    assert "names must be from" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
     loupe eval --checkpoint PATH [--task TASK ...] [--data ROOT|FILES.json] [--split SPLIT]
                [--out DIR] [--batch-size N] [--device cpu|cuda|auto] [--no-pictures]
+               [--hard-splits all|NAME,...] [--num-hard 200]
 
 ``--checkpoint``: a checkpoint file or a run directory (its newest checkpoint). The model is
 rebuilt from the checkpoint's resolved config; the tokenizer and, by default, the evaluation
@@ -14,7 +15,9 @@ linear_probe, diagnostics (the alignment diagnostics on the grounding file:
 ``--data``: a ShapesWorld root folder, or a JSON file ``{task: path}`` naming evaluation files
 of CONTRACTS s4 (real data). ``--split``: the ShapesWorld split scored (default: the config's
 ``eval.split``). ``--out``: where ``metrics.json`` and the pictures (``report/index.html``) go
-(default ``<run_dir>/eval-step<N>``).
+(default ``<run_dir>/eval-step<N>``). ``--hard-splits``: also score the harder ShapesWorld
+grounding splits (docs/CONTRACTS.md s6, ``--num-hard`` images each) beside the ShapesWorld data:
+grounding and the cheap diagnostics, keys ``hard_<split>/...``.
 """
 from __future__ import annotations
 
@@ -23,8 +26,10 @@ import json
 import os
 import sys
 
+from loupe_core.data.shapesworld_hard import HARD_SPLITS
 from loupe_core.eval import TASKS, check_tasks, evaluate
-from loupe_core.pipeline import load_run, resolve_data
+from loupe_core.eval.hard_splits import evaluate_hard_splits
+from loupe_core.pipeline import load_run, resolve_data, resolve_hard_files
 from loupe_core.train.distributed import resolve_device
 from loupe_core.viz import write_run_report
 
@@ -42,6 +47,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the config's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--no-pictures", action="store_true", help="metrics only, no report")
+    p.add_argument("--hard-splits", default=None,
+                   help=f"also score harder grounding splits: 'all' or names from {','.join(HARD_SPLITS)}")
+    p.add_argument("--num-hard", type=int, default=200, help="images in each hard split")
     p.set_defaults(func=run_eval_command)
 
 
@@ -60,8 +68,14 @@ def run_eval_command(args) -> int:
         device = resolve_device(args.device)
         objective, cfg, run_dir, step = load_run(args.checkpoint, device)
         tokenizer, files = resolve_data(cfg, args.data, args.split)
-        metrics = evaluate(objective.model, files, tokenizer, tasks=tasks, device=device,
-                           batch_size=args.batch_size or cfg.eval.batch_size, objective=objective)
+        batch_size = args.batch_size or cfg.eval.batch_size
+        metrics = evaluate(objective.model, files, tokenizer, tasks=tasks, device=device, batch_size=batch_size,
+                           objective=objective)
+        if args.hard_splits:
+            names = HARD_SPLITS if args.hard_splits == "all" else tuple(args.hard_splits.split(","))
+            hard = resolve_hard_files(cfg, args.data, names, args.num_hard)
+            metrics.update(evaluate_hard_splits(objective.model, hard, tokenizer, device=device,
+                                                batch_size=batch_size, objective=objective))
     except ValueError as exc:
         print(f"loupe eval: error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """Eq. 7's sign and colour redundancy (issue 31 item 4): label AUCs on flat vs patchwork objects.
 
     python benchmarks/eq7_colour_redundancy.py --runs runs/default_s0 [runs/default_s1 ...]
-           [--data-root runs/data] [--num-images 60] [--label-images 12] [--seed 0]
+           [--data-root runs/data] [--num-images 60] [--label-images 12] [--seed 0] [--skip-untrained]
 
 The same scenes (test distribution, training colour-shape pairs, no stripes, from the stream
 ``SeedSequence([data seed, 2000])``, disjoint from every split) rendered twice: flat (every
@@ -60,13 +60,14 @@ def main(argv=None):
     parser.add_argument("--num-images", type=int, default=60)
     parser.add_argument("--label-images", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-untrained", action="store_true", help="only the runs, not the untrained model")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cfg = load_config("default")
     paths = prepare_shapesworld(args.data_root, image_size=cfg.model.image_size, progress=False)
     tokenizer = Tokenizer.from_file(paths.tokenizer, max_length=min(cfg.model.text_max_tokens, 60))
     torch.manual_seed(args.seed)
-    models = [("untrained default", LoupeObjective(cfg.model, cfg.loss).eval())]
+    models = [] if args.skip_untrained else [("untrained default", LoupeObjective(cfg.model, cfg.loss).eval())]
     models += [(run, load_run(run, "cpu")[0]) for run in args.runs]
     flat, patched = scenes_and_splits(paths, args.num_images, cfg.model.patch_size)
     print(f"{args.num_images} scenes, {len(flat.expressions)} objects; label images {args.label_images}, "

@@ -35,8 +35,8 @@ from .model import LoupeModel, ModelConfig
 from .model.export import (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, is_export_folder, load_export_weights,
                            read_export_config, write_export)
 from .objective.loupe_objective import model_state_dict
-from .model.towers import (HF_TEXT_FIELDS, SwinImageTower, hf_text_config, load_hf_text_weights,
-                           load_timm_vit_weights)
+from .model.pretrained import (hf_tokenizer_file, load_image_weights, load_pretrained_towers, load_text_weights,
+                               pretrained_tower_fields)
 from .train import checkpoint as ckpt
 
 
@@ -73,7 +73,7 @@ def get_tokenizer(source="default", max_length: Optional[int] = None):
     if isinstance(source, str) and source in list_configs():
         source = load_config(source)
     if isinstance(source, RunConfig):
-        if source.data.dataset != "shapesworld":
+        if source.data.dataset != "shapesworld" or source.data.tokenizer is not None:
             if source.data.tokenizer is None:
                 raise ConfigError("data.tokenizer: the run config sets no tokenizer (source)")
             return Tokenizer.from_file(source.data.tokenizer, max_length=length)
@@ -255,24 +255,25 @@ def _model_section(model) -> dict:
 
 def create_model(model: Union[str, object] = "default", pretrained: Optional[str] = None, *,
                  image_weights: Optional[str] = None, text_weights: Optional[str] = None,
-                 tokenizer=None) -> Loupe:
-    """A ``Loupe`` model from a config (name of ``list_models()``, JSON path, RunConfig, ModelConfig or dict).
+                 image_timm_model: Optional[str] = None, tokenizer=None) -> Loupe:
+    """A ``Loupe`` model from a config (name of ``list_models()``, JSON path, RunConfig, ModelConfig
+    or dict), in train mode; with ``pretrained`` in eval mode, as ``load_checkpoint`` returns it.
 
     ``pretrained``: the whole model's weights (anything ``load_checkpoint`` reads); its config
-    must be the same architecture. ``image_weights``: a timm checkpoint file (ViT with a class
-    token for image_tower "vit", heads from the config; Swin for "swin"). ``text_weights``: a
-    Hugging Face BERT-family folder (config.json + model.safetensors); the text tower takes its
-    sizes and the folder's tokenizer.
+    must be the same architecture. Pretrained towers (the config keys of the same names, which
+    these arguments set; ``loupe_core.model.pretrained``): ``image_weights`` a timm checkpoint
+    file (ViT with a class token for image_tower "vit", its sizes read from the file and its
+    heads from ``image_timm_model`` or timm's 64-wide heads; Swin for "swin"); ``text_weights`` a
+    Hugging Face BERT-family folder (config.json + model.safetensors): the text tower takes its
+    sizes and the folder's tokenizer. With ``pretrained``, tower files named only in the config
+    are not loaded (the whole model's weights supersede them).
     """
     model_fields = _model_section(model)
-    cls_id = None
-    if text_weights is not None:
-        hf = hf_text_config(text_weights)
-        model_fields.update({k: hf[k] for k in HF_TEXT_FIELDS.values()})
-        tokenizer = tokenizer or get_tokenizer(text_weights, model_fields["text_max_tokens"])
-        cls_id = tokenizer._tok.token_to_id("[CLS]")
-        if cls_id is None:
-            raise ValueError(f"text_weights: the tokenizer in {text_weights!r} has no [CLS] token")
+    given = {"image_weights": image_weights, "text_weights": text_weights, "image_timm_model": image_timm_model}
+    model_fields.update({k: v for k, v in given.items() if v is not None})
+    model_fields = pretrained_tower_fields(model_fields)
+    if model_fields.get("text_weights") is not None:
+        tokenizer = tokenizer or get_tokenizer(model_fields["text_weights"], model_fields["text_max_tokens"])
     net = Loupe(model_fields, tokenizer)
     if pretrained is not None:
         source = load_checkpoint(pretrained)
@@ -282,14 +283,25 @@ def create_model(model: Union[str, object] = "default", pretrained: Optional[str
             raise CheckpointError(f"pretrained {pretrained!r} does not fit this config: {exc}") from exc
         net.tokenizer = net.tokenizer or source.tokenizer
         net.card = source.card
-    if image_weights is not None:
-        if isinstance(net.image_tower, SwinImageTower):
-            net.image_tower.load_timm_weights(image_weights)
-        else:
-            load_timm_vit_weights(net.image_tower, image_weights, net.config.image_heads)
-    if text_weights is not None:
-        load_hf_text_weights(net.text_tower, text_weights, cls_id)
-    return net.eval() if pretrained is not None else net
+        if image_weights is not None:
+            load_image_weights(net, image_weights)
+        if text_weights is not None:
+            load_text_weights(net, text_weights, tokenizer)
+        return net.eval()
+    load_pretrained_towers(net, tokenizer)
+    return net
+
+
+def with_pretrained_towers(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the model sizes its pretrained towers imply (``model.image_weights``,
+    ``model.image_timm_model``, ``model.text_weights``) and, for a text tower from a Hugging Face
+    folder, that folder's tokenizer as ``data.tokenizer`` unless one is set (``loupe pretrain``)."""
+    fields = pretrained_tower_fields(cfg.model.to_dict())
+    d = cfg.to_dict()
+    d["model"] = fields
+    if fields.get("text_weights") is not None and d["data"].get("tokenizer") is None:
+        d["data"]["tokenizer"] = hf_tokenizer_file(fields["text_weights"])
+    return RunConfig.from_dict(d)
 
 
 def _run_card(checkpoint_path: str, state: dict) -> dict:

@@ -30,7 +30,9 @@ class DataConfig:
     """Where the training pairs and the held-out evaluation split come from.
 
     ``dataset="shapesworld"``: generated on first use into ``root`` (None: the package's cache
-    directory) by ``loupe_core.data.prepare_shapesworld``, rendered at ``model.image_size``.
+    directory) by ``loupe_core.data.prepare_shapesworld``, rendered at ``model.image_size``; its
+    own vocabulary unless ``tokenizer`` is set (``model.text_weights`` sets it to the pretrained
+    text tower's).
     ``dataset="webdataset"``: ``train_shards`` is a brace-expanded shard pattern, read as a
     resampled stream (shards drawn with replacement, seeded by ``train.seed``, rank and worker;
     ``shuffle_buffer`` samples shuffled), ``tokenizer`` a WordPiece ``vocab.txt`` or

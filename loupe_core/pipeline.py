@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from loupe_core import data
-from loupe_core.api import load_checkpoint
+from loupe_core.api import load_checkpoint, with_pretrained_towers
+from loupe_core.model.pretrained import load_pretrained_towers
 from loupe_core.config import RunConfig, apply_overrides, load_config
 from loupe_core.data.csv_loader import CsvPairs, CsvStream
 from loupe_core.data.webdataset_loader import webdataset_pipeline
@@ -92,7 +93,7 @@ def build_data(cfg: RunConfig, ctx: DistContext) -> RunData:
                                              num_test=cfg.data.eval_size, num_heldout=cfg.data.eval_size,
                                              seed=cfg.data.seed, progress=ctx.is_main and cfg.train.progress)
         barrier(ctx)
-    tokenizer = data.Tokenizer.from_file(paths.tokenizer, max_length=max_tokens)
+    tokenizer = data.Tokenizer.from_file(cfg.data.tokenizer or paths.tokenizer, max_length=max_tokens)
     train_set = data.ShapesWorldDataset(paths, "train", tokenizer)
     return RunData(tokenizer, train_set, data.collate_batch, paths.split(cfg.eval.split).eval_files())
 
@@ -139,12 +140,14 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
     ctx = init_distributed(cfg.train.device, cfg.train.collective_timeout)
     try:
         run_dir = _shared_run_dir(run_dir, ctx)
+        cfg = with_pretrained_towers(cfg)
         seed_everything(cfg.train.seed)
         run_data = build_data(cfg, ctx)
         if run_data.tokenizer.vocab_size > cfg.model.text_vocab_size:
             raise ValueError(f"model.text_vocab_size={cfg.model.text_vocab_size} is smaller than the tokenizer's "
                              f"vocabulary ({run_data.tokenizer.vocab_size})")
         objective = LoupeObjective(cfg.model, cfg.loss)
+        load_pretrained_towers(objective.model, run_data.tokenizer if cfg.model.text_weights else None)
         if cfg.model.image_init is not None:
             initialise_image_tower(objective.model, cfg.model.image_init)
         evaluate = _evaluator(cfg, run_data, ctx)

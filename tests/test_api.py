@@ -257,3 +257,63 @@ def test_an_export_of_a_run_carries_its_model_card(tmp_path):
     assert open(os.path.join(again, "README.md")).read() == card
     bare = loupe_core.create_model(TINY).save_pretrained(str(tmp_path / "bare"))
     assert "steps: unknown" in open(os.path.join(bare, "README.md")).read()
+
+
+def _timm_vit_file(tmp_path, **sizes):
+    from loupe_core.model.towers import import_timm
+
+    try:
+        import_timm()
+    except ValueError:
+        pytest.skip("timm is not importable")
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(8)
+    ref = VisionTransformer(img_size=32, num_classes=0, **sizes).eval()
+    path = str(tmp_path / "vit.safetensors")
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
+    return path, ref
+
+
+def test_image_weights_set_the_vit_sizes_from_the_checkpoint_or_a_timm_name(tmp_path):
+    path, ref = _timm_vit_file(tmp_path, patch_size=16, embed_dim=128, depth=3, num_heads=2)
+    model = loupe_core.create_model(TINY, image_weights=path).eval()  # TINY: image_dim 32, patch 8, depth 1
+    c = model.config
+    assert (c.image_dim, c.image_depth, c.patch_size, c.image_heads) == (128, 3, 16, 128 // 64)
+    same_heads = loupe_core.create_model(dict(TINY, image_dim=128, image_heads=2), image_weights=path).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        cls, _ = same_heads.image_tower.encode(same_heads.image_tower.embed_tokens(images))
+        torch.testing.assert_close(cls, ref.forward_features(images)[:, 0], rtol=1e-4, atol=1e-5)
+    named = loupe_core.create_model(TINY, image_timm_model="vit_tiny_patch16_224")
+    assert (named.config.image_dim, named.config.image_depth, named.config.image_heads,
+            named.config.patch_size) == (192, 12, 3, 16)
+    with pytest.raises(ValueError, match="image_timm_model.*does not match"):
+        loupe_core.create_model(TINY, image_weights=path, image_timm_model="vit_tiny_patch16_224")
+    with pytest.raises(ValueError, match="image_timm_model='no_such_vit'"):
+        loupe_core.create_model(TINY, image_timm_model="no_such_vit")
+    odd, _ = _timm_vit_file(tmp_path, patch_size=16, embed_dim=96, depth=1, num_heads=3)
+    with pytest.raises(ValueError, match="image_timm_model"):
+        loupe_core.create_model(TINY, image_weights=odd)
+
+
+def test_pretrain_starts_from_pretrained_towers_named_by_config_keys(tmp_path):
+    from loupe_core.config import load_config
+    from loupe_core.pipeline import pretrain
+
+    folder, bert = _bert_folder(tmp_path)
+    vit_path, ref = _timm_vit_file(tmp_path, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    cfg = load_config("tiny", [f"model.text_weights={folder}", f"model.image_weights={vit_path}", "model.text_max_tokens=8",
+                               "train.steps=1", "train.lr=1e-12", "eval.final=false", "train.tensorboard=false"])
+    run = str(tmp_path / "run")
+    pretrain(cfg, run, echo=lambda *a: None)
+    model = loupe_core.load_checkpoint(run)
+    assert (model.config.text_dim, model.config.text_depth, model.config.text_heads) == (32, 2, 4)
+    assert model.tokenizer._tok.get_vocab() == Tokenizer.from_file(os.path.join(folder, "vocab.txt"))._tok.get_vocab()
+    ids = torch.tensor([[31, 32, 5, 0], [6, 7, 8, 9]])
+    _check_text_tower(model, bert, ids, ids != 0)  # one step at lr 1e-12: still BERT's weights
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        cls, _ = model.image_tower.encode(model.image_tower.embed_tokens(images))
+        torch.testing.assert_close(cls, ref.forward_features(images)[:, 0], rtol=1e-4, atol=1e-5)

@@ -20,6 +20,7 @@ import torch
 from loupe_core.errors import CheckpointError
 
 from .config import ModelConfig
+from .files import read_json
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -105,11 +106,7 @@ def read_export_config(folder: str) -> dict:
     path = os.path.join(folder, CONFIG_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(f"export {folder!r}: {CONFIG_FILE} is missing (save_pretrained writes it)")
-    try:
-        with open(path, "rb") as fh:
-            cfg = json.loads(fh.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"export config {path!r} is not UTF-8 JSON ({type(exc).__name__}: {exc})") from None
+    cfg = read_json(path, "export config")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
         raise CheckpointError(f"export config {path!r} has no 'model' section: it is not a LOUPE export")
     try:

@@ -21,6 +21,8 @@ from shapley_kernels.token_level import TransformerTower
 
 from loupe_core.errors import CheckpointError
 
+from .files import read_json, read_weights
+
 
 def _check_images(images: torch.Tensor, size: int) -> None:
     if not isinstance(images, torch.Tensor):
@@ -111,17 +113,7 @@ def load_timm_state_dict(path: str) -> dict:
     never runs; a file that is no state dict is a CheckpointError naming it."""
     if not isinstance(path, str) or not os.path.isfile(path):
         raise CheckpointError(f"image_weights: no checkpoint file at {path!r}")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # safetensors, pickle and zip errors have no common base
-        lines = str(exc).strip().splitlines()
-        raise CheckpointError(f"image_weights {path!r} could not be read as a weights file "
-                              f"({type(exc).__name__}: {lines[0] if lines else ''})") from None
+    state = read_weights(path, "image_weights")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -277,16 +269,10 @@ def hf_text_config(folder: str) -> dict:
     """ModelConfig fields (text_vocab_size, text_dim, text_depth, text_heads) of the Hugging Face
     BERT-family model in ``folder`` (its config.json); a model the text tower cannot hold is a
     ValueError naming ``text_weights``."""
-    import json
-
     path = os.path.join(folder, "config.json") if isinstance(folder, str) else None
     if path is None or not os.path.isfile(path):
         raise CheckpointError(f"text_weights: {folder!r} is not a folder with a config.json")
-    try:
-        with open(path, "rb") as fh:
-            hf = json.loads(fh.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"text_weights: {path} is not UTF-8 JSON ({type(exc).__name__}: {exc})") from None
+    hf = read_json(path, "text_weights: Hugging Face config")
     if not isinstance(hf, dict):
         raise CheckpointError(f"text_weights: {path} is not a Hugging Face config (a JSON object)")
     checks = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute",
@@ -309,17 +295,7 @@ def _hf_weights(folder: str) -> dict:
     path = st if os.path.isfile(st) else pt
     if not os.path.isfile(path):
         raise CheckpointError(f"text_weights: no model.safetensors or pytorch_model.bin in {folder!r}")
-    try:
-        if path == st:
-            from safetensors.torch import load_file
-
-            state = load_file(st)
-        else:
-            state = torch.load(pt, map_location="cpu", weights_only=True)
-    except Exception as exc:  # safetensors, pickle and zip errors have no common base
-        lines = str(exc).strip().splitlines()
-        raise CheckpointError(f"text_weights {path!r} could not be read as a weights file "
-                              f"({type(exc).__name__}: {lines[0] if lines else ''})") from None
+    state = read_weights(path, "text_weights")
     if not isinstance(state, dict):
         raise CheckpointError(f"text_weights {path!r} holds no state dict (got {type(state).__name__})")
     return {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in state.items()}

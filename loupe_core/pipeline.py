@@ -147,7 +147,8 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
             raise ValueError(f"model.text_vocab_size={cfg.model.text_vocab_size} is smaller than the tokenizer's "
                              f"vocabulary ({run_data.tokenizer.vocab_size})")
         objective = LoupeObjective(cfg.model, cfg.loss)
-        load_pretrained_towers(objective.model, run_data.tokenizer if cfg.model.text_weights else None)
+        if resume is None:  # a resumed run takes every weight from its checkpoint
+            load_pretrained_towers(objective.model, run_data.tokenizer if cfg.model.text_weights else None)
         if cfg.model.image_init is not None:
             initialise_image_tower(objective.model, cfg.model.image_init)
         evaluate = _evaluator(cfg, run_data, ctx)

@@ -223,7 +223,7 @@ def load_checkpoint(path: str, device="cpu") -> Loupe:
         net = Loupe(cfg["model"], get_tokenizer(tok, cfg["model"]["text_max_tokens"]) if os.path.isfile(tok) else None)
         load_model(net, os.path.join(folder, WEIGHTS_FILE), strict=True)
         return net.to(device).eval()
-    state = ckpt.load_checkpoint(ckpt.resolve_resume(path, None))
+    state = ckpt.load_model_checkpoint(ckpt.resolve_resume(path, None, flag="path"))
     cfg = RunConfig.from_dict(state["config"])
     net = Loupe(cfg.model, get_tokenizer(cfg, cfg.model.text_max_tokens))
     net.load_state_dict(model_state_dict(state["model"]))

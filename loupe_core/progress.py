@@ -4,8 +4,8 @@ tqdm redraws one line with carriage returns, and ``tqdm.auto``'s ``disable=None`
 off where stderr is not a terminal, so a run whose output is piped or sent to a file printed
 nothing until it ended. :func:`progress` gives the bar when stderr is a terminal and otherwise
 a ``LineProgress``: one line ``desc: n/total unit (p%), elapsed, ~left, postfix`` on stderr at
-most every ``LINE_INTERVAL`` seconds, and a last line at the end when it printed any, each
-flushed. Both take the same calls (iteration, ``update``, ``set_postfix``, ``close``).
+most every ``LINE_INTERVAL`` seconds, and the final state at the end when it printed any line
+before, each flushed. Both take the same calls (iteration, ``update``, ``set_postfix``, ``close``).
 
 This module imports nothing of the project: every layer may use it.
 """
@@ -28,7 +28,7 @@ def _duration(seconds: float) -> str:
 class LineProgress:
     """Progress of ``total`` items (or of ``iterable``) as whole lines on ``file`` (default stderr),
     at most one every ``interval`` seconds; ``close`` (also at the end of an iteration) prints
-    the last state when any line was printed."""
+    the last state when any line was printed and that state was not."""
 
     def __init__(self, iterable: Optional[Iterable] = None, *, total: Optional[int] = None, initial: int = 0,
                  desc: str = "", unit: str = "it", interval: Optional[float] = None, file=None):
@@ -38,7 +38,7 @@ class LineProgress:
         self.desc, self.unit, self.file = desc, unit, file
         self.interval = LINE_INTERVAL if interval is None else interval
         self.start = self.last = time.monotonic()
-        self.postfix, self.printed, self.closed = "", False, False
+        self.postfix, self.printed, self.closed = "", None, False  # printed: (n, postfix) of the last line
 
     def __iter__(self):
         try:
@@ -63,7 +63,7 @@ class LineProgress:
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
     def close(self) -> None:
-        if not self.closed and self.printed:
+        if not self.closed and self.printed is not None and self.printed != (self.n, self.postfix):
             self._line()
         self.closed = True
 
@@ -84,7 +84,7 @@ class LineProgress:
     def _line(self) -> None:
         out = self.file or sys.stderr
         print(self.line(), file=out, flush=True)
-        self.printed, self.last = True, time.monotonic()
+        self.printed, self.last = (self.n, self.postfix), time.monotonic()
 
 
 def _on_terminal(stream) -> bool:

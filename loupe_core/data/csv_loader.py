@@ -52,11 +52,12 @@ def _field_limit(limit: int):
         csv.field_size_limit(old)
 
 
-def read_csv_rows(csv_path: str, img_key: str, caption_key: str, sep: str = "\t",
+def read_csv_rows(csv_path: str, img_key: Optional[str], caption_key: str, sep: str = "\t",
                   max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS) -> list:
     """The rows of ``csv_path``: ``(image path, caption)``, or the name of the ``DataStats``
     reason (``"bad_text"``, ``"caption_too_long"``) for a row that cannot be used (logged as a
-    warning naming the file and line). DataError naming the file or the missing column."""
+    warning naming the file and line; ``img_key`` None: captions alone, image path ""). DataError
+    naming the file or the missing column."""
     if not os.path.isfile(csv_path):
         raise DataError(f"csv_path: no file at {csv_path!r}")
     rows = []
@@ -65,10 +66,10 @@ def read_csv_rows(csv_path: str, img_key: str, caption_key: str, sep: str = "\t"
         reader = csv.DictReader(f, delimiter=sep)
         columns = reader.fieldnames or []
         for name, key in (("img_key", img_key), ("caption_key", caption_key)):
-            if key not in columns:
+            if key is not None and key not in columns:
                 raise DataError(f"{name} {key!r} is not a column of {csv_path} (columns: {columns}; sep={sep!r})")
         for row in reader:
-            pair = (row[img_key] or "", row[caption_key] or "")
+            pair = ((row[img_key] or "") if img_key else "", row[caption_key] or "")
             if not all(map(_is_utf8, pair)):
                 logger.warning("%s:%d: not UTF-8 text; row skipped", csv_path, reader.line_num)
                 rows.append("bad_text")
@@ -85,7 +86,7 @@ def read_csv_rows(csv_path: str, img_key: str, caption_key: str, sep: str = "\t"
 def csv_captions(csv_path: str, caption_key: str = "title", sep: str = "\t", img_key: Optional[str] = None,
                  max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS) -> Iterator[str]:
     """The captions of the usable rows of ``csv_path`` (rows skipped as ``read_csv_rows`` does)."""
-    for row in read_csv_rows(csv_path, img_key or caption_key, caption_key, sep, max_caption_chars):
+    for row in read_csv_rows(csv_path, img_key, caption_key, sep, max_caption_chars):
         if not isinstance(row, str):
             yield row[1]
 

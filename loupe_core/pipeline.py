@@ -12,6 +12,7 @@ split, writes the report and prints where everything is. :func:`load_run` and
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
@@ -25,8 +26,10 @@ from loupe_core.api import load_checkpoint
 from loupe_core.config import RunConfig, apply_overrides, load_config
 from loupe_core.errors import CheckpointError, ConfigError
 from loupe_core.data.csv_loader import CsvPairs, CsvStream
+from loupe_core.data.eval_splits import eval_image_paths
 from loupe_core.data.stats import skip_reasons_text
 from loupe_core.data.webdataset_loader import webdataset_pipeline
+from loupe_core.eval import check_tasks
 from loupe_core.eval import evaluate as run_eval
 from loupe_core.eval import splits
 from loupe_core.objective import LoupeObjective
@@ -37,6 +40,7 @@ from loupe_core.train.trainer import train
 from loupe_core.viz import write_run_report
 
 RUNS_ROOT = "runs"
+logger = logging.getLogger("loupe_core.pipeline")
 HEADLINE = (("retrieval R@1 image->text", "retrieval/i2t_r1"), ("text->image", "retrieval/t2i_r1"),
             ("grounding acc@0.5", "grounding/acc@0.5"))
 
@@ -152,6 +156,9 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
         if run_data.tokenizer.vocab_size > cfg.model.text_vocab_size:
             raise ValueError(f"model.text_vocab_size={cfg.model.text_vocab_size} is smaller than the tokenizer's "
                              f"vocabulary ({run_data.tokenizer.vocab_size})")
+        if cfg.eval.final or cfg.eval.every > 0:
+            splits.check_eval_files(run_data.eval_paths, check_tasks(cfg.eval.tasks))
+        eval_on = _eval_on(cfg, run_data) if ctx.is_main else None
         objective = LoupeObjective(cfg.model, cfg.loss)
         if cfg.model.image_init is not None:
             initialise_image_tower(objective.model, cfg.model.image_init)
@@ -164,7 +171,7 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
                    "logs": {"jsonl": result.history_path, "csv": os.path.join(run_dir, "metrics.csv"),
                             "tensorboard": os.path.join(run_dir, "tb")},
                    "final_loss": result.losses[-1] if result.losses else None, "metrics": {}, "report": None,
-                   "eval_on": _eval_on(cfg), "data": result.data_counts}
+                   "eval_on": eval_on, "data": result.data_counts}
         if ctx.is_main and cfg.eval.final and result.step == result.total_steps:
             summary["metrics"] = _final_eval(evaluate, result, run_dir, cfg.train.tensorboard)
             if cfg.eval.report:
@@ -193,12 +200,28 @@ def check_run_setup(cfg: RunConfig, run_dir: str, resume: Optional[str]) -> None
                           "is locked, e.g. model.image_init=runs/mine (or set model.lock_image=false)")
 
 
-def _eval_on(cfg: RunConfig) -> str:
+def _eval_on(cfg: RunConfig, run_data: Optional[RunData] = None) -> str:
     """What the final evaluation scores, for the summary: a ShapesWorld split is held out by
-    construction; files named in ``data.eval_paths`` are not checked against the training data."""
+    construction; of a CSV run's ``data.eval_paths``, how many images are training images (the
+    same file, links resolved; logged as a warning when any is); other files are not checked."""
     if cfg.data.dataset == "shapesworld":
         return f"ShapesWorld {cfg.eval.split} split (held out from training)"
-    return "data.eval_paths (not checked against the training data)"
+    unchecked = "data.eval_paths (not checked against the training data)"
+    if cfg.data.dataset != "csv" or run_data is None:
+        return unchecked
+    pairs = run_data.train.pairs
+    train = {os.path.realpath(os.path.join(pairs.root, row[0])) for row in pairs.rows if not isinstance(row, str)}
+    try:
+        scored = {os.path.realpath(p) for path in dict(cfg.data.eval_paths).values()
+                  for p in eval_image_paths(path)}
+    except (ValueError, TypeError):  # not readable as evaluation files: the evaluation names the file
+        return unchecked
+    shared = len(scored & train)
+    if shared:
+        logger.warning("%d of the %d images of data.eval_paths are training images of %s: the evaluation is not "
+                       "held out", shared, len(scored), cfg.data.train_csv)
+        return f"data.eval_paths ({shared} of its {len(scored)} images are training images of data.train_csv)"
+    return f"data.eval_paths (none of its {len(scored)} images is a training image of data.train_csv)"
 
 
 def initialise_image_tower(model, source: str) -> None:
@@ -212,8 +235,11 @@ def initialise_image_tower(model, source: str) -> None:
     try:
         model.image_tower.load_state_dict(trained.image_tower.state_dict())
     except RuntimeError as exc:
-        raise CheckpointError(f"model.image_init {source!r}: its image tower does not fit this config "
-                         f"({str(exc).splitlines()[0]})") from None
+        ours, theirs = model.config.to_dict(), trained.config.to_dict()
+        differ = [f"model.{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in ours.items()
+                  if k.startswith(("image_", "patch_")) and k != "image_init" and theirs.get(k) != v]
+        why = "; ".join(differ) or " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"model.image_init {source!r}: its image tower does not fit this config ({why})") from None
 
 
 def _shared_run_dir(run_dir: str, ctx: DistContext) -> str:

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -20,39 +19,13 @@ import torch
 
 from loupe_core.cli import main
 from loupe_core.config import load_config
-from loupe_core.data import Tokenizer, make_csv_loader
+from loupe_core.data import make_csv_loader
 from loupe_core.data.images import encode_png
 from loupe_core.errors import CheckpointError, ConfigError
-from loupe_core.train import checkpoint as ckpt
+# the fault suite's captions, tokenizer fixture, subprocess, kill-mid-write and image helpers
+from test_faults import CAPTIONS, _KILLER, _env, _isolated, _png, tok  # noqa: F401 (tok: a fixture)
 
 pytestmark = pytest.mark.faults
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CAPTIONS = ["a red square", "a blue circle", "a green triangle"]
-
-
-def _env():
-    return {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-def _isolated(code: str, cwd, timeout: int = 120) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh Python; a hang becomes a failed test, not a stuck suite."""
-    try:
-        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=_env(),
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"hung (no result in {timeout} s)")
-
-
-def _png(seed=0):
-    return encode_png(np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8))
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    t = Tokenizer.train(CAPTIONS)
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    t.save(str(path))
-    return t, str(path)
 
 
 def _write_csv(path, rows):
@@ -128,6 +101,24 @@ def test_lit_without_image_init_is_refused_naming_the_key(tmp_path, capsys):
     assert main(["pretrain", "--config", "lit", "--out", str(tmp_path / "run")]) == 2
     assert "model.image_init must be set" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_missing_evaluation_file_stops_the_run_before_training(tmp_path, tok):
+    from loupe_core.pipeline import pretrain
+
+    (tmp_path / "0.png").write_bytes(_png(0))
+    (tmp_path / "r.json").write_text("{}")  # there (its content is read only when evaluating)
+    _write_csv(tmp_path / "pairs.tsv", [("0.png", CAPTIONS[0])])
+    common = ["data.dataset=csv", f"data.train_csv={tmp_path / 'pairs.tsv'}", f"data.tokenizer={tok[1]}",
+              "train.device=cpu", "model.text_vocab_size=64", 'eval.tasks=["retrieval", "grounding"]']
+    cases = [({"retrieval": str(tmp_path / "r.json")}, "eval.tasks has 'grounding' but eval_paths has no 'grounding'"),
+             ({"retrieval": str(tmp_path / "typo.json"), "grounding": str(tmp_path / "r.json")},
+              "eval.tasks has 'retrieval': its evaluation file .*typo.json' does not exist")]
+    for paths, message in cases:
+        cfg = load_config("tiny", [*common, f"data.eval_paths={json.dumps(paths)}"])
+        with pytest.raises(ValueError, match=message):
+            pretrain(cfg, str(tmp_path / "run"))
+        assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 # --- N4: a foreign torch file as a model source -----------------------------------------------
@@ -212,32 +203,12 @@ def test_a_checkpoint_that_is_not_there_names_the_flag_given(tmp_path, capsys):
 
 # --- the partial file of a kill during the first checkpoint write ----------------------------
 
-_KILLED_FIRST_WRITE = """
-import os, signal, sys, torch
-from loupe_core.train import checkpoint as ckpt
-real_save = torch.save
-
-class Dies:
-    def __init__(self, fh): self.fh, self.left = fh, 50_000
-    def write(self, data):
-        if len(data) >= self.left:
-            self.fh.write(data[: self.left]); self.fh.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
-        self.left -= len(data)
-        return self.fh.write(data)
-    def __getattr__(self, name): return getattr(self.fh, name)
-
-torch.save = lambda obj, fh, *a, **k: real_save(obj, Dies(fh), *a, **k)
-ckpt.save_checkpoint(ckpt.checkpoint_path(sys.argv[1], 1), {"step": 1, "w": torch.arange(100_000.0)})
-"""
-
-
 def test_a_resume_after_a_kill_in_the_first_checkpoint_write_removes_the_partial_file(tmp_path):
     from loupe_core.pipeline import resolve_run
 
     run = str(tmp_path / "run")
-    proc = subprocess.run([sys.executable, "-c", _KILLED_FIRST_WRITE, run], env=_env(), capture_output=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", _KILLER, run, "0"], env=_env(), capture_output=True,
+                          timeout=300)  # killed inside the first checkpoint write of a fresh run
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     folder = os.path.join(run, "checkpoints")
     assert [n for n in os.listdir(folder) if n.startswith(".tmp-")]  # only the killed write's partial file

@@ -3,6 +3,7 @@ on a CSV run's own data, ``loupe data tokenizer``, a ``loupe --help`` / ``list_m
 load no torch, ``loupe --version``, the final evaluation in TensorBoard without duplicate rows,
 checkpoints with the run files' mode, the summary's wording, the licence, and progress lines
 where stderr is not a terminal. (The bad-input cases are in tests/test_faults_cli_data.py.)"""
+import csv
 import json
 import os
 import stat
@@ -131,8 +132,6 @@ def test_final_eval_reaches_tensorboard_once_and_checkpoints_have_the_run_files_
     history = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
     assert [r["step"] for r in history if "eval/retrieval/i2t_r1" in r] == [2]
     with open(os.path.join(run, "metrics.csv"), newline="") as fh:
-        import csv
-
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(history) and sum(bool(r["eval/retrieval/i2t_r1"]) for r in rows) == 1
     modes = {name: stat.S_IMODE(os.stat(path).st_mode) for name, path in
@@ -142,11 +141,33 @@ def test_final_eval_reaches_tensorboard_once_and_checkpoints_have_the_run_files_
     assert first["eval_on"] == "ShapesWorld test split (held out from training)"
 
 
-def test_the_summary_does_not_call_files_of_ones_own_held_out():
-    from loupe_core.pipeline import _eval_on
+def test_the_summary_counts_the_evaluation_images_that_are_training_images(tmp_path, caplog):
+    from loupe_core.pipeline import _eval_on, build_data
+    from loupe_core.train.distributed import DistContext
 
-    cfg = RunConfig.from_dict({"data": {"dataset": "csv", "train_csv": "t.tsv", "eval_paths": {"retrieval": "r.json"}}})
-    assert _eval_on(cfg) == "data.eval_paths (not checked against the training data)"
+    (tmp_path / "eval" / "images").mkdir(parents=True)
+    (tmp_path / "a.png").write_bytes(b"png")
+    (tmp_path / "pairs.tsv").write_text("filepath\ttitle\na.png\ta red square\n")
+    os.symlink(tmp_path / "a.png", tmp_path / "eval" / "images" / "same.png")  # a training image, linked
+    (tmp_path / "eval" / "images" / "other.png").write_bytes(b"png")
+    for name, files in (("both.json", ["same.png", "other.png"]), ("other.json", ["other.png"])):
+        (tmp_path / "eval" / name).write_text(json.dumps({"images": [{"filename": f} for f in files]}))
+    tok = tmp_path / "tok.json"
+    Tokenizer.train(["a red square"]).save(str(tok))
+
+    def eval_on(eval_file):
+        cfg = load_config("tiny", ["data.dataset=csv", f"data.train_csv={tmp_path / 'pairs.tsv'}",
+                                   f"data.tokenizer={tok}", f'data.eval_paths={{"retrieval": "{eval_file}"}}'])
+        return _eval_on(cfg, build_data(cfg, DistContext()))
+
+    with caplog.at_level("WARNING", logger="loupe_core.pipeline"):
+        assert eval_on(tmp_path / "eval" / "both.json") == ("data.eval_paths (1 of its 2 images are training "
+                                                            "images of data.train_csv)")
+    assert "the evaluation is not held out" in caplog.text
+    assert eval_on(tmp_path / "eval" / "other.json") == ("data.eval_paths (none of its 1 images is a training "
+                                                         "image of data.train_csv)")
+    shards = RunConfig.from_dict({"data": {"dataset": "webdataset", "train_shards": "s.tar", "eval_paths": {}}})
+    assert _eval_on(shards) == "data.eval_paths (not checked against the training data)"
 
 
 # --- friction 11: the licence ------------------------------------------------------------------

@@ -108,7 +108,7 @@ def build_data(cfg: RunConfig, ctx: DistContext) -> RunData:
         barrier(ctx)
     tokenizer = data.Tokenizer.from_file(paths.tokenizer, max_length=_max_tokens(cfg))
     train_set = data.ShapesWorldDataset(paths, "train", tokenizer)
-    return RunData(tokenizer, train_set, data.collate_batch, paths.split(cfg.eval.split).eval_files())
+    return RunData(tokenizer, train_set, data.collate_batch, splits.shapesworld_files(paths, cfg.eval.split))
 
 
 def _stream_data(cfg: RunConfig, ctx: DistContext) -> RunData:
@@ -154,7 +154,7 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
         seed_everything(cfg.train.seed)
         run_data = build_data(cfg, ctx)
         if run_data.tokenizer.vocab_size > cfg.model.text_vocab_size:
-            raise ValueError(f"model.text_vocab_size={cfg.model.text_vocab_size} is smaller than the tokenizer's "
+            raise ConfigError(f"model.text_vocab_size={cfg.model.text_vocab_size} is smaller than the tokenizer's "
                              f"vocabulary ({run_data.tokenizer.vocab_size})")
         if cfg.eval.final or cfg.eval.every > 0:
             splits.check_eval_files(run_data.eval_paths, check_tasks(cfg.eval.tasks))

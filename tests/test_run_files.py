@@ -170,6 +170,20 @@ def test_the_summary_counts_the_evaluation_images_that_are_training_images(tmp_p
     assert _eval_on(shards) == "data.eval_paths (not checked against the training data)"
 
 
+def test_a_shapesworld_run_names_every_file_its_tasks_read(tmp_path):
+    """The files a ShapesWorld run is evaluated on hold the linear probe's and the few-shot task's
+    pairs too (``eval.tasks`` may name them), as ``loupe eval`` gives them."""
+    from loupe_core.eval import TASKS
+    from loupe_core.eval.splits import check_eval_files
+    from loupe_core.pipeline import build_data
+    from loupe_core.train.distributed import DistContext
+
+    cfg = load_config("tiny", [f"data.root={tmp_path}", "data.train_size=8", "data.eval_size=4"])
+    run_files = build_data(cfg, DistContext()).eval_paths
+    check_eval_files(run_files, TASKS)
+    assert run_files == resolve_data(cfg, None, None)[1]  # what loupe eval scores by default
+
+
 # --- friction 11: the licence ------------------------------------------------------------------
 
 def test_the_licence_is_apache_2_in_the_file_and_the_metadata():

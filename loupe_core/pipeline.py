@@ -239,7 +239,8 @@ def initialise_image_tower(model, source: str) -> None:
         differ = [f"model.{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in ours.items()
                   if k.startswith(("image_", "patch_")) and k != "image_init" and theirs.get(k) != v]
         why = "; ".join(differ) or " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"model.image_init {source!r}: its image tower does not fit this config ({why})") from None
+        raise CheckpointError(f"model.image_init {source!r}: its image tower does not fit this config "
+                              f"({why})") from None
 
 
 def _shared_run_dir(run_dir: str, ctx: DistContext) -> str:

@@ -14,8 +14,8 @@ linear_probe, diagnostics (the alignment diagnostics on the grounding file:
 ``--data``: a ShapesWorld root folder, or a JSON file ``{task: path}`` naming evaluation files
 of CONTRACTS s4 (real data); default: the run's own data (its ShapesWorld, or the
 ``data.eval_paths`` and ``data.tokenizer`` of a CSV or webdataset run). ``--split``: the
-ShapesWorld split scored (default: the config's ``eval.split``). ``--out``: where ``metrics.json`` and the pictures (``report/index.html``) go
-(default ``<run_dir>/eval-step<N>``).
+ShapesWorld split scored (default: the config's ``eval.split``). ``--out``: where
+``metrics.json`` and the pictures (``report/index.html``) go (default ``<run_dir>/eval-step<N>``).
 """
 from __future__ import annotations
 

@@ -141,7 +141,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path!r} could not be read: {_first_line(exc)}") from exc
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path!r} is not a checkpoint of this project (it holds a {type(state).__name__})")
+        raise CheckpointError(f"checkpoint {path!r} is not a checkpoint of this project "
+                              f"(it holds a {type(state).__name__})")
     if DIGEST_KEY not in state:  # written before digests existed, or by another program
         logger.warning("checkpoint %s has no %r digest: its content cannot be verified", path, DIGEST_KEY)
         return state

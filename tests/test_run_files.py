@@ -21,7 +21,7 @@ from loupe_core.eval import evaluate
 from loupe_core.pipeline import load_run, resolve_data
 from loupe_core.train import checkpoint as ckpt
 
-from _trainer_helpers import write_tiny_checkpoint
+from _trainer_helpers import tiny_model, write_tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -217,3 +217,18 @@ def test_progress_prints_lines_where_stderr_is_not_a_terminal(monkeypatch, capsy
     monkeypatch.setattr(progress_module, "LINE_INTERVAL", 3600.0)
     list(batches(10, 4, progress=None, desc="fast"))  # under the interval: no line at all
     assert capsys.readouterr().err == ""
+
+
+def test_the_few_shot_task_reports_its_support_draws(monkeypatch, capsys):
+    """The few-shot task's long part, the CoOp fits of its support draws, reports progress too."""
+    from loupe_core import progress as progress_module
+    from loupe_core.eval.fewshot import evaluate_fewshot
+    from test_fewshot import synthetic_split
+
+    tokenizer = Tokenizer.train(["a photo of a circle.", "a picture of a red triangle.", "a square."])
+    model = tiny_model(tokenizer.vocab_size, patch_size=16, text_max_tokens=16, embed_dim=8, top_k=2)
+    monkeypatch.setattr(progress_module, "LINE_INTERVAL", 0.0)
+    evaluate_fewshot(model, synthetic_split(9, seed=0), synthetic_split(6, seed=1), tokenizer, seeds=(0, 1),
+                     coop_steps=1, batch_size=9)
+    draws = [line.split(",")[0] for line in capsys.readouterr().err.splitlines() if line.startswith("few-shot")]
+    assert draws == [f"few-shot support draws: {n}/4 draw ({25 * n}%)" for n in (1, 2, 3, 4)]

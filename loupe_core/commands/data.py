@@ -89,7 +89,8 @@ def _run(func):
 
 def add_subcommands(subparsers) -> None:
     """Add ``data`` with its own ``shapes`` / ``phrases`` / ``prepare`` subcommands."""
-    data = subparsers.add_parser("data", help="datasets: ShapesWorld shards, phrase precomputation, a tokenizer for your captions",
+    data = subparsers.add_parser("data", help="datasets: ShapesWorld shards, phrase precomputation, a tokenizer "
+                                              "for your captions",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = data.add_subparsers(dest="data_command", required=True, metavar="{shapes,phrases,prepare,tokenizer}")
 

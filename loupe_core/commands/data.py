@@ -88,7 +88,7 @@ def _run(func):
 
 
 def add_subcommands(subparsers) -> None:
-    """Add ``data`` with its own ``shapes`` / ``phrases`` / ``prepare`` subcommands."""
+    """Add ``data`` with its own ``shapes`` / ``phrases`` / ``prepare`` / ``tokenizer`` subcommands."""
     data = subparsers.add_parser("data", help="datasets: ShapesWorld shards, phrase precomputation, a tokenizer "
                                               "for your captions",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -14,6 +14,10 @@ def __getattr__(name):
     # Lazy (PEP 562): Python runs this file before any submodule, so an eager ``from .api import``
     # here would make ``import loupe_core.data`` (or losses, model, ...) load the API layer and,
     # through it, model, eval and train: every lower layer would import the top one.
+    if name == "list_models":  # the config names alone: no need to load torch and the model stack
+        from .config import list_configs
+
+        return list_configs
     if name in __all__:
         from . import api
 

@@ -337,8 +337,8 @@ def load_checkpoint(path: str, device="cpu") -> Loupe:
     if path.endswith(".safetensors"):
         raise CheckpointError(f"path: {path!r} is not the model.safetensors of an export folder "
                               f"(save_pretrained writes model.safetensors and {CONFIG_FILE})")
-    checkpoint = ckpt.resolve_resume(path, None)
-    state = ckpt.load_checkpoint(checkpoint)
+    checkpoint = ckpt.resolve_resume(path, None, flag="path")
+    state = ckpt.load_model_checkpoint(checkpoint)
     cfg = RunConfig.from_dict(state["config"])
     net = Loupe(cfg.model, get_tokenizer(cfg, cfg.model.text_max_tokens))
     net.load_state_dict(model_state_dict(state["model"]))

@@ -45,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from loupe_core.config import RunConfig, save_config
 from loupe_core.global_batch import GLOBAL_ROWS, GLOBAL_SIZE, RANKS
 from loupe_core.objective.losses import ContrastiveBank
+from loupe_core.progress import progress
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.distributed import (DistContext, all_gather_cat, all_reduce_mean, all_reduce_sum, any_rank,
                                           barrier, gather_objects, init_distributed, shard_bounds)
@@ -415,9 +416,7 @@ def _global_counts(counts, ctx: DistContext) -> Optional[dict]:
 
 
 def _progress(enabled: bool, total: int, start: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, disable=not enabled, desc="pretrain", unit="step", dynamic_ncols=True)
+    return progress(total=total, initial=start, enabled=enabled, desc="pretrain", unit="step")
 
 
 def _evaluate_keeping_rng(evaluate_fn, model, ctx: DistContext) -> dict:

@@ -12,7 +12,9 @@ from shapley_kernels._backends import load_extension
 from shapley_kernels.late_interaction import _torch_backend
 
 BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(load_extension("_C") is None,
-                                                                 reason="the C++ extension is not built"))]
+                                                                 reason="the C++ extension is not built")),
+            pytest.param("triton", marks=[pytest.mark.triton, pytest.mark.skipif(
+                "triton" not in sk.available_backends(), reason="triton needs a CUDA device or TRITON_INTERPRET=1")])]
 
 
 def _reference(queries, query_mask, patches):

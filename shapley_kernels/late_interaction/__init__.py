@@ -17,11 +17,12 @@ from typing import Tuple
 
 import torch
 
-from .._backends import resolve_backend
+from .._backends import available_backends, resolve_backend
 from ..checks import check_finite, check_shape, check_tensor
 
-# Backends that implement this op; "auto" picks cpp on the CPU and torch elsewhere.
-LATE_INTERACTION_BACKENDS = ("torch", "cpp")
+# Backends that implement this op. "auto": cpp on the CPU, triton on a CUDA device, else torch.
+LATE_INTERACTION_BACKENDS = ("torch", "cpp", "triton")
+_AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "torch")}
 
 __all__ = ["late_interaction", "late_interaction_max", "LATE_INTERACTION_BACKENDS"]
 
@@ -29,12 +30,15 @@ __all__ = ["late_interaction", "late_interaction_max", "LATE_INTERACTION_BACKEND
 def _backend_module(queries: torch.Tensor, backend):
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
-    name = resolve_backend(backend, queries.device)
-    if name not in LATE_INTERACTION_BACKENDS:
-        if backend != "auto":
+    if backend == "auto":
+        available = available_backends()
+        order = _AUTO_ORDER.get(queries.device.type, ("torch",))
+        name = next(b for b in order if b in available)
+    else:
+        name = resolve_backend(backend, queries.device)   # unknown, unavailable, wrong device: ValueError
+        if name not in LATE_INTERACTION_BACKENDS:
             raise ValueError(f"backend {backend!r} does not implement late_interaction; use one of "
                              f"{list(LATE_INTERACTION_BACKENDS)} or 'auto'")
-        name = "torch"
     return importlib.import_module(f"shapley_kernels.late_interaction._{name}_backend")
 
 
@@ -97,7 +101,9 @@ def late_interaction(queries: torch.Tensor, query_mask, patches: torch.Tensor, *
     without a present query. Memory: O(Bt Bi Q) (an int32 argmax saved for the backward) plus a
     bounded chunk, never O(Bt Bi Q P). The gradient of each max goes to its lowest-index argmax
     patch (module docstring). float64 in (either input), float64 out; float32 otherwise.
-    backend: "auto" (cpp on the CPU, else torch) or one of ``LATE_INTERACTION_BACKENDS``.
+    backend: "auto" (cpp on the CPU, triton on a CUDA device, torch as the fallback) or one of
+    ``LATE_INTERACTION_BACKENDS``. float16 / bfloat16 inputs are upcast to float32 (float32
+    accumulation on every backend).
     NaN / inf in patches or a present query, a mismatched d, or an empty Q, P or d: ValueError.
     """
     queries, query_mask, patches = _prepare(queries, query_mask, patches)

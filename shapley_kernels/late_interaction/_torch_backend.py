@@ -59,17 +59,21 @@ def forward(queries: torch.Tensor, query_mask: torch.Tensor, patches: torch.Tens
 
 def backward(grad: torch.Tensor, queries: torch.Tensor, query_mask: torch.Tensor, patches: torch.Tensor,
              argmax: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(grad_queries float[Bt, Q, d], grad_patches float[Bi, P, d]); see the module docstring."""
+    """(grad_queries float[Bt, Q, d], grad_patches float[Bi, P, d]); see the module docstring.
+
+    Per chunk of captions the shares are scattered into a [rows x Q, Bi x P] matrix, nonzero only
+    at each (t, q, i)'s argmax patch; two GEMMs with it give both gradients."""
     (Bt, Q, d), (Bi, P, _) = queries.shape, patches.shape
     weights = query_weights(query_mask, queries.dtype)
     flat_patches = patches.reshape(Bi * P, d)
-    grad_queries = torch.zeros_like(queries)
+    grad_queries = torch.empty_like(queries)
     grad_patches = torch.zeros_like(flat_patches)
-    image_start = (torch.arange(Bi, device=patches.device) * P)[None, :, None]
-    for rows in _caption_chunks(Bt, Q, Bi, d):
-        share = grad[rows][:, :, None] * weights[rows][:, None, :]           # [t, Bi, Q], 0 at padding
-        row = argmax[rows].long().clamp(min=0) + image_start                  # [t, Bi, Q] rows of flat_patches
-        grad_queries[rows] = torch.einsum("tiq,tiqd->tqd", share, flat_patches[row])
-        contribution = share[..., None] * queries[rows][:, None, :, :]       # [t, Bi, Q, d]
-        grad_patches.index_add_(0, row.reshape(-1), contribution.reshape(-1, d))
+    image_start = (torch.arange(Bi, device=patches.device) * P)[None, None, :]
+    for rows in _caption_chunks(Bt, Q, Bi, P):
+        share = grad[rows][:, None, :] * weights[rows][:, :, None]            # [t, Q, Bi], 0 at padding
+        column = argmax[rows].transpose(1, 2).long().clamp(min=0) + image_start  # [t, Q, Bi] rows of flat_patches
+        scatter = share.new_zeros(share.shape[0] * Q, Bi * P)
+        scatter.scatter_(1, column.reshape(-1, Bi), share.reshape(-1, Bi))
+        grad_queries[rows] = (scatter @ flat_patches).view(-1, Q, d)
+        grad_patches += scatter.t() @ queries[rows].reshape(-1, d)
     return grad_queries, grad_patches.view(Bi, P, d)

@@ -159,3 +159,58 @@ def test_cpu_ops_pass_opcheck():
                        ("late_interaction_backward", (grad, queries, query_mask, patches, argmax))):
         torch.library.opcheck(getattr(torch.ops.shapley_kernels, name).default, args,
                               test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.fixture(scope="module")
+def emulated_cuda(tmp_path_factory):
+    """The CUDA backend's kernel functions with csrc/late_interaction_cuda.cu run on the host."""
+    from _cuda_host_emulation import compiler_missing
+    from _late_interaction_cuda_emulation import build
+    from shapley_kernels.late_interaction import _cuda_backend
+
+    if compiler_missing():
+        pytest.skip(compiler_missing())
+    ext = build(tmp_path_factory.mktemp("late_interaction_emulation"))
+    patch = pytest.MonkeyPatch()
+    patch.setattr(_cuda_backend, "_ext", lambda: ext)
+    yield _cuda_backend.kernels
+    patch.undo()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_emulated_cuda_kernels_match_the_reference(emulated_cuda, dtype, tol):
+    from shapley_kernels.late_interaction import _LateInteraction, _prepare
+
+    def emulated(q, m, p):
+        return _LateInteraction.apply(*_prepare(q, m, p), emulated_cuda)
+
+    for shape in (dict(Bt=5, Bi=3, Q=4, P=7, d=6), dict(Bt=2, Bi=6, Q=1, P=70, d=3)):
+        queries, query_mask, patches = _inputs(dtype=dtype, **shape)
+        got = _values_and_grads(emulated, queries, query_mask, patches)
+        want = _values_and_grads(lambda q, m, p: _reference(q, m, p)[0], queries, query_mask, patches)
+        for a, b in zip(got, want):
+            _assert_close_relative(a, b, tol)
+        best, argmax = emulated_cuda.best(*_prepare(queries, query_mask, patches))
+        _, want_best, want_arg = _reference(queries, query_mask, patches)
+        present = query_mask[:, None, :].expand_as(argmax)
+        _assert_close_relative(best, want_best.masked_fill(~present, 0.0), tol)
+        assert torch.equal(argmax[present].long(), want_arg[present]) and bool((argmax[~present] == -1).all())
+
+
+def test_emulated_cuda_ties_go_to_the_lowest_patch_index(emulated_cuda):
+    from shapley_kernels.late_interaction import _prepare
+
+    queries = torch.ones(2, 2, 3, dtype=torch.float64)
+    patches = torch.zeros(3, 5, 3, dtype=torch.float64)
+    patches[0, 2] = patches[0, 4] = 1.0          # image 0: patches 2 and 4 tie; image 1, 2: all tie at 0
+    _, argmax = emulated_cuda.best(*_prepare(queries, None, patches))
+    assert argmax[:, 0].unique().tolist() == [2] and argmax[:, 1:].unique().tolist() == [0]
+
+
+def test_the_cpu_and_cuda_backends_implement_the_same_three_ops():
+    from shapley_kernels.late_interaction import _cpp_backend, _cuda_backend
+
+    for name in ("late_interaction_forward", "late_interaction_best", "late_interaction_backward"):
+        for key in ("CPU", "CUDA"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"shapley_kernels::{name}", key), (name, key)
+    assert _cpp_backend.kernels._fields == _cuda_backend.kernels._fields == ("forward", "best", "backward")

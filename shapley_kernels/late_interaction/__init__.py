@@ -20,9 +20,10 @@ import torch
 from .._backends import available_backends, resolve_backend
 from ..checks import check_finite, check_shape, check_tensor
 
-# Backends that implement this op. "auto": cpp on the CPU, triton on a CUDA device, else torch.
-LATE_INTERACTION_BACKENDS = ("torch", "cpp", "triton")
-_AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "torch")}
+# Backends that implement this op. "auto": cpp on the CPU; on a CUDA device the tiled Triton
+# kernels, then the simple CUDA ones; torch as the fallback.
+LATE_INTERACTION_BACKENDS = ("torch", "cpp", "triton", "cuda")
+_AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
 
 __all__ = ["late_interaction", "late_interaction_max", "LATE_INTERACTION_BACKENDS"]
 
@@ -101,7 +102,7 @@ def late_interaction(queries: torch.Tensor, query_mask, patches: torch.Tensor, *
     without a present query. Memory: O(Bt Bi Q) (an int32 argmax saved for the backward) plus a
     bounded chunk, never O(Bt Bi Q P). The gradient of each max goes to its lowest-index argmax
     patch (module docstring). float64 in (either input), float64 out; float32 otherwise.
-    backend: "auto" (cpp on the CPU, triton on a CUDA device, torch as the fallback) or one of
+    backend: "auto" (cpp on the CPU; triton, then cuda, on a CUDA device; torch as the fallback) or one of
     ``LATE_INTERACTION_BACKENDS``. float16 / bfloat16 inputs are upcast to float32 (float32
     accumulation on every backend).
     NaN / inf in patches or a present query, a mismatched d, or an empty Q, P or d: ValueError.

@@ -3,6 +3,7 @@ einsum path beside the fused op (``shapley_kernels.late_interaction``), peak mem
 
     OMP_NUM_THREADS=1 python benchmarks/late_interaction_scaling.py fine --sizes 64,128,256,512,1024,2048,4096
     OMP_NUM_THREADS=1 python benchmarks/late_interaction_scaling.py step --sizes 64,512
+    OMP_NUM_THREADS=1 python benchmarks/late_interaction_scaling.py labels --sizes 64,512,4096
 
 ``fine``: ``fine_contrastive_loss`` forward + backward on random L2-normalised queries [B, Q, d]
 (each caption with 1..Q present queries), patches [B, P, d] (defaults: the ``default`` recipe's
@@ -14,9 +15,13 @@ with ``SHAPLEY_KERNELS_DISABLE``. ``--device cuda`` runs the term on the GPU (be
 and measures peak memory with ``torch.cuda.max_memory_allocated`` (above what the inputs hold);
 without a CUDA device it prints that it skipped and exits 0.
 ``step``: one process per variant runs the real training loop (``loupe_core.train.train``, data
-loading included) for ``--steps`` steps of the ``default`` config at batch B: ``cmc`` (the CMC-only
+loading included, through ``bench_compile.main``) for ``--steps`` steps of the ``default`` config at batch B: ``cmc`` (the CMC-only
 step: ``loss.tsa=false loss.fine_contrast=0``), ``default-einsum`` (today's term) and ``default``
 (the op); time = median s/iter after the first step.
+
+``labels``: ``max_game_region_values`` (phi, excess and the Shapley IoU) of B x Q maximum games
+over the P patches of a square grid, ``--candidates`` random rectangles broadcast to every game
+(the default recipe's dense labels of matched pairs, issue 30 item 3).
 
 Every case runs in a fresh child process. Peak memory = the child's peak resident set (VmHWM,
 reset through /proc/self/clear_refs just before each measured call, after a warm-up call
@@ -110,29 +115,46 @@ def run_fine(B: int, path: str, Q: int, P: int, d: int, repeats: int, device: st
 
 
 def run_step(B: int, variant: str, steps: int, root: str) -> dict:
-    import torch
+    """The real loop through ``bench_compile.main`` (eager): its steady median after the first step."""
+    import contextlib
+    import io
 
-    from loupe_core.config import load_config
-    from loupe_core.objective import LoupeObjective
-    from loupe_core.pipeline import build_data, seed_everything
-    from loupe_core.train import train
-    from loupe_core.train.distributed import DistContext
+    import bench_compile
 
     if variant == "default-einsum":
         _use_einsum()
     extra = ["loss.tsa=false", "loss.fine_contrast=0"] if variant == "cmc" else []
-    cfg = load_config("default", [f"data.root={root}", f"data.train_size={max(4000, B)}", f"train.batch_size={B}",
-                                  f"train.steps={steps}", "train.log_every=1", "train.ckpt_every=0",
-                                  "train.tensorboard=false", "train.progress=false", "eval.final=false", *extra])
-    seed_everything(cfg.train.seed)
-    data = build_data(cfg, DistContext())
-    objective = LoupeObjective(cfg.model, cfg.loss)
-    with tempfile.TemporaryDirectory() as run_dir:
-        result = train(cfg, run_dir, objective, data.train, data.collate)
-        rows = [json.loads(line) for line in open(result.history_path)]
-    secs = [B / r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r]
-    return {"seconds": statistics.median(secs[1:] or secs), "first_s": secs[0], "peak_mib": _memory_kib("VmHWM") / 1024,
-            "threads": torch.get_num_threads(), "last_loss": result.losses[-1]}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        bench_compile.main(["--config", "default", "--steps", str(steps), "--skip", "1", "--root", root,
+                            f"train.batch_size={B}", f"data.train_size={max(4000, B)}", *extra])
+    result = json.loads(printed.getvalue().strip().splitlines()[-1])
+    return {"seconds": result["steady_median_s"], "first_s": result["first_step_s"],
+            "peak_mib": _memory_kib("VmHWM") / 1024, "threads": result["threads"], "last_loss": result["last_loss"]}
+
+
+def run_labels(B: int, Q: int, P: int, candidates: int) -> dict:
+    """``max_game_region_values`` (all three scores) on B x Q maximum games over P patches (a square
+    grid) with ``candidates`` random rectangles of it, broadcast to every game (issue 30, item 3)."""
+    import torch
+
+    import shapley_kernels as sk
+
+    side = int(round(P ** 0.5))
+    g = torch.Generator().manual_seed(0)
+    rows, cols = (torch.randint(0, side, (candidates, 2), generator=g).sort(dim=1).values for _ in range(2))
+    r = torch.arange(side)
+    inside_rows = (r[None, :] >= rows[:, :1]) & (r[None, :] <= rows[:, 1:])                 # [K, side]
+    inside_cols = (r[None, :] >= cols[:, :1]) & (r[None, :] <= cols[:, 1:])
+    regions = (inside_rows[:, :, None] & inside_cols[:, None, :]).reshape(candidates, side * side)
+    values = torch.randn(B, Q, side * side, generator=g)
+    names = ("phi", "excess", "shapley_iou")
+    sk.max_game_region_values(values[:1], regions, score=names)                                 # warm-up
+    base = _reset_peak()
+    start = time.perf_counter()
+    sk.max_game_region_values(values, regions[None, None], score=names)
+    return {"seconds": time.perf_counter() - start, "peak_mib": (_memory_kib("VmHWM") - base) / 1024,
+            "largest_region": int(regions.sum(dim=1).max())}
 
 
 def _child(args: list, hidden: str = "") -> dict:
@@ -148,13 +170,14 @@ def _child(args: list, hidden: str = "") -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("fine", "step", "child-fine", "child-step"))
+    p.add_argument("what", choices=("fine", "step", "labels", "child-fine", "child-step", "child-labels"))
     p.add_argument("--sizes", default="64,128,256,512,1024,2048,4096")
     p.add_argument("--paths", default=None,
                    help=f"fine: {','.join(FINE_PATHS)} (and op-cuda on a GPU); step: {','.join(STEP_VARIANTS)}")
     p.add_argument("--Q", type=int, default=8)
     p.add_argument("--P", type=int, default=64)
     p.add_argument("--d", type=int, default=64)
+    p.add_argument("--candidates", type=int, default=256, help="labels: candidate rectangles per image")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "loupe_bench_li_data"))
@@ -174,10 +197,14 @@ def main(argv=None) -> None:
     if a.what == "child-fine":
         print(json.dumps(run_fine(sizes[0], a.paths, a.Q, a.P, a.d, a.repeats, a.device)))
         return
+    if a.what == "child-labels":
+        print(json.dumps(run_labels(sizes[0], a.Q, a.P, a.candidates)))
+        return
     if a.what == "child-step":
         print(json.dumps(run_step(sizes[0], a.paths, a.steps, a.root)))
         return
-    paths = a.paths.split(",") if a.paths else list(FINE_PATHS if a.what == "fine" else STEP_VARIANTS)
+    default_paths = {"fine": FINE_PATHS, "step": STEP_VARIANTS, "labels": ("max_game_region_values",)}
+    paths = a.paths.split(",") if a.paths else list(default_paths[a.what])
     rows = []
     for B in sizes:
         for path in paths:
@@ -188,6 +215,9 @@ def main(argv=None) -> None:
                 result = _child(["child-fine", "--sizes", str(B), "--paths", path, "--Q", str(a.Q), "--P", str(a.P),
                                  "--d", str(a.d), "--repeats", str(1 if B >= 1024 else a.repeats),
                                  "--device", a.device], hidden=HIDDEN[path])
+            elif a.what == "labels":
+                result = _child(["child-labels", "--sizes", str(B), "--Q", str(a.Q), "--P", str(a.P),
+                                 "--candidates", str(a.candidates)])
             else:
                 result = _child(["child-step", "--sizes", str(B), "--paths", path, "--steps", str(a.steps),
                                  "--root", a.root])

@@ -151,6 +151,8 @@ def test_bad_inputs_raise_naming_the_argument():
 
 @pytest.mark.skipif(load_extension("_C") is None, reason="the C++ extension is not built")
 def test_cpu_ops_pass_opcheck():
+    from shapley_kernels.late_interaction import _cpp_backend  # noqa: F401  (defines the ops, registers their CPU kernels)
+
     queries, query_mask, patches = _inputs()
     similarity, argmax = torch.ops.shapley_kernels.late_interaction_forward(queries, query_mask, patches)
     grad = torch.randn(similarity.shape, dtype=similarity.dtype)

@@ -20,8 +20,8 @@ import torch
 from .._backends import available_backends, resolve_backend
 from ..checks import check_finite, check_shape, check_tensor
 
-# Backends that implement this op. "auto": cpp on the CPU; on a CUDA device the tiled Triton
-# kernels, then the simple CUDA ones; torch as the fallback.
+# Backends that implement this op (every one of _backends.BACKENDS). "auto": cpp on the CPU; on a
+# CUDA device the tiled Triton kernels, then the simple CUDA ones; torch as the fallback.
 LATE_INTERACTION_BACKENDS = ("torch", "cpp", "triton", "cuda")
 _AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
 
@@ -37,9 +37,6 @@ def _backend_module(queries: torch.Tensor, backend):
         name = next(b for b in order if b in available)
     else:
         name = resolve_backend(backend, queries.device)   # unknown, unavailable, wrong device: ValueError
-        if name not in LATE_INTERACTION_BACKENDS:
-            raise ValueError(f"backend {backend!r} does not implement late_interaction; use one of "
-                             f"{list(LATE_INTERACTION_BACKENDS)} or 'auto'")
     return importlib.import_module(f"shapley_kernels.late_interaction._{name}_backend")
 
 

@@ -117,6 +117,13 @@ std::vector<at::Tensor> late_interaction_best(const at::Tensor& queries, const a
   return {best, argmax};
 }
 
+// dst[0..d) += scale * src[0..d)
+template <typename scalar_t>
+inline void add_scaled(scalar_t* dst, const scalar_t* src, scalar_t scale, int64_t d) {
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) dst[k] += scale * src[k];
+}
+
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& grad, const at::Tensor& queries, const at::Tensor& query_mask,
                      const at::Tensor& patches, const at::Tensor& argmax, at::Tensor& grad_queries,
@@ -136,33 +143,20 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& queries, const at
     for (int64_t q = 0; q < Q; ++q) n += mask[t * Q + q];
     weight[t] = n > 0 ? scalar_t(1) / static_cast<scalar_t>(n) : scalar_t(0);
   }
-  at::parallel_for(0, Bt, 1, [&](int64_t begin, int64_t end) {  // grad_queries[t, q] = sum_i share * p[i, arg]
+  // padded queries have argmax -1: skipped
+  at::parallel_for(0, Bt, 1, [&](int64_t begin, int64_t end) {  // grad_queries[t, q] += share * patches[i, arg]
     for (int64_t t = begin; t < end; ++t)
-      for (int64_t i = 0; i < Bi; ++i) {
-        const scalar_t share = g[t * Bi + i] * weight[t];
-        for (int64_t q = 0; q < Q; ++q) {
-          const int32_t p = arg[(t * Bi + i) * Q + q];
-          if (p < 0 || !mask[t * Q + q]) continue;
-          const scalar_t* src = p_data + (i * P + p) * d;
-          scalar_t* dst = gq + (t * Q + q) * d;
-#pragma omp simd
-          for (int64_t k = 0; k < d; ++k) dst[k] += share * src[k];
-        }
-      }
+      for (int64_t i = 0; i < Bi; ++i)
+        for (int64_t q = 0; q < Q; ++q)
+          if (const int32_t p = arg[(t * Bi + i) * Q + q]; p >= 0)
+            add_scaled(gq + (t * Q + q) * d, p_data + (i * P + p) * d, g[t * Bi + i] * weight[t], d);
   });
-  at::parallel_for(0, Bi, 1, [&](int64_t begin, int64_t end) {  // grad_patches[i, arg] += share * q[t, q]
+  at::parallel_for(0, Bi, 1, [&](int64_t begin, int64_t end) {  // grad_patches[i, arg] += share * queries[t, q]
     for (int64_t i = begin; i < end; ++i)
-      for (int64_t t = 0; t < Bt; ++t) {
-        const scalar_t share = g[t * Bi + i] * weight[t];
-        for (int64_t q = 0; q < Q; ++q) {
-          const int32_t p = arg[(t * Bi + i) * Q + q];
-          if (p < 0 || !mask[t * Q + q]) continue;
-          const scalar_t* src = q_data + (t * Q + q) * d;
-          scalar_t* dst = gp + (i * P + p) * d;
-#pragma omp simd
-          for (int64_t k = 0; k < d; ++k) dst[k] += share * src[k];
-        }
-      }
+      for (int64_t t = 0; t < Bt; ++t)
+        for (int64_t q = 0; q < Q; ++q)
+          if (const int32_t p = arg[(t * Bi + i) * Q + q]; p >= 0)
+            add_scaled(gp + (i * P + p) * d, q_data + (t * Q + q) * d, g[t * Bi + i] * weight[t], d);
   });
 }
 

@@ -30,6 +30,14 @@ def test_late_interaction_similarity_matches_loops():
     torch.testing.assert_close(got.double(), _reference_similarity(q, qmask, p), atol=1e-6, rtol=1e-6)
 
 
+def test_late_interaction_similarity_without_query_slots_is_zero_with_graph():
+    q = torch.zeros(3, 0, 5, requires_grad=True)
+    p = torch.randn(2, 6, 5, requires_grad=True)
+    s = late_interaction_similarity(q, torch.zeros(3, 0, dtype=torch.bool), p)
+    s.sum().backward()
+    assert s.shape == (3, 2) and float(s.abs().sum()) == 0.0 and float(p.grad.abs().sum()) == 0.0
+
+
 def test_fine_contrastive_loss_is_the_symmetric_cross_entropy_of_the_kept_captions():
     g = torch.Generator().manual_seed(1)
     q = F.normalize(torch.randn(4, 3, 8, generator=g), dim=-1)

@@ -1,10 +1,10 @@
 """What makes a training step's loss the same for any number of processes (DDP).
 
 One optimiser step consumes a global batch of G pairs (``train.batch_size``). The trainer hands
-each micro-batch its pairs' rows in that batch (batch keys ``global_rows`` long[b] and
-``global_size`` int, docs/CONTRACTS.md s3; a batch without them is its own global batch), and
-everything budgeted or random in the loss is a function of those rows, never of a pair's place
-in its rank's micro-batch:
+the objective, with each micro-batch, its pairs' rows in that batch and its size G (in the
+``objective.step.StepContext``, never in the batch dict; without them a batch is its own global
+batch), and everything budgeted or random in the loss is a function of those rows, never of a
+pair's place in its rank's micro-batch:
 
 - label budget: the ``loss.pairs_per_step`` P labelled pairs of a step are the global rows
   floor(k G / P), k < min(P, G), spread evenly over the batch so that the ranks share the work;
@@ -17,7 +17,7 @@ in its rank's micro-batch:
   pair (docs/RELIABILITY.md).
 - normalisation: a term that is a mean over items of the batch (images, regions, captions,
   UNSIL targets) is :func:`global_mean` (sum, count): with :class:`Ranks` of W > 1 processes
-  (batch key ``ranks``, handed over by the trainer; nothing here reads torch.distributed's global
+  (in the step context, handed over by the trainer; nothing here reads torch.distributed's global
   state), this rank's share W x its sum / the count summed over ranks, whose mean over
   ranks (what DDP's gradient averaging and the trainer's logs take) is the mean over every
   rank's items; one process: sum / count.
@@ -36,32 +36,19 @@ its label and UNSIL code on empty tensors).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
-GLOBAL_ROWS = "global_rows"  # batch key: long[b], each pair's row in the step's global batch
-GLOBAL_SIZE = "global_size"  # batch key: int, the global batch size G
-_STREAMS = {"candidates": 8, "token_decision": 9, "views": 10, "semantic_decision": 11}  # beside labels.STREAMS (0..3)
-_SEED_STRIDE = 1_000_003  # as labels.SAMPLE_SEED_STRIDE
+# the one table of seed streams: stream s of step t is seeded t * SEED_STRIDE + STREAMS[s]
+STREAMS = {"token": 0, "semantic": 1, "token_probe": 2, "semantic_probe": 3,
+           "candidates": 8, "token_decision": 9, "views": 10, "semantic_decision": 11}
+SEED_STRIDE = 1_000_003
 _MASK64 = (1 << 64) - 1
 
 
 # ---------------------------------------------------------------- rows and budget
-def batch_rows(batch: dict) -> Tuple[torch.Tensor, int]:
-    """(rows long[b] on the CPU, G): each pair's row in the step's global batch and its size;
-    ``arange(b), b`` for a batch without ``global_rows``."""
-    b = int(batch["input_ids"].shape[0])
-    rows = batch.get(GLOBAL_ROWS)
-    if rows is None:
-        return torch.arange(b), b
-    rows = torch.as_tensor(rows).detach().cpu().long()
-    if rows.shape != (b,):
-        raise ValueError(f"batch[{GLOBAL_ROWS!r}] must be long[{b}] (one row per pair), got {list(rows.shape)}")
-    return rows, int(batch.get(GLOBAL_SIZE, int(rows.max()) + 1 if b else 0))
-
-
 def labelled_rows(size: int, budget: int) -> torch.Tensor:
     """long[min(budget, size)]: the global rows floor(k size / P) that carry labels (P = min(budget, size))."""
     count = min(int(budget), int(size))
@@ -83,9 +70,10 @@ def _mix64(x: int) -> int:
 
 
 def stream_seed(step: int, stream: str) -> int:
-    """Seed of a per-pair stream (``_STREAMS``: "candidates", "token_decision", "views",
-    "semantic_decision") at ``step`` (as ``labels.step_seed``)."""
-    return int(step) * _SEED_STRIDE + _STREAMS[stream]
+    """Deterministic seed of ``stream`` (a key of ``STREAMS``) at ``step``: same step, same draws
+    (resume-safe). The label streams ("token", "semantic", their "_probe"s) seed whole calls; the
+    others are split per pair by :func:`pair_seed`."""
+    return int(step) * SEED_STRIDE + STREAMS[stream]
 
 
 def pair_seed(seed: int, row: int) -> int:
@@ -175,7 +163,7 @@ class Ranks(NamedTuple):
     """The processes that share one step's global batch (torch.distributed with W > 1): this
     process's ``rank``, their number ``size`` W and their process ``group`` (None: the default one).
 
-    The trainer hands it to the model with each micro-batch (batch key :data:`RANKS`); the
+    The trainer hands it to the objective with each micro-batch (in the step context); the
     functions below take it as an argument and never read torch.distributed's global state: with
     ``ranks=None`` (one process) they are local.
     """
@@ -183,19 +171,6 @@ class Ranks(NamedTuple):
     rank: int
     size: int
     group: Any = None
-
-
-RANKS = "ranks"  # batch key: the Ranks sharing the batch, absent or None for one process
-
-
-def batch_ranks(batch: dict) -> Optional[Ranks]:
-    """The batch's :class:`Ranks` (key :data:`RANKS`), None for one process."""
-    ranks = batch.get(RANKS)
-    if ranks is None:
-        return None
-    if not isinstance(ranks, Ranks):
-        raise ValueError(f"batch[{RANKS!r}] must be a global_batch.Ranks or None, got {type(ranks).__name__}")
-    return ranks if ranks.size > 1 else None
 
 
 def many_ranks(ranks: Optional[Ranks]) -> bool:

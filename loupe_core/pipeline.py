@@ -25,6 +25,7 @@ from loupe_core.api import load_checkpoint
 from loupe_core.config import RunConfig, apply_overrides, load_config
 from loupe_core.data.csv_loader import CsvPairs, CsvStream
 from loupe_core.data.webdataset_loader import webdataset_pipeline
+from loupe_core.errors import ConfigError
 from loupe_core.eval import evaluate as run_eval
 from loupe_core.eval import splits
 from loupe_core.objective import LoupeObjective
@@ -104,7 +105,7 @@ def _stream_data(cfg: RunConfig, ctx: DistContext, max_tokens: int) -> RunData:
     source = "train_shards" if dc.dataset == "webdataset" else "train_csv"
     for key in (source, "tokenizer", "eval_paths"):
         if getattr(dc, key) is None:
-            raise ValueError(f"data.{key} must be set for data.dataset={dc.dataset!r}")
+            raise ConfigError(f"data.{key} must be set for data.dataset={dc.dataset!r}")
     tokenizer = data.Tokenizer.from_file(dc.tokenizer, max_length=max_tokens)
     micro = cfg.train.batch_size // (ctx.world_size * cfg.train.accum_steps)
     if dc.dataset == "webdataset":
@@ -142,7 +143,7 @@ def pretrain(cfg: RunConfig, run_dir: str, *, resume: Optional[str] = None, stop
         seed_everything(cfg.train.seed)
         run_data = build_data(cfg, ctx)
         if run_data.tokenizer.vocab_size > cfg.model.text_vocab_size:
-            raise ValueError(f"model.text_vocab_size={cfg.model.text_vocab_size} is smaller than the tokenizer's "
+            raise ConfigError(f"model.text_vocab_size={cfg.model.text_vocab_size} is smaller than the tokenizer's "
                              f"vocabulary ({run_data.tokenizer.vocab_size})")
         objective = LoupeObjective(cfg.model, cfg.loss)
         if cfg.model.image_init is not None:
@@ -181,11 +182,11 @@ def initialise_image_tower(model, source: str) -> None:
         try:
             trained = load_checkpoint(source)
         except ValueError as exc:
-            raise ValueError(f"model.image_init: {exc}") from None
+            raise ConfigError(f"model.image_init: {exc}") from None
     try:
         model.image_tower.load_state_dict(trained.image_tower.state_dict())
     except RuntimeError as exc:
-        raise ValueError(f"model.image_init {source!r}: its image tower does not fit this config "
+        raise ConfigError(f"model.image_init {source!r}: its image tower does not fit this config "
                          f"({str(exc).splitlines()[0]})") from None
 
 

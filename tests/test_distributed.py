@@ -15,6 +15,8 @@ import torch.multiprocessing as mp
 
 from _trainer_helpers import PairData, PairModel, collate, pair_config
 from loupe_core import global_batch as gb
+from loupe_core.errors import DivergenceError
+from loupe_core.objective.step import StepContext
 from loupe_core.train.distributed import DistContext, init_distributed, shard_bounds, shutdown
 from loupe_core.train.trainer import _unused_parameters, train
 
@@ -201,7 +203,8 @@ def test_the_probe_finds_the_parameters_a_config_leaves_out():
         model = LoupeObjective(cfg.model, cfg.loss)
         buffers = [b.clone() for b in model.buffers()]
         draw = torch.get_rng_state()
-        names = _unused_parameters(model, make_batch(), cfg, DistContext(), 8, 10)  # after UNSIL's warm-up
+        names = _unused_parameters(model, make_batch(), StepContext(index=8, total_steps=10, diagnostics=False), cfg,
+                                   DistContext())  # after UNSIL's warm-up
         heads = {"model.region_logit_scale"} | {n for n, _ in model.named_parameters()
                                                 if n.startswith("model.region_head.")}
         assert set(names) == (heads if over else set()), names
@@ -312,13 +315,13 @@ def test_the_losses_span_the_ranks_they_are_given_not_the_process_group(tmp_path
 
 
 class _FailsOnOneRank(PairModel):
-    """PairModel whose forward raises a non-finite ValueError on rank 1 at step 1, as a library
-    check does on activations that overflowed on that rank's data only."""
+    """PairModel whose forward raises ``DivergenceError`` on rank 1 at step 1, as the objective's label
+    games do on activations that overflowed on that rank's data only."""
 
-    def forward(self, batch, step=0, total_steps=1, **kwargs):
-        if step == 1 and not kwargs.get("embed_only") and int(os.environ["RANK"]) == 1:
-            raise ValueError("image activations contain NaN")
-        return super().forward(batch, step, total_steps, **kwargs)
+    def forward(self, batch, step=None, embed_only=False):
+        if not embed_only and step.index == 1 and int(os.environ["RANK"]) == 1:
+            raise DivergenceError("image activations contain NaN")
+        return super().forward(batch, step, embed_only)
 
 
 def _one_rank_fails_worker(rank, world, port, out_dir):

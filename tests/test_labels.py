@@ -153,8 +153,10 @@ def test_hybrid_labels_mix_and_train(warmup, bias, want_sampled):
 
 
 def test_step_seeds_differ_per_stream_and_step():
-    seeds = {lab.step_seed(s, k) for s in range(3) for k in lab.STREAMS}
-    assert len(seeds) == 3 * len(lab.STREAMS)
+    from loupe_core import global_batch as gb
+
+    seeds = {gb.stream_seed(s, k) for s in range(3) for k in gb.STREAMS}
+    assert len(seeds) == 3 * len(gb.STREAMS)
 
 
 def test_hybrid_gate_samples_everything_while_unsil_does_not_track():

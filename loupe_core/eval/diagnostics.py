@@ -85,6 +85,7 @@ import torch.nn.functional as F
 from shapley_kernels.alignment import EXACT_LIMIT
 from shapley_kernels.checks import check_count, check_finite, check_tensor
 
+from ..global_batch import SEED_STRIDE
 from ..objective import labels as lab
 from ..model.loupe import masked_mean_embedding
 from ..objective.loupe_objective import semantic_unsil_inputs, token_unsil_inputs
@@ -447,7 +448,7 @@ def _token_label_metrics(objective, tokenizer, images, texts, object_boxes, obje
                                         num_samples=lcfg.token_num_samples, seed=seed, score=LABEL_SCORES, **common)
         reference = lab.token_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,
                                            num_samples=REFERENCE_FACTOR * lcfg.token_num_samples,
-                                           seed=seed + lab.SAMPLE_SEED_STRIDE, score=encoder_target, **common)
+                                           seed=seed + SEED_STRIDE, score=encoder_target, **common)
         unsil_label = None
         if "token" in objective.unsil:
             unsil = objective.unsil["token"]

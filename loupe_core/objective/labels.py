@@ -15,17 +15,10 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 import shapley_kernels as sk
+from ..errors import DivergenceError
+from ..global_batch import stream_seed
 from .losses import unsil_loss
 from .unsil import Unsil, UnsilInputs
-
-SAMPLE_SEED_STRIDE = 1_000_003  # seed of step t, stream s: t * stride + s (streams below)
-STREAMS = {"token": 0, "semantic": 1, "token_probe": 2, "semantic_probe": 3}
-
-
-def step_seed(step: int, stream: str) -> int:
-    """Deterministic per-step seed of a label stream (same step, same labels; resume-safe)."""
-    return int(step) * SAMPLE_SEED_STRIDE + STREAMS[stream]
-
 
 @contextlib.contextmanager
 def inference_mode(*modules):
@@ -41,9 +34,12 @@ def inference_mode(*modules):
             m.train(flag)
 
 
-def _for_engine(x: torch.Tensor) -> torch.Tensor:
-    """Detached, float64 kept, anything else (bf16/fp16 under autocast) as float32."""
+def _for_engine(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Detached, float64 kept, anything else (bf16/fp16 under autocast) as float32.
+    ``DivergenceError`` naming ``name`` where the model's features hold NaN or inf (training diverged)."""
     x = x.detach()
+    if not bool(torch.isfinite(x).all()):
+        raise DivergenceError(f"the label game's {name} hold NaN or inf values: the model's features diverged")
     return x if x.dtype == torch.float64 else x.float()
 
 
@@ -59,7 +55,8 @@ def token_interactions(image_tower, text_tower, image_tokens, text_tokens, text_
     or a tuple of them: then a dict name -> float[P, K], all on the same draws.
     """
     with inference_mode(image_tower, text_tower):
-        est = sk.region_interaction(image_tower, text_tower, _for_engine(image_tokens), _for_engine(text_tokens),
+        est = sk.region_interaction(image_tower, text_tower, _for_engine("image tokens", image_tokens),
+                                    _for_engine("text tokens", text_tokens),
                                     regions, text_mask=text_mask, baseline=baseline, method=method,
                                     num_samples=num_samples, seed=seed, score=score)
     return {name: e.value for name, e in est.items()} if isinstance(est, dict) else est.value
@@ -90,8 +87,8 @@ def semantic_interactions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mas
     rows = phrase_mask.any(dim=1) & region_mask.any(dim=1)
     if bool(rows.any()):
         out[rows] = sk.region_phrase_interaction(
-            _for_engine(A[rows]).contiguous(), region_mask[rows], phrase_mask[rows], method=method,
-            num_samples=num_samples if method == "sampling" else None, seed=seed).to(A.dtype)
+            _for_engine("alignment logits A", A[rows]).contiguous(), region_mask[rows], phrase_mask[rows],
+            method=method,            num_samples=num_samples if method == "sampling" else None, seed=seed).to(A.dtype)
     return out
 
 
@@ -145,7 +142,7 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
     else:
         need = hybrid_decision(sigma) if uniforms is None else uniforms.to(sigma) <= sigma.detach()
     index = need.nonzero().squeeze(1)
-    sampled = sample(index, step_seed(step, level)).to(estimate.dtype) if index.numel() else estimate.new_zeros(0)
+    sampled = sample(index, stream_seed(step, level)).to(estimate.dtype) if index.numel() else estimate.new_zeros(0)
     # estimates made before training on them; on every rank, also one without a sampled target
     unsil.track(estimate[index] * unsil.scale(), sampled, ranks)
     unsil.observe(sampled, ranks)
@@ -158,9 +155,9 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
             f"unsil_corr_{level}": unsil.correlation(), f"unsil_gated_{level}": float(gated)}
     if probe_size > 0 and T > 0:
         # the probe's own seeded stream: probing or not never changes the global RNG
-        chooser = torch.Generator().manual_seed(step_seed(step, f"{level}_probe"))
+        chooser = torch.Generator().manual_seed(stream_seed(step, f"{level}_probe"))
         probe = torch.randperm(T, generator=chooser)[:probe_size].to(estimate.device)
-        fresh = sample(probe, step_seed(step, f"{level}_probe")).to(estimate.dtype)
+        fresh = sample(probe, stream_seed(step, f"{level}_probe")).to(estimate.dtype)
         logs[f"unsil_probe_error_{level}"] = float((estimate.detach()[probe] - fresh / scale).abs().mean())
     return LevelLabels(values, need, loss, logs)
 
@@ -179,7 +176,7 @@ def alignment_game_labels(patch_emb: torch.Tensor, phrases: torch.Tensor, phrase
     fits one phrase's object (a mean would rank a box that half fits two objects above one that
     fits one). 0 for a caption without a phrase.
     """
-    cosines = phrases @ patch_emb.transpose(1, 2)                                         # [B, M, N]
+    cosines = _for_engine("patch-phrase cosines", phrases @ patch_emb.transpose(1, 2))      # [B, M, N]
     names = (score,) if isinstance(score, str) else tuple(score)
     scores = sk.max_game_region_values(cosines, region_masks[:, None], score=names)       # {name: [B, M, K]}
     present = phrase_mask[..., None]

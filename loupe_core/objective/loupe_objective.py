@@ -3,9 +3,9 @@
 
 ``LoupeObjective(model, loss_config)`` wraps the model (its features: encoders, region head,
 alignment logits) with what training adds to it: the loss configuration, the Shapley labels of
-both levels (``labels``) and UNSIL's networks. ``objective(batch, step=, total_steps=, bank=)``
-returns ``LossOutput`` with the enabled terms; ``objective(batch, embed_only=True)`` the global
-embeddings (the trainer's contrastive bank). The trainer trains and checkpoints the objective
+both levels (``labels``) and UNSIL's networks. ``objective(batch, step)`` (``step`` a
+``StepContext``, built by the trainer) returns ``LossOutput`` with the enabled terms;
+``objective(batch, embed_only=True)`` the global embeddings (the trainer's contrastive bank). The trainer trains and checkpoints the objective
 (state dict keys ``model.*`` and ``unsil.*``).
 """
 import time
@@ -21,8 +21,9 @@ from ..model import LoupeModel, ModelConfig
 from ..model.loupe import as_config, masked_mean_embedding
 from . import labels as lab
 from .config import LossConfig
-from .losses import (ContrastiveBank, LossOutput, cmc_loss, fine_contrastive_loss, fsa_loss, pacl_loss, simclr_loss,
+from .losses import (LossOutput, cmc_loss, fine_contrastive_loss, fsa_loss, pacl_loss, simclr_loss,
                      tsa_loss)
+from .step import StepContext
 from .unsil import Unsil, UnsilInputs
 
 BATCH_KEYS = ("images", "input_ids", "text_mask")
@@ -109,11 +110,11 @@ class LoupeObjective(nn.Module):
         """``nn.Module.load_state_dict``, also of a state dict in the earlier layout (``upgrade_state_dict``)."""
         return super().load_state_dict(upgrade_state_dict(state_dict), strict=strict, assign=assign)
 
-    def forward(self, batch: dict, step: int = 0, total_steps: int = 1,
-                bank: Optional[ContrastiveBank] = None, embed_only: bool = False, diagnostics: bool = True):
-        """Training: LossOutput(total, terms, logs). ``embed_only``: (img_global, txt_global) float[b, d].
+    def forward(self, batch: dict, step: Optional[StepContext] = None, embed_only: bool = False):
+        """Training: LossOutput(total, terms, logs) of the batch at ``step`` (default: one process,
+        step 0 of 1). ``embed_only``: (img_global, txt_global) float[b, d].
 
-        ``diagnostics=False`` skips UNSIL's probe (fresh samples that only feed the
+        ``step.diagnostics=False`` skips UNSIL's probe (fresh samples that only feed the
         ``unsil_probe_error_*`` logs); the trainer asks for it on the steps it logs.
         """
         lcfg, model = self.loss_config, self.model
@@ -127,10 +128,11 @@ class LoupeObjective(nn.Module):
         text_tokens, txt = model.encode_text_tokens(batch["input_ids"], batch["text_mask"])
         if embed_only:
             return img.global_emb, txt.global_emb
-        warmup = step < lcfg.warmup_fraction * total_steps
-        probe_size = lcfg.probe_size if diagnostics else 0
-        rows, size = gb.batch_rows(batch)  # each pair's row in the step's global batch: budget and seeds (DDP)
-        ranks = gb.batch_ranks(batch)      # the processes sharing it: means and contrast sets span them
+        context = (step or StepContext()).for_batch(int(batch["input_ids"].shape[0]))
+        warmup = context.in_warmup(lcfg.warmup_fraction)
+        probe_size = lcfg.probe_size if context.diagnostics else 0
+        rows, size = context.rows, context.global_size  # each pair's row in the global batch: budget and seeds
+        ranks, bank, step = context.ranks, context.bank, context.index  # means and contrast sets span the ranks
         terms, logs, unsil_terms = {}, {}, []
         if lcfg.cmc:
             terms["cmc"] = cmc_loss(img.global_emb, txt.global_emb, model.contrastive_scale(), bank, ranks)
@@ -227,7 +229,7 @@ class LoupeObjective(nn.Module):
         if lcfg.token_source != "hybrid":
             start = time.perf_counter()
             values = gb.token_scores_by_pair(lab.token_interactions, None, towers, image_tokens, text_tokens,
-                                             text_mask, token_masks, rows, lab.step_seed(step, "token"),
+                                             text_mask, token_masks, rows, gb.stream_seed(step, "token"),
                                              method=lcfg.token_source, **common)
             return values.to(patch_emb.dtype), labelled, None, {"label_time_token": time.perf_counter() - start}
         # one-patch regions: no sampling, no UNSIL target
@@ -260,7 +262,7 @@ class LoupeObjective(nn.Module):
         long[B], ``global_batch.semantic_scores_by_pair``), so they do not depend on its batch or rank.
         """
         lcfg = self.loss_config
-        seed = lab.step_seed(step, "semantic")
+        seed = gb.stream_seed(step, "semantic")
         if lcfg.semantic_source == "exact":
             start = time.perf_counter()
             values = lab.semantic_interactions(A, region_mask, phrase_mask, method="exact",

@@ -36,6 +36,7 @@ its label and UNSIL code on empty tensors).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple, Optional
 
 import torch
@@ -159,6 +160,29 @@ def semantic_scores_by_pair(interactions, A, region_mask, phrase_mask, rows, see
 
 
 # ---------------------------------------------------------------- collectives
+_LOCAL_ONLY: list = []  # what runs now under local_only (innermost last)
+
+
+@contextlib.contextmanager
+def local_only(where: str):
+    """Within it, a call of a collective below (:func:`global_mean`, :func:`global_sum`,
+    :func:`global_moments`, :func:`gather_with_grad`, :func:`gather_padded`) raises RuntimeError
+    naming ``where``, on any number of processes: code that runs on some steps or some ranks only
+    (a diagnostic, a term marked ``collective = False``) cannot make one, which would hang the
+    other ranks of a multi-process run."""
+    _LOCAL_ONLY.append(where)
+    try:
+        yield
+    finally:
+        _LOCAL_ONLY.pop()
+
+
+def _collective(name: str) -> None:
+    if _LOCAL_ONLY:
+        raise RuntimeError(f"global_batch.{name} called inside {_LOCAL_ONLY[-1]}, which must make no collective "
+                           "call (every rank must make the same collective calls in the same order)")
+
+
 class Ranks(NamedTuple):
     """The processes that share one step's global batch (torch.distributed with W > 1): this
     process's ``rank``, their number ``size`` W and their process ``group`` (None: the default one).
@@ -182,6 +206,7 @@ def global_mean(total: torch.Tensor, count, ranks: Optional[Ranks] = None) -> to
     """This rank's share of sum / count over every rank of ``ranks`` (module docstring): ``total`` a
     scalar with graph (0 where this rank has nothing), ``count`` its number (or weight) of items;
     0, with graph, where no rank has any."""
+    _collective("global_mean")
     n = torch.as_tensor(count, device=total.device).detach().to(torch.float64).clone()
     scale = 1.0
     if many_ranks(ranks):
@@ -193,6 +218,7 @@ def global_mean(total: torch.Tensor, count, ranks: Optional[Ranks] = None) -> to
 def global_sum(x: torch.Tensor, ranks: Optional[Ranks] = None) -> torch.Tensor:
     """``x`` summed over every rank of ``ranks`` (one all_reduce; ``x`` itself for one process).
     Every rank must call it."""
+    _collective("global_sum")
     if not many_ranks(ranks):
         return x
     total = x.clone()
@@ -203,6 +229,7 @@ def global_sum(x: torch.Tensor, ranks: Optional[Ranks] = None) -> torch.Tensor:
 def global_moments(values: torch.Tensor, ranks: Optional[Ranks] = None):
     """(count float, mean, M2) of float64 ``values`` float[n] of every rank of ``ranks`` together
     (Chan et al.; one all_gather); mean and M2 0-d tensors, 0 for no value."""
+    _collective("global_moments")
     n = float(values.numel())
     mean = values.mean() if n else values.new_zeros(())
     m2 = (values - mean).square().sum() if n else values.new_zeros(())
@@ -242,6 +269,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def gather_with_grad(x: torch.Tensor, ranks: Optional[Ranks] = None) -> torch.Tensor:
     """Every rank's x [b, ...] (same shape on every rank) in rank order, with gradients; x for one process."""
+    _collective("gather_with_grad")
     return _GatherWithGrad.apply(x, ranks) if many_ranks(ranks) else x
 
 
@@ -249,6 +277,7 @@ def gather_padded(x: torch.Tensor, mask: torch.Tensor, ranks: Optional[Ranks] = 
     """(x float[W b, M*, ...] with gradients, mask bool[W b, M*], this rank's first row): every
     rank's x [b, M, ...] and mask bool[b, M], padded (zeros, mask False) to the largest M of
     any rank along dim 1; (x, mask, 0) for one process."""
+    _collective("gather_padded")
     if not many_ranks(ranks):
         return x, mask, 0
     dist = torch.distributed

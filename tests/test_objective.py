@@ -76,7 +76,7 @@ def test_single_candidate_gives_zero_tsa_not_nan():
 @pytest.mark.parametrize("source", ["sampling", "hybrid"])
 def test_one_patch_candidates_carry_no_tsa_label(monkeypatch, source):
     """Eq. 7 gives a one-patch region I = 0 whatever the objective does: no label, left out of L_TSA."""
-    import loupe_core.objective.loupe_objective as loupe_module
+    import loupe_core.objective.terms.tsa as loupe_module
 
     torch.manual_seed(0)
     objective = LoupeObjective(TINY, dict(FAST, tsa=True, token_source=source, unsil=source == "hybrid"))
@@ -133,7 +133,8 @@ def test_hybrid_decisions_follow_sigma_and_warmup():
                                   unsil_gate=0.0))  # the published hybrid: no gate
     batch = make_batch()
     head = objective.unsil["token"].net.sigma_head[-1]
-    share = lambda step: objective(batch, StepContext(index=step, total_steps=10)).logs["unsil_share_token"]  # noqa: E731
+    share = lambda step: objective(batch, StepContext(index=step, total_steps=10)).logs[  # noqa: E731
+        "unsil_share_token"]
     assert share(0) == 0.0  # warm-up: every target sampled
     with torch.no_grad():
         head.weight.zero_()

@@ -16,7 +16,7 @@ import torch
 
 import shapley_kernels as sk
 from ..errors import DivergenceError
-from ..global_batch import stream_seed
+from ..global_batch import local_only, stream_seed
 from .losses import unsil_loss
 from .unsil import Unsil, UnsilInputs
 
@@ -154,10 +154,12 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
             f"label_time_{level}": time.perf_counter() - start,
             f"unsil_corr_{level}": unsil.correlation(), f"unsil_gated_{level}": float(gated)}
     if probe_size > 0 and T > 0:
-        # the probe's own seeded stream: probing or not never changes the global RNG
+        # the probe's own seeded stream: probing or not never changes the global RNG; it runs on
+        # logged steps and ranks with targets only, so it makes no collective call
         chooser = torch.Generator().manual_seed(stream_seed(step, f"{level}_probe"))
         probe = torch.randperm(T, generator=chooser)[:probe_size].to(estimate.device)
-        fresh = sample(probe, stream_seed(step, f"{level}_probe")).to(estimate.dtype)
+        with local_only(f"UNSIL's {level}-level probe"):
+            fresh = sample(probe, stream_seed(step, f"{level}_probe")).to(estimate.dtype)
         logs[f"unsil_probe_error_{level}"] = float((estimate.detach()[probe] - fresh / scale).abs().mean())
     return LevelLabels(values, need, loss, logs)
 

@@ -24,6 +24,12 @@ pair's place in its rank's micro-batch:
 - contrast sets: a term scoring pairs against the batch gathers the other ranks' rows with
   gradients (:func:`gather_with_grad`, :func:`gather_padded`).
 
+This is the one module of collectives, over the one context type :class:`Ranks`: the trainer's
+reductions (the logged means, skip counts, the bank's gather, stopping together on divergence,
+checkpoint barriers) use them too (:func:`global_sum`, :func:`gather_with_grad`,
+:func:`global_any`, :func:`global_barrier`, :func:`gather_objects`); ``train.distributed`` only
+joins the process group and splits the global batch.
+
 With ``train.accum_steps`` A > 1, micro-batch m of every rank together holds the rows
 [m G / A, (m + 1) G / A) (``train.distributed.shard_bounds``): the one-process micro-batch m. The
 means and contrast sets above are over that micro-step (with A = 1: the global batch), so W
@@ -291,3 +297,31 @@ def gather_padded(x: torch.Tensor, mask: torch.Tensor, ranks: Optional[Ranks] = 
     parts = [torch.empty_like(flags) for _ in range(ranks.size)]
     dist.all_gather(parts, flags, group=ranks.group)
     return _GatherWithGrad.apply(x, ranks), torch.cat(parts).bool(), ranks.rank * x.shape[0]
+
+
+def global_any(flag: bool, ranks: Optional[Ranks] = None, device=None) -> bool:
+    """Whether ``flag`` is True on any rank of ``ranks`` (one all_reduce of a tensor on ``device``,
+    the device of the process group's backend), so that every rank stops together."""
+    _collective("global_any")
+    if not many_ranks(ranks):
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=ranks.group)
+    return bool(t.item() > 0)
+
+
+def global_barrier(ranks: Optional[Ranks] = None) -> None:
+    """Wait for every rank of ``ranks`` (nothing for one process)."""
+    _collective("global_barrier")
+    if many_ranks(ranks):
+        torch.distributed.barrier(group=ranks.group)
+
+
+def gather_objects(obj, ranks: Optional[Ranks] = None) -> list:
+    """Every rank's picklable ``obj``, in rank order (a one-element list for one process)."""
+    _collective("gather_objects")
+    if not many_ranks(ranks):
+        return [obj]
+    out = [None] * ranks.size
+    torch.distributed.all_gather_object(out, obj, group=ranks.group)
+    return out

@@ -51,8 +51,8 @@ from loupe_core.errors import CheckpointError, ConfigError, DataError, Divergenc
 from loupe_core.objective.losses import ContrastiveBank
 from loupe_core.objective.step import StepContext
 from loupe_core.train import checkpoint as ckpt
-from loupe_core.train.distributed import (DistContext, all_gather_cat, all_reduce_mean, all_reduce_sum, any_rank,
-                                          barrier, gather_objects, init_distributed, shard_bounds)
+from loupe_core.global_batch import gather_objects, gather_with_grad, global_any, global_barrier, global_sum
+from loupe_core.train.distributed import DistContext, init_distributed, shard_bounds
 from loupe_core.train.logging import MetricLogger
 from loupe_core.train.sampler import StepBatchSampler
 from loupe_core.train.schedule import build_optimizer, build_scheduler
@@ -186,7 +186,7 @@ class _StepRunner:
         img, txt = (x.to(torch.promote_types(x.dtype, torch.float32)) for x in (img, txt))
 
         def in_global_order(x):  # gathered [rank, micro, row] -> the global batch's rows (shard_bounds)
-            x = all_gather_cat(x, self.ctx)
+            x = gather_with_grad(x, self.ctx.ranks)  # under no_grad: a plain gather
             return x.view(self.ctx.world_size, self.accum, -1, x.shape[-1]).transpose(0, 1).reshape(x.shape)
 
         return in_global_order(img), in_global_order(txt)
@@ -223,10 +223,10 @@ class _StepRunner:
                         out = self.ddp(mb, context)
                 except DivergenceError as exc:  # the objective met NaN / inf features
                     bad = ("forward pass", str(exc))
-                    any_rank(True, self.ctx)
+                    global_any(True, self.ctx.ranks, self.ctx.device)
                     return None, bad
                 bad = _first_non_finite(out)
-                if any_rank(bad is not None, self.ctx):
+                if global_any(bad is not None, self.ctx.ranks, self.ctx.device):
                     return None, bad
                 banked = sum(out.terms[t] for t in self.bank_terms) if self.use_bank else 0.0
                 (W * banked + (out.total - banked) / A).backward()
@@ -235,7 +235,7 @@ class _StepRunner:
             for name, value in out.logs.items():
                 logs[name] = logs.get(name, 0.0) + float(value) / A
         names = sorted(sums)
-        means = all_reduce_mean(torch.stack([sums[n] for n in names]), self.ctx).tolist()
+        means = (global_sum(torch.stack([sums[n] for n in names]), self.ctx.ranks) / W).tolist()
         return dict(zip(names, means)), logs
 
 
@@ -289,7 +289,7 @@ def _weights_finite(model: torch.nn.Module, ctx: DistContext) -> bool:
     """Whether every parameter of ``model`` is finite on every rank (one reduction per tensor)."""
     flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]
     ok = bool(torch.stack(flags).all()) if flags else True
-    return not any_rank(not ok, ctx)
+    return not global_any(not ok, ctx.ranks, ctx.device)
 
 
 def _batch_size(batch) -> int:
@@ -407,7 +407,7 @@ def _global_counts(counts, ctx: DistContext) -> Optional[dict]:
         return None
     local = counts.as_dict()
     names = sorted(local)
-    summed = all_reduce_sum(torch.tensor([float(local[n]) for n in names], dtype=torch.float64), ctx)
+    summed = global_sum(torch.tensor([float(local[n]) for n in names], dtype=torch.float64), ctx.ranks)
     return {n: int(v) for n, v in zip(names, summed.tolist())}
 
 
@@ -428,12 +428,12 @@ def _evaluate_keeping_rng(evaluate_fn, model, ctx: DistContext) -> dict:
         finally:
             model.train()
             ckpt.restore_rng_state(rng)
-    barrier(ctx)
+    global_barrier(ctx.ranks)
     return metrics
 
 
 def _save_state(cfg, run_dir, step, total, model, optimizer, scheduler, scaler, ctx) -> str:
-    rngs = gather_objects(ckpt.capture_rng_state(), ctx)
+    rngs = gather_objects(ckpt.capture_rng_state(), ctx.ranks)
     path = ckpt.checkpoint_path(run_dir, step)
     if ctx.is_main:
         ckpt.save_checkpoint(path, {
@@ -443,7 +443,7 @@ def _save_state(cfg, run_dir, step, total, model, optimizer, scheduler, scaler, 
             "rng": rngs, "config": cfg.to_dict(),
         })
         ckpt.prune_checkpoints(run_dir, cfg.train.keep_checkpoints)
-    barrier(ctx)
+    global_barrier(ctx.ranks)
     return path
 
 

@@ -11,8 +11,8 @@ pair's place in its rank's micro-batch:
   each rank labels those among its rows (:func:`label_rows`).
 - randomness: each pair draws from its own generator, seeded by the step, the stream and its
   row (:func:`pair_seed`, :func:`pair_uniforms`): the contrast candidates, the hybrid decisions
-  and the token- and semantic-level sampling (:func:`token_scores_by_pair`,
-  :func:`semantic_scores_by_pair`, which also cut a caption's batch padding, so that a label does
+  and the token- and semantic-level sampling (``objective.labels.token_scores_by_pair``,
+  ``semantic_scores_by_pair``, which also cut a caption's batch padding, so that a label does
   not depend on the longest caption of the rank's batch). Dropout is the one draw that is not per
   pair (docs/RELIABILITY.md).
 - normalisation: a term that is a mean over items of the batch (images, regions, captions,
@@ -94,75 +94,6 @@ def pair_uniforms(seed: int, rows: torch.Tensor, n: int, device=None) -> torch.T
     for i, row in enumerate(rows.tolist()):
         out[i] = torch.rand(int(n), generator=torch.Generator().manual_seed(pair_seed(seed, row)))
     return out.to(device) if device is not None else out
-
-
-def _pair_tokens(image_tokens, text_tokens, text_mask, p: int):
-    """Pair p's inputs as a one-pair batch with its caption's padding cut (up to its last real token)."""
-    real = text_mask[p].nonzero()
-    length = int(real.max()) + 1 if real.numel() else 1
-    return image_tokens[p:p + 1], text_tokens[p:p + 1, :length], text_mask[p:p + 1, :length]
-
-
-def token_scores_by_pair(interactions, target_interactions, towers, image_tokens, text_tokens, text_mask,
-                         regions, rows, seed: int, *, labelled=None, targets=None, method: str = "sampling",
-                         **common) -> torch.Tensor:
-    """Token-level scores of P pairs, pair by pair with pair p's own seed ``pair_seed(seed, rows[p])``
-    and its caption's padding cut: a value does not depend on the other pairs of the rank's batch.
-
-    interactions / target_interactions: ``labels.token_interactions`` / ``token_target_interactions``;
-    towers (image, text); image_tokens float[P, N_I, D_I], text_tokens float[P, L, D_T], text_mask
-    bool[P, L], regions bool[P, K, N_I], rows long[P] (global rows, CPU). targets None: float[P, K],
-    every region. targets LongTensor[T, 2] of (pair, region) with labelled bool[P, K]: float[T];
-    a pair all of whose labelled regions are asked is estimated over its candidates in one call
-    (draws shared by its regions, as ``interactions``), otherwise only the asked regions.
-    ``method="exact"`` (no draws): one call over every pair.
-    """
-    if method == "exact" and targets is None:
-        return interactions(*towers, image_tokens, text_tokens, text_mask, regions, method=method, seed=seed,
-                            **common)
-    P, K = regions.shape[:2]
-    dtype = torch.float64 if image_tokens.dtype == torch.float64 else torch.float32
-    if targets is None:
-        out = torch.zeros(P, K, dtype=dtype, device=image_tokens.device)
-        for p in range(P):
-            one = _pair_tokens(image_tokens, text_tokens, text_mask, p)
-            out[p] = interactions(*towers, *one, regions[p:p + 1], method=method,
-                                  seed=pair_seed(seed, int(rows[p])), **common)[0].to(dtype)
-        return out
-    out = torch.zeros(targets.shape[0], dtype=dtype, device=image_tokens.device)
-    pair, region = targets[:, 0], targets[:, 1]
-    for p in pair.unique().tolist():
-        mine = (pair == p).nonzero().squeeze(1)
-        one = _pair_tokens(image_tokens, text_tokens, text_mask, p)
-        s = pair_seed(seed, int(rows[p]))
-        if mine.numel() == int(labelled[p].sum()):
-            full = interactions(*towers, *one, regions[p:p + 1], method=method, seed=s, **common)[0]
-            out[mine] = full[region[mine]].to(dtype)
-        else:
-            asked = torch.stack([torch.zeros_like(region[mine]), region[mine]], dim=1)
-            out[mine] = target_interactions(*towers, *one, regions[p:p + 1], asked, seed=s, method=method,
-                                            **common).to(dtype)
-    return out
-
-
-def semantic_scores_by_pair(interactions, A, region_mask, phrase_mask, rows, seed: int, *, num_samples: int,
-                            pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Sampled semantic-level interactions float[B, K, M] of B pairs, pair by pair with pair b's own
-    seed ``pair_seed(seed, rows[b])`` and its phrase padding cut (up to its last present phrase): a
-    value does not depend on the other pairs of the rank's batch or on their phrase counts.
-
-    interactions: ``labels.semantic_interactions``; A float[B, K, M] (detached), region_mask
-    bool[B, K], phrase_mask bool[B, M], rows long[B] (global rows, CPU). pairs: long[n] the
-    positions in the batch to estimate (default every pair); the other pairs' entries are 0.
-    """
-    out = torch.zeros_like(A).detach()
-    for b in (range(A.shape[0]) if pairs is None else pairs.tolist()):
-        present = phrase_mask[b].nonzero()
-        M = int(present.max()) + 1 if present.numel() else 1
-        out[b, :, :M] = interactions(A[b:b + 1, :, :M], region_mask[b:b + 1], phrase_mask[b:b + 1, :M],
-                                     method="sampling", num_samples=num_samples,
-                                     seed=pair_seed(seed, int(rows[b])))[0]
-    return out
 
 
 # ---------------------------------------------------------------- collectives

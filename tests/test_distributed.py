@@ -156,17 +156,17 @@ def test_token_labels_of_a_pair_do_not_depend_on_its_batch():
     regions = torch.zeros(2, 3, 16, dtype=torch.bool)
     regions[:, 0, :2], regions[:, 1, 4:8], regions[:, 2, 10:13] = True, True, True
     common = dict(baseline="zero", num_samples=4, score="interaction")
-    both = gb.token_scores_by_pair(lab.token_interactions, None, towers, images, texts, mask, regions,
+    both = lab.token_scores_by_pair(towers, images, texts, mask, regions,
                                    torch.tensor([6, 2]), 11, **common)
-    alone = gb.token_scores_by_pair(lab.token_interactions, None, towers, images[:1], texts[:1, :4], mask[:1, :4],
+    alone = lab.token_scores_by_pair(towers, images[:1], texts[:1, :4], mask[:1, :4],
                                     regions[:1], torch.tensor([6]), 11, **common)
     torch.testing.assert_close(both[:1], alone, rtol=1e-5, atol=1e-7)
     targets = torch.tensor([[0, 1], [1, 0], [1, 2]])
     labelled = torch.ones(2, 3, dtype=torch.bool)
-    some = gb.token_scores_by_pair(lab.token_interactions, lab.token_target_interactions, towers, images, texts,
+    some = lab.token_scores_by_pair(towers, images, texts,
                                    mask, regions, torch.tensor([6, 2]), 11, labelled=labelled, targets=targets,
                                    **common)
-    one = gb.token_scores_by_pair(lab.token_interactions, lab.token_target_interactions, towers, images[:1],
+    one = lab.token_scores_by_pair(towers, images[:1],
                                   texts[:1, :4], mask[:1, :4], regions[:1], torch.tensor([6]), 11,
                                   labelled=labelled[:1], targets=targets[:1], **common)
     torch.testing.assert_close(some[:1], one, rtol=1e-5, atol=1e-7)
@@ -181,13 +181,13 @@ def test_semantic_labels_of_a_pair_do_not_depend_on_its_batch():
     A = torch.randn(2, 3, 4, generator=g)
     regions = torch.ones(2, 3, dtype=torch.bool)
     phrases = torch.tensor([[True, True, False, False], [True, True, True, True]])
-    both = gb.semantic_scores_by_pair(lab.semantic_interactions, A, regions, phrases, torch.tensor([6, 2]), 11,
+    both = lab.semantic_scores_by_pair(A, regions, phrases, torch.tensor([6, 2]), 11,
                                       num_samples=8)
-    alone = gb.semantic_scores_by_pair(lab.semantic_interactions, A[:1, :, :2], regions[:1], phrases[:1, :2],
+    alone = lab.semantic_scores_by_pair(A[:1, :, :2], regions[:1], phrases[:1, :2],
                                        torch.tensor([6]), 11, num_samples=8)
     torch.testing.assert_close(both[:1, :, :2], alone, rtol=0, atol=0)
     assert torch.equal(both[0, :, 2:], torch.zeros(3, 2)) and both[1].abs().sum() > 0
-    moved = gb.semantic_scores_by_pair(lab.semantic_interactions, A[:1], regions[:1], phrases[:1],
+    moved = lab.semantic_scores_by_pair(A[:1], regions[:1], phrases[:1],
                                        torch.tensor([7]), 11, num_samples=8)
     assert not torch.equal(moved, both[:1])  # another row, other draws
 

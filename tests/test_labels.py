@@ -59,7 +59,7 @@ def test_semantic_exact_labels_match_brute_force_with_padding():
 
 def test_semantic_sampling_by_pair_uses_only_present_players():
     A, region_mask, phrase_mask = _padded_alignment()
-    values = gb.semantic_scores_by_pair(lab.semantic_interactions, A, region_mask, phrase_mask, torch.tensor([4, 9]),
+    values = lab.semantic_scores_by_pair(A, region_mask, phrase_mask, torch.tensor([4, 9]),
                                         3, num_samples=4000, pairs=torch.tensor([0]))
     assert torch.equal(values[1], torch.zeros_like(values[1]))  # a pair not asked for
     got = [values[0, 2, 1].item(), values[0, 0, 0].item()]

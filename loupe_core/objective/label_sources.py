@@ -119,7 +119,7 @@ class EncoderTokenLabels:
         return P, index, final_masks, token_masks, labelled
 
     def _game(self, view: ForwardView, P: torch.Tensor) -> dict:
-        """The arguments of ``global_batch.token_scores_by_pair`` for the pairs ``P``."""
+        """The arguments of ``labels.token_scores_by_pair`` for the pairs ``P``."""
         lcfg = self.lcfg
         return dict(towers=(self.model.image_tower, self.model.text_tower), image_tokens=view.image[0][P],
                     text_tokens=view.text[0][P], text_mask=view.batch["text_mask"][P], rows=view.step.rows[P],
@@ -128,9 +128,8 @@ class EncoderTokenLabels:
     def __call__(self, view: ForwardView):
         P, index, _, token_masks, labelled = self._pairs(view)
         start = time.perf_counter()
-        values = gb.token_scores_by_pair(lab.token_interactions, None, regions=token_masks,
-                                         seed=view.step.seed("token"), method=self.lcfg.token_source,
-                                         **self._game(view, P))
+        values = lab.token_scores_by_pair(regions=token_masks, seed=view.step.seed("token"),
+                                          method=self.lcfg.token_source, **self._game(view, P))
         view.logs["label_time_token"] = time.perf_counter() - start
         logits, _ = view.candidates
         return logits[P].gather(1, index), values.to(view.img.patch_emb.dtype), labelled
@@ -155,9 +154,8 @@ class HybridTokenLabels(EncoderTokenLabels):
         game = self._game(view, P)
 
         def sample(which, seed):
-            return gb.token_scores_by_pair(lab.token_interactions, lab.token_target_interactions, regions=token_masks,
-                                           seed=seed, labelled=labelled,
-                                           targets=torch.stack([pair[which], region[which]], 1), **game)
+            return lab.token_scores_by_pair(regions=token_masks, seed=seed, labelled=labelled,
+                                            targets=torch.stack([pair[which], region[which]], 1), **game)
 
         lcfg, step = self.lcfg, view.step
         out = lab.hybrid_labels("token", self.unsil, inputs, sample, warmup=step.in_warmup(lcfg.warmup_fraction),
@@ -189,7 +187,7 @@ def _region_mask(A: torch.Tensor) -> torch.Tensor:
 
 class SemanticLabels:
     """Semantic-level labels float[B, K, M] of the detached A: "exact" (every pair in one call) or
-    "sampling" (pair by pair, each from its global row: ``global_batch.semantic_scores_by_pair``)."""
+    "sampling" (pair by pair, each from its global row: ``labels.semantic_scores_by_pair``)."""
 
     def __init__(self, lcfg: LossConfig):
         self.lcfg = lcfg
@@ -201,8 +199,8 @@ class SemanticLabels:
             values = lab.semantic_interactions(A, _region_mask(A), phrase_mask, method="exact",
                                                num_samples=self.lcfg.semantic_num_samples, seed=seed)
         else:
-            values = gb.semantic_scores_by_pair(lab.semantic_interactions, A, _region_mask(A), phrase_mask,
-                                                view.step.rows, seed, num_samples=self.lcfg.semantic_num_samples)
+            values = lab.semantic_scores_by_pair(A, _region_mask(A), phrase_mask, view.step.rows, seed,
+                                                 num_samples=self.lcfg.semantic_num_samples)
         view.logs["label_time_semantic"] = time.perf_counter() - start
         return values
 
@@ -224,9 +222,8 @@ class HybridSemanticLabels:
 
         def sample(which, seed):
             asked = targets[which]
-            values = gb.semantic_scores_by_pair(lab.semantic_interactions, A, region_mask, phrase_mask, step.rows,
-                                                seed, num_samples=lcfg.semantic_num_samples,
-                                                pairs=asked[:, 0].unique())
+            values = lab.semantic_scores_by_pair(A, region_mask, phrase_mask, step.rows, seed,
+                                                 num_samples=lcfg.semantic_num_samples, pairs=asked[:, 0].unique())
             return values[asked[:, 0], asked[:, 1], asked[:, 2]]
 
         K = A.shape[1]  # each pair's decision draws laid out [phrase, region]: independent of the batch's M

@@ -16,7 +16,7 @@ import torch
 
 import shapley_kernels as sk
 from ..errors import DivergenceError
-from ..global_batch import local_only, stream_seed
+from ..global_batch import local_only, pair_seed, stream_seed
 from .losses import unsil_loss
 from .unsil import Unsil, UnsilInputs
 
@@ -89,6 +89,75 @@ def semantic_interactions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mas
         out[rows] = sk.region_phrase_interaction(
             _for_engine("alignment logits A", A[rows]).contiguous(), region_mask[rows], phrase_mask[rows],
             method=method,            num_samples=num_samples if method == "sampling" else None, seed=seed).to(A.dtype)
+    return out
+
+
+# ---------------------------------------------------------------- per pair, from its global row (DDP)
+def _pair_tokens(image_tokens, text_tokens, text_mask, p: int):
+    """Pair p's inputs as a one-pair batch with its caption's padding cut (up to its last real token)."""
+    real = text_mask[p].nonzero()
+    length = int(real.max()) + 1 if real.numel() else 1
+    return image_tokens[p:p + 1], text_tokens[p:p + 1, :length], text_mask[p:p + 1, :length]
+
+
+def token_scores_by_pair(towers, image_tokens, text_tokens, text_mask, regions, rows, seed: int, *,
+                         labelled=None, targets=None, method: str = "sampling", **common) -> torch.Tensor:
+    """Token-level scores of P pairs, pair by pair with pair p's own seed ``pair_seed(seed, rows[p])``
+    and its caption's padding cut: a value does not depend on the other pairs of the rank's batch.
+
+    Scores by :func:`token_interactions` (every region of a pair) or
+    :func:`token_target_interactions` (some); towers (image, text); image_tokens float[P, N_I, D_I],
+    text_tokens float[P, L, D_T], text_mask bool[P, L], regions bool[P, K, N_I], rows long[P] (global rows, CPU). targets None: float[P, K],
+    every region. targets LongTensor[T, 2] of (pair, region) with labelled bool[P, K]: float[T];
+    a pair all of whose labelled regions are asked is estimated over its candidates in one call
+    (draws shared by its regions, as ``token_interactions``), otherwise only the asked regions.
+    ``method="exact"`` (no draws): one call over every pair.
+    """
+    if method == "exact" and targets is None:
+        return token_interactions(*towers, image_tokens, text_tokens, text_mask, regions, method=method, seed=seed,
+                                  **common)
+    P, K = regions.shape[:2]
+    dtype = torch.float64 if image_tokens.dtype == torch.float64 else torch.float32
+    if targets is None:
+        out = torch.zeros(P, K, dtype=dtype, device=image_tokens.device)
+        for p in range(P):
+            one = _pair_tokens(image_tokens, text_tokens, text_mask, p)
+            out[p] = token_interactions(*towers, *one, regions[p:p + 1], method=method,
+                                        seed=pair_seed(seed, int(rows[p])), **common)[0].to(dtype)
+        return out
+    out = torch.zeros(targets.shape[0], dtype=dtype, device=image_tokens.device)
+    pair, region = targets[:, 0], targets[:, 1]
+    for p in pair.unique().tolist():
+        mine = (pair == p).nonzero().squeeze(1)
+        one = _pair_tokens(image_tokens, text_tokens, text_mask, p)
+        s = pair_seed(seed, int(rows[p]))
+        if mine.numel() == int(labelled[p].sum()):
+            full = token_interactions(*towers, *one, regions[p:p + 1], method=method, seed=s, **common)[0]
+            out[mine] = full[region[mine]].to(dtype)
+        else:
+            asked = torch.stack([torch.zeros_like(region[mine]), region[mine]], dim=1)
+            out[mine] = token_target_interactions(*towers, *one, regions[p:p + 1], asked, seed=s, method=method,
+                                                  **common).to(dtype)
+    return out
+
+
+def semantic_scores_by_pair(A, region_mask, phrase_mask, rows, seed: int, *, num_samples: int,
+                            pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sampled semantic-level interactions float[B, K, M] of B pairs, pair by pair with pair b's own
+    seed ``pair_seed(seed, rows[b])`` and its phrase padding cut (up to its last present phrase): a
+    value does not depend on the other pairs of the rank's batch or on their phrase counts.
+
+    Interactions by :func:`semantic_interactions`; A float[B, K, M] (detached), region_mask
+    bool[B, K], phrase_mask bool[B, M], rows long[B] (global rows, CPU). pairs: long[n] the
+    positions in the batch to estimate (default every pair); the other pairs' entries are 0.
+    """
+    out = torch.zeros_like(A).detach()
+    for b in (range(A.shape[0]) if pairs is None else pairs.tolist()):
+        present = phrase_mask[b].nonzero()
+        M = int(present.max()) + 1 if present.numel() else 1
+        out[b, :, :M] = semantic_interactions(A[b:b + 1, :, :M], region_mask[b:b + 1], phrase_mask[b:b + 1, :M],
+                                              method="sampling", num_samples=num_samples,
+                                              seed=pair_seed(seed, int(rows[b])))[0]
     return out
 
 

@@ -247,7 +247,7 @@ def _track_worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     ctx = init_distributed("cpu")
-    unsil = Unsil("mlp_attention", 4, 4, 8, 6)
+    unsil = Unsil("mlp_attention", 4, 4, 8)
     g = torch.Generator().manual_seed(rank)
     for step in range(3):   # rank 1 samples no target on step 1
         n = 0 if (rank, step) == (1, 1) else 3 + rank
@@ -263,7 +263,7 @@ def test_unsil_tracks_every_ranks_targets_so_the_gate_agrees(tmp_path):
 
     mp.spawn(_track_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     got = [torch.load(tmp_path / f"moments{r}.pt") for r in range(2)]
-    one = Unsil("mlp_attention", 4, 4, 8, 6)
+    one = Unsil("mlp_attention", 4, 4, 8)
     gens = [torch.Generator().manual_seed(r) for r in range(2)]
     for step in range(3):
         pairs = [(torch.randn(n, generator=g), torch.randn(n, generator=g))

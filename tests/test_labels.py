@@ -113,7 +113,7 @@ def test_hybrid_decision_frequency():
 
 def _unsil_case(bias):
     torch.manual_seed(0)
-    net = Unsil("mlp_attention", 4, 4, 8, 8)
+    net = Unsil("mlp_attention", 4, 4, 8)
     with torch.no_grad():
         net.net.sigma_head[-1].weight.zero_()
         net.net.sigma_head[-1].bias.fill_(bias)

@@ -73,13 +73,10 @@ class LoupeObjective(nn.Module):
         cfg = self.model.config
         if lcfg.token_baseline == "drop" and cfg.image_tower == "swin" and lcfg.tsa:
             raise ValueError("token_baseline='drop' is not defined for the Swin image tower; use 'zero'")
-        grid = self.model.image_tower.final_grid
-        d, n_final = cfg.embed_dim, grid[0] * grid[1]
-        shapes = {"token": (d, 1 + n_final + cfg.text_max_tokens),
-                  "semantic": (2 * d, 3 + cfg.top_k + cfg.text_max_tokens)}
-        self.unsil = nn.ModuleDict({
-            level: Unsil(lcfg.unsil_arch, shapes[level][0], d, lcfg.unsil_hidden, shapes[level][1])
-            for level in lcfg.hybrid_levels()})
+        d = cfg.embed_dim
+        query_dims = {"token": d, "semantic": 2 * d}  # a region; a (region, phrase) pair
+        self.unsil = nn.ModuleDict({level: Unsil(lcfg.unsil_arch, query_dims[level], d, lcfg.unsil_hidden)
+                                    for level in lcfg.hybrid_levels()})
         self.terms = build_terms(lcfg, self.model, self)
         # terms that are losses over the whole accumulated batch (the trainer's ContrastiveBank)
         self.bank_terms = tuple(name for name, term in self.terms.items() if term.bank)

@@ -174,3 +174,5 @@ def test_the_step_context_travels_beside_the_batch_and_is_checked():
         objective(batch, StepContext(rows=torch.arange(3)))
     with pytest.raises(ValueError, match=r"step.rows must lie in \[0, step.global_size=4\)"):
         objective(batch, StepContext(rows=torch.arange(2, 6), global_size=4))
+    with pytest.raises(ValueError, match="step must be a loupe_core.objective.StepContext"):
+        objective(batch, 3)

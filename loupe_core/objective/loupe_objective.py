@@ -115,7 +115,7 @@ class LoupeObjective(nn.Module):
         if embed_only:
             return self.embed(batch)
         self._check_batch(batch, self.batch_keys)
-        step = (step or StepContext()).for_batch(int(batch["input_ids"].shape[0]))
+        step = StepContext.resolve(step, int(batch["input_ids"].shape[0]))
         view = ForwardView(self.model, batch, step, self.num_random)
         terms = {}
         for name, term in self.terms.items():  # every built term on every forward: their collectives match

@@ -36,6 +36,15 @@ class StepContext:
     bank: Optional[ContrastiveBank] = None
     diagnostics: bool = True
 
+    @staticmethod
+    def resolve(step: Optional["StepContext"], size: int) -> "StepContext":
+        """``step`` (None: the default context) resolved for a micro-batch of ``size`` pairs
+        (:meth:`for_batch`); EstimatorInputError naming ``step`` for anything but a StepContext."""
+        if step is not None and not isinstance(step, StepContext):
+            raise EstimatorInputError(f"step must be a loupe_core.objective.StepContext (or None), got "
+                                      f"{type(step).__name__} {step!r}: build StepContext(index=..., total_steps=...)")
+        return (step or StepContext()).for_batch(size)
+
     def for_batch(self, size: int) -> "StepContext":
         """This context with ``rows`` and ``global_size`` resolved for a micro-batch of ``size``
         pairs, and ``ranks`` None for one process; EstimatorInputError naming ``step.rows`` where

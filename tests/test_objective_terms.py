@@ -70,6 +70,12 @@ def test_a_section_of_no_registered_term_is_refused_naming_it():
         LoupeObjective(TINY, dict(FAST, terms={"nosuch": {}}))
     with pytest.raises(ConfigError, match="registered already"):
         register_term(type("Other", (Term,), {"name": "cmc"}))
+    register_term(type("Bare", (Term,), {"name": "bare"}))  # no Section: not configurable under loss.terms
+    try:
+        with pytest.raises(ConfigError, match=r"loss.terms.bare: the term Bare takes no section there"):
+            LoupeObjective(TINY, dict(FAST, terms={"bare": {}}))
+    finally:
+        unregister_term("bare")
 
 
 @pytest.mark.parametrize("loss, built", [

@@ -37,6 +37,7 @@ class Term(nn.Module):
     """One loss term (module docstring)."""
 
     name: str = ""
+    Section: Optional[type] = None  # the dataclass of the default ``section`` (a term under ``loss.terms``)
     collective: bool = True
     bank: bool = False
     random_candidates: bool = False
@@ -52,7 +53,11 @@ class Term(nn.Module):
         Default: ``loss_config.terms[name]`` (a dict of the section's fields) built into
         ``cls.Section``, for terms without keys of their own in ``LossConfig``."""
         raw = loss_config.terms.get(cls.name)
-        return None if raw is None else build(cls.Section, raw, f"loss.terms.{cls.name}.")
+        if raw is None:
+            return None
+        if cls.Section is None:
+            raise ConfigError(f"loss.terms.{cls.name}: the term {cls.__name__} takes no section there")
+        return build(cls.Section, raw, f"loss.terms.{cls.name}.")
 
     def needs(self) -> Tuple[str, ...]:
         """The batch keys this built term reads beyond images and captions."""

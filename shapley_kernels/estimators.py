@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from .checks import (check_choice, check_device, check_max_batch, check_num_samples, check_seed, check_shape,
-                      check_tensor)
+                      check_tensor, check_has_values)
 from ._enumeration import exact_indices, value_table
 from ._estimate import Estimate
 from ._sampling import sampled_indices, sampling_evaluations
@@ -173,6 +173,7 @@ def interaction_index(game, n: int, pairs: torch.Tensor, *, method: str = "auto"
     """
     n = _check_n(n)
     check_tensor("pairs", pairs, dims=2, dtype_kind="int")
+    check_has_values("pairs", pairs)
     check_shape("pairs", pairs, (None, 2))
     if pairs.numel() and (int(pairs.min()) < 0 or int(pairs.max()) >= n):
         raise ValueError(f"pairs must hold player indices in 0..{n - 1}, got values in "
@@ -199,6 +200,7 @@ def coalition_interaction(game, n: int, coalitions: torch.Tensor, *, method: str
     """
     n = _check_n(n)
     check_tensor("coalitions", coalitions, dims=2, dtype_kind="bool")
+    check_has_values("coalitions", coalitions)
     check_shape("coalitions", coalitions, (None, n))
     sizes = coalitions.sum(1)
     if bool((sizes < 2).any()):

@@ -18,8 +18,10 @@ def _run_raising(monkeypatch, exc):
     def pretrain(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr(command, "resolve_run", lambda *a: (None, "run", None))
-    monkeypatch.setattr(command, "pretrain", pretrain)
+    import loupe_core.pipeline as pipeline  # the command imports it when it runs
+
+    monkeypatch.setattr(pipeline, "resolve_run", lambda *a: (None, "run", None))
+    monkeypatch.setattr(pipeline, "pretrain", pretrain)
     return command.run_pretrain_command(_args())
 
 

@@ -12,9 +12,10 @@ linear_probe, diagnostics (the alignment diagnostics on the grounding file:
 ``val`` split's shape classification, K = 1, 2, 4, 8, 16, 3 support seeds:
 ``loupe_core.eval.fewshot``) or all (default: every task but the diagnostics and fewshot).
 ``--data``: a ShapesWorld root folder, or a JSON file ``{task: path}`` naming evaluation files
-of CONTRACTS s4 (real data). ``--split``: the ShapesWorld split scored (default: the config's
-``eval.split``). ``--out``: where ``metrics.json`` and the pictures (``report/index.html``) go
-(default ``<run_dir>/eval-step<N>``).
+of CONTRACTS s4 (real data); default: the run's own data (its ShapesWorld, or the
+``data.eval_paths`` and ``data.tokenizer`` of a CSV or webdataset run). ``--split``: the
+ShapesWorld split scored (default: the config's ``eval.split``). ``--out``: where
+``metrics.json`` and the pictures (``report/index.html``) go (default ``<run_dir>/eval-step<N>``).
 """
 from __future__ import annotations
 
@@ -23,10 +24,7 @@ import json
 import os
 import sys
 
-from loupe_core.eval import TASKS, check_tasks, evaluate
-from loupe_core.pipeline import load_run, resolve_data
-from loupe_core.train.distributed import resolve_device
-from loupe_core.viz import write_run_report
+from loupe_core.commands.options import positive_int, run_directory
 
 
 def add_subcommands(subparsers) -> None:
@@ -34,12 +32,12 @@ def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("eval", help="zero-shot evaluation of a checkpoint, with pictures",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
-    p.add_argument("--task", nargs="+", default=["all"], choices=list(TASKS) + ["all"],
-                   help="tasks (default all: every task but diagnostics and fewshot)")
+    p.add_argument("--task", nargs="+", default=["all"], metavar="TASK",
+                   help="tasks, as listed above (default all: every task but diagnostics and fewshot)")
     p.add_argument("--data", default=None, help="ShapesWorld root, or JSON file {task: path} (default: the run's data)")
     p.add_argument("--split", default=None, help="ShapesWorld split to score (default: the config's eval.split)")
-    p.add_argument("--out", default=None, help="output folder (default <run_dir>/eval-step<N>)")
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the config's)")
+    p.add_argument("--out", type=run_directory, default=None, help="output folder (default <run_dir>/eval-step<N>)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch (default: the config's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--no-pictures", action="store_true", help="metrics only, no report")
     p.set_defaults(func=run_eval_command)
@@ -55,13 +53,19 @@ def format_table(metrics: dict) -> str:
 
 def run_eval_command(args) -> int:
     """``loupe eval``: returns the exit status (2 on a bad argument, with the reason on stderr)."""
+    from loupe_core.eval import check_tasks, evaluate
+    from loupe_core.pipeline import load_run, resolve_data
+    from loupe_core.train.distributed import resolve_device
+    from loupe_core.viz import write_run_report
+
     try:
         tasks = check_tasks(args.task)
         device = resolve_device(args.device)
         objective, cfg, run_dir, step = load_run(args.checkpoint, device)
         tokenizer, files = resolve_data(cfg, args.data, args.split)
         metrics = evaluate(objective.model, files, tokenizer, tasks=tasks, device=device,
-                           batch_size=args.batch_size or cfg.eval.batch_size, objective=objective)
+                           batch_size=cfg.eval.batch_size if args.batch_size is None else args.batch_size,
+                           objective=objective)
     except ValueError as exc:
         print(f"loupe eval: error: {exc}", file=sys.stderr)
         return 2

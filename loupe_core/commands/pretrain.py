@@ -16,9 +16,9 @@ import argparse
 import json
 import sys
 
+from loupe_core.commands.options import run_directory
 from loupe_core.config import list_configs
 from loupe_core.errors import DivergenceError, LoupeError
-from loupe_core.pipeline import pretrain, resolve_run
 
 
 def add_subcommands(subparsers) -> None:
@@ -27,7 +27,7 @@ def add_subcommands(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="named config or JSON path (default: 'default'; when "
                                                    "resuming, the checkpoint's own config)")
-    p.add_argument("--out", default=None, help="run directory (default runs/<config>-<timestamp>)")
+    p.add_argument("--out", type=run_directory, default=None, help="run directory (default runs/<config>-<timestamp>)")
     p.add_argument("--resume", default=None, metavar="latest|PATH", help="continue from a checkpoint")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="stop after this many completed steps, with a checkpoint (time-limited jobs)")
@@ -45,6 +45,8 @@ def run_pretrain_command(args) -> int:
     if args.list_configs:
         print("\n".join(list_configs()))
         return 0
+    from loupe_core.pipeline import pretrain, resolve_run
+
     try:
         cfg, run_dir, resume = resolve_run(args.config, args.overrides, args.out, args.resume)
     except ValueError as exc:

@@ -48,10 +48,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from loupe_core.config import RunConfig, save_config
 from loupe_core.errors import CheckpointError, ConfigError, DataError, DivergenceError
+from loupe_core.global_batch import gather_objects, gather_with_grad, global_any, global_barrier, global_sum
 from loupe_core.objective.losses import ContrastiveBank
 from loupe_core.objective.step import StepContext
+from loupe_core.progress import progress
 from loupe_core.train import checkpoint as ckpt
-from loupe_core.global_batch import gather_objects, gather_with_grad, global_any, global_barrier, global_sum
 from loupe_core.train.distributed import DistContext, init_distributed, shard_bounds
 from loupe_core.train.logging import MetricLogger
 from loupe_core.train.sampler import StepBatchSampler
@@ -412,9 +413,7 @@ def _global_counts(counts, ctx: DistContext) -> Optional[dict]:
 
 
 def _progress(enabled: bool, total: int, start: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, disable=not enabled, desc="pretrain", unit="step", dynamic_ncols=True)
+    return progress(total=total, initial=start, enabled=enabled, desc="pretrain", unit="step")
 
 
 def _evaluate_keeping_rng(evaluate_fn, model, ctx: DistContext) -> dict:

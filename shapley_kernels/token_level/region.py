@@ -61,7 +61,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_choice, check_num_samples, check_seed, check_shape, check_tensor, result_dtype
+from ..checks import check_choice, check_has_values, check_num_samples, check_seed, check_shape, check_tensor, result_dtype
 from .._enumeration import all_coalitions, exact_indices
 from .._estimate import Estimate
 from .._strata import crossfit_control, iid_stderr, strata_stderr, stratified_uniform
@@ -96,6 +96,7 @@ def _check_mask(name, mask, B, N, device):
     if mask is None:
         return torch.ones(B, N, dtype=torch.bool, device=device)
     check_tensor(name, mask, dims=2, dtype_kind="bool")
+    check_has_values(name, mask)
     return check_shape(name, mask, (B, N)).to(device)
 
 

@@ -33,9 +33,10 @@ from loupe_core.data.webdataset_loader import webdataset_pipeline
 from loupe_core.eval import check_tasks
 from loupe_core.eval import evaluate as run_eval
 from loupe_core.eval import splits
+from loupe_core.global_batch import global_barrier
 from loupe_core.objective import LoupeObjective
 from loupe_core.train import checkpoint as ckpt
-from loupe_core.train.distributed import DistContext, barrier, init_distributed, shutdown
+from loupe_core.train.distributed import DistContext, init_distributed, shutdown
 from loupe_core.train.logging import MetricLogger
 from loupe_core.train.trainer import train
 from loupe_core.viz import write_run_report
@@ -106,7 +107,7 @@ def build_data(cfg: RunConfig, ctx: DistContext) -> RunData:
                                              num_train=cfg.data.train_size, num_val=cfg.data.eval_size,
                                              num_test=cfg.data.eval_size, num_heldout=cfg.data.eval_size,
                                              seed=cfg.data.seed, progress=ctx.is_main and cfg.train.progress)
-        barrier(ctx)
+        global_barrier(ctx.ranks)
     tokenizer = data.Tokenizer.from_file(cfg.data.tokenizer or paths.tokenizer, max_length=_max_tokens(cfg))
     train_set = data.ShapesWorldDataset(paths, "train", tokenizer)
     return RunData(tokenizer, train_set, data.collate_batch, splits.shapesworld_files(paths, cfg.eval.split))

@@ -139,14 +139,14 @@ def test_random_views_crop_and_flip_as_drawn():
 
 
 def test_simclr_term_trains_the_image_tower_and_its_head():
-    from loupe_core.objective import LoupeObjective
+    from loupe_core.objective import LoupeObjective, StepContext
 
     from test_model import TINY, make_batch  # noqa: E402
 
     objective = LoupeObjective(TINY, dict(cmc=True, simclr=1.0))
-    out = objective(make_batch(), step=3)
+    out = objective(make_batch(), StepContext(index=3))
     assert set(out.terms) == {"cmc", "simclr"} and torch.isfinite(out.total)
     out.total.backward()
-    assert objective.simclr_head[0].weight.grad is not None
-    again = objective(make_batch(), step=3).terms["simclr"]
+    assert objective.terms["simclr"].head[0].weight.grad is not None
+    again = objective(make_batch(), StepContext(index=3)).terms["simclr"]
     assert float(again) == pytest.approx(float(out.terms["simclr"]))   # the views are a function of (step, row)

@@ -58,7 +58,7 @@ LAZY_IMPORTS = {
     **{("loupe_core.commands." + command, module): "a command loads what it runs when it runs, so that "
        "building the parser (`loupe --help`, `loupe --version`) loads no torch"
        for command, modules in {
-           "pretrain": ("loupe_core.pipeline", "loupe_core.train.trainer"),
+           "pretrain": ("loupe_core.pipeline",),
            "eval": ("loupe_core.eval", "loupe_core.pipeline", "loupe_core.train.distributed", "loupe_core.viz"),
            "data": ("loupe_core.data.shards", "loupe_core.data.webdataset_loader", "loupe_core.data.shapesworld",
                     "loupe_core.data.csv_loader", "loupe_core.data.tokenizer"),

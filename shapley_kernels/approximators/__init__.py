@@ -1,0 +1,52 @@
+"""Budgeted Shapley-value estimators, one module per family, all drawing through
+``coalitions`` (the one coalition sampler).
+
+Each estimator is ``fn(evaluate, n, budget, generator, device) -> (value float64[n], stderr
+float64[n])``: it builds every coalition it needs as bool[C, n] on ``device``, hands them to
+``evaluate`` (which splits them into game calls of at most max_batch rows and counts them),
+and never spends more than ``budget`` evaluations (n >= 2; n = 1 is exact at 2).
+
+    name              family                                   unbiased  stderr   minimum budget
+    "permutation"     antithetic permutation sampling          yes       yes      2 + 4 (n - 1)
+    "kernel"          KernelSHAP, paired, border trick         no        NaN      2 n + 2
+    "unbiased_kernel" unbiased KernelSHAP, paired              yes       yes      6
+    "kadd2", "kadd3"  kADD-SHAP, k = 2, 3 (same design)        no        NaN      2 C(n,1..k) + 2
+    "svarm"           stratified SVARM                         no*       approx.  2n + 4
+(* unbiased once every stratum is reached.)
+"""
+from functools import partial
+from math import comb
+from typing import Callable, NamedTuple
+
+from . import permutation, regression, svarm, unbiased_kernel
+
+
+class Approximator(NamedTuple):
+    """One budgeted estimator: its function, its minimum budget at n players, and whether it is unbiased."""
+
+    estimate: Callable
+    minimum_budget: Callable[[int], int]
+    unbiased: bool
+
+
+APPROXIMATORS = {
+    "permutation": Approximator(permutation.permutation_shapley, permutation.minimum_budget, True),
+    "kernel": Approximator(partial(regression.regression_shapley, k=1),
+                           partial(regression.minimum_budget, k=1), False),
+    "unbiased_kernel": Approximator(unbiased_kernel.unbiased_kernel_shapley, unbiased_kernel.minimum_budget, True),
+    "kadd2": Approximator(partial(regression.regression_shapley, k=2), partial(regression.minimum_budget, k=2), False),
+    "kadd3": Approximator(partial(regression.regression_shapley, k=3), partial(regression.minimum_budget, k=3), False),
+    "svarm": Approximator(svarm.svarm_shapley, svarm.minimum_budget, False),
+}
+
+
+def choose_estimator(n: int, budget: int) -> str:
+    """What ``method="auto"`` samples with when 2^n does not fit the budget (benchmarks/RESULTS.md,
+    issue 29 tables): kADD-SHAP with k = 2 wherever its design is at least twice its
+    C(n, 1) + C(n, 2) coefficients, else KernelSHAP (border trick) where it fits, else
+    antithetic permutation sampling; ValueError naming ``budget`` if none fits."""
+    if budget >= 2 * (n + comb(n, 2)) + 2:
+        return "kadd2"
+    if budget >= APPROXIMATORS["kernel"].minimum_budget(n):
+        return "kernel"
+    return "permutation"

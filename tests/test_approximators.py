@@ -146,3 +146,15 @@ def test_cuda_agrees_with_exact(estimator):
     assert est.value.device.type == "cuda" and est.evaluations <= 60
     if estimator in ("kernel", "kadd2", "kadd3", "permutation"):
         torch.testing.assert_close(est.value.cpu(), _exact(table, n), rtol=1e-7, atol=1e-7)
+
+
+def test_paired_two_additive_fit_is_kernelshap(rng_seed):
+    """Why "kadd2" samples single coalitions: on a paired design its Shapley values are KernelSHAP's."""
+    from shapley_kernels.approximators import regression
+    from shapley_kernels.estimators import _CheckedGame
+    n = 9
+    table = _mlp_table(n, rng_seed)
+    values = [regression.regression_shapley(_CheckedGame(table_game(table), 64, torch.device("cpu")), n, 150,
+                                            torch.Generator().manual_seed(1), torch.device("cpu"), k, True)[0]
+              for k in (1, 2)]
+    torch.testing.assert_close(values[0], values[1], rtol=1e-9, atol=1e-9)

@@ -10,9 +10,12 @@ and never spends more than ``budget`` evaluations (n >= 2; n = 1 is exact at 2).
     "permutation"     antithetic permutation sampling          yes       yes      2 + 4 (n - 1)
     "kernel"          KernelSHAP, paired, border trick         no        NaN      2 n + 2
     "unbiased_kernel" unbiased KernelSHAP, paired              yes       yes      6
-    "kadd2", "kadd3"  kADD-SHAP, k = 2, 3 (same design)        no        NaN      2 C(n,1..k) + 2
+    "kadd2"           kADD-SHAP, k = 2, border trick, unpaired no        NaN      2 C(n,1..2) + 2
+    "kadd3"           kADD-SHAP, k = 3, as "kernel" (paired)   no        NaN      2 C(n,1..3) + 2
     "svarm"           stratified SVARM                         no*       approx.  2n + 4
-(* unbiased once every stratum is reached.)
+(* unbiased once every stratum is reached.) "kadd2" draws single coalitions: with complement
+pairs its Shapley values are exactly KernelSHAP's (a paired design cannot tell a 2-additive fit
+from a 1-additive one in the Shapley values), so it would add nothing.
 """
 from functools import partial
 from math import comb
@@ -34,7 +37,8 @@ APPROXIMATORS = {
     "kernel": Approximator(partial(regression.regression_shapley, k=1),
                            partial(regression.minimum_budget, k=1), False),
     "unbiased_kernel": Approximator(unbiased_kernel.unbiased_kernel_shapley, unbiased_kernel.minimum_budget, True),
-    "kadd2": Approximator(partial(regression.regression_shapley, k=2), partial(regression.minimum_budget, k=2), False),
+    "kadd2": Approximator(partial(regression.regression_shapley, k=2, paired=False),
+                          partial(regression.minimum_budget, k=2), False),
     "kadd3": Approximator(partial(regression.regression_shapley, k=3), partial(regression.minimum_budget, k=3), False),
     "svarm": Approximator(svarm.svarm_shapley, svarm.minimum_budget, False),
 }

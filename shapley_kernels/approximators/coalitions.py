@@ -65,16 +65,16 @@ def _row_keys(rows: torch.Tensor) -> torch.Tensor:
     return (rows.long() * weights).sum(1)
 
 
-def _sample_distinct_pairs(n: int, pairs: int, size_prob: torch.Tensor, generator) -> tuple:
-    """``pairs`` distinct complementary pairs (S, N \\ S) with |S| drawn from size_prob
-    (float64[n + 1], symmetric, 0 where not sampled), S uniform within its size. Draws with
-    replacement until ``pairs`` distinct pairs are seen (n <= 62; beyond, repeats are
-    negligible and kept). Returns (coalitions bool[2 pairs, n], draws float64[2 pairs]: how often
-    each pair was drawn)."""
+def _sample_distinct(n: int, units: int, size_prob: torch.Tensor, generator, paired: bool) -> tuple:
+    """``units`` distinct draws of S (|S| from size_prob float64[n + 1], S uniform within its
+    size), each with its complement N \\ S when ``paired`` (size_prob then symmetric). Draws with
+    replacement until ``units`` distinct units are seen (n <= 62; beyond, repeats are negligible
+    and kept). Returns (coalitions bool[units or 2 units, n], draws float64[same]: how often
+    each unit was drawn)."""
     device = size_prob.device
     found, counts, seen = [], [], {}
-    for _ in range(64):  # each round draws the pairs still missing, twice over
-        want = pairs - len(seen)
+    for _ in range(64):  # each round draws the units still missing, twice over
+        want = units - len(seen)
         if want <= 0:
             break
         sizes = torch.multinomial(size_prob, 2 * want, replacement=True, generator=generator)
@@ -84,20 +84,20 @@ def _sample_distinct_pairs(n: int, pairs: int, size_prob: torch.Tensor, generato
             counts.extend([1.0] * want)
             seen.update({len(seen) + r: r for r in range(want)})
             continue
-        canon = torch.minimum(_row_keys(half), _row_keys(~half))  # a pair's key: its smaller half
+        canon = torch.minimum(_row_keys(half), _row_keys(~half)) if paired else _row_keys(half)
         for r, key in enumerate(canon.tolist()):
             if key in seen:
                 counts[seen[key]] += 1.0
-            elif len(seen) < pairs:
+            elif len(seen) < units:
                 seen[key] = len(counts)
                 counts.append(1.0)
                 found.append(half[r:r + 1])
     half = torch.cat(found) if found else torch.zeros(0, n, dtype=torch.bool, device=device)
     draws = torch.tensor(counts, dtype=torch.float64, device=device)
-    return torch.cat([half, ~half]), torch.cat([draws, draws])
+    return (torch.cat([half, ~half]), torch.cat([draws, draws])) if paired else (half, draws)
 
 
-def kernel_design(n: int, budget: int, generator: torch.Generator, device) -> KernelDesign:
+def kernel_design(n: int, budget: int, generator: torch.Generator, device, paired: bool = True) -> KernelDesign:
     """At most ``budget`` distinct coalitions of sizes 1..n-1 for KernelSHAP-type regressions (n >= 2).
 
     Border trick (as in SHAP's KernelExplainer): sizes are taken in pairs (s, n - s) from the
@@ -106,7 +106,7 @@ def kernel_design(n: int, budget: int, generator: torch.Generator, device) -> Ke
     rows carry their exact kernel weight mass(s) / C(n, s). The rest of the budget is paired
     (complement) sampling over the remaining sizes (size ~ kernel mass, uniform within size),
     distinct pairs, each weighted by how often it was drawn, the sampled rows together carrying
-    the remaining mass.
+    the remaining mass. ``paired=False``: single distinct draws instead of complement pairs.
     """
     mass = shapley_kernel_mass(n, device)
     left, rows, weights, enumerated = budget, [], [], []
@@ -124,8 +124,8 @@ def kernel_design(n: int, budget: int, generator: torch.Generator, device) -> Ke
             enumerated.append(t)
         left -= count
     rest = float(remaining.sum())
-    if rest > 1e-12 and left >= 2:
-        sampled, draws = _sample_distinct_pairs(n, left // 2, remaining / rest, generator)
+    if rest > 1e-12 and left >= (2 if paired else 1):
+        sampled, draws = _sample_distinct(n, left // 2 if paired else left, remaining / rest, generator, paired)
         rows.append(sampled)
         weights.append(draws / draws.sum() * rest)
     coalitions = torch.cat(rows) if rows else torch.zeros(0, n, dtype=torch.bool, device=device)

@@ -8,7 +8,8 @@ With v0 = v(empty), v1 = v(N) and coalitions S_r of sizes 1..n-1 weighted by the
 by weighted least squares (the constraint makes the fit exact on the full coalition), and read
 the Shapley values off its Moebius coefficients: phi_i = sum_{T containing i} beta_T / |T|.
 k = 1 is KernelSHAP (Lundberg & Lee 2017; beta_i = phi_i), k = 2, 3 kADD-SHAP (Pelegrina et
-al. 2023). The fit is exact for a k-additive game once the design spans it, and with every
+al. 2023). With complement pairs the k = 2 fit gives exactly KernelSHAP's Shapley values (found
+here numerically, to 1e-15), so "kadd2" samples single coalitions. The fit is exact for a k-additive game once the design spans it, and with every
 coalition enumerated KernelSHAP gives the exact Shapley values. Biased at a finite budget (a
 ratio of estimates): no standard error is defined, ``stderr`` is NaN.
 """
@@ -47,7 +48,8 @@ def fit_shapley(coalitions: torch.Tensor, weights: torch.Tensor, values: torch.T
     (module docstring) of values float64[m] at coalitions bool[m, n] with weights float64[m].
 
     Solved through the KKT system [[X'WX, 1], [1', 0]] [beta; lam] = [X'W(y - v0); v1 - v0] by
-    least squares (minimum-norm where the design does not identify every coefficient).
+    LU, or by least squares (the minimum-norm fit) where the design does not identify every
+    coefficient.
     """
     n = coalitions.shape[1]
     members = moebius_members(n, k, coalitions.device)  # [P, n]
@@ -64,16 +66,21 @@ def fit_shapley(coalitions: torch.Tensor, weights: torch.Tensor, values: torch.T
     scale = float(kkt[:p, :p].diagonal().mean().clamp(min=1e-300))
     kkt[:p, :p] /= scale  # condition the blocks alike; beta is unchanged, lam rescaled
     rhs[:p] /= scale
-    beta = torch.linalg.lstsq(kkt, rhs[:, None], driver="gelsd").solution[:p, 0].to(coalitions.device)
+    solution, info = torch.linalg.solve_ex(kkt, rhs[:, None])
+    if int(info) != 0 or not bool(torch.isfinite(solution).all()):  # singular: the minimum-norm fit
+        solution = torch.linalg.lstsq(kkt, rhs[:, None], driver="gelsd").solution
+    beta = solution[:p, 0].to(coalitions.device)
     return (members.double() * (beta / sizes)[:, None]).sum(0)
 
 
-def regression_shapley(evaluate, n: int, budget: int, generator: torch.Generator, device, k: int):
+def regression_shapley(evaluate, n: int, budget: int, generator: torch.Generator, device, k: int,
+                       paired: bool = True):
     """KernelSHAP (k = 1) or kADD-SHAP (k = 2, 3) within ``budget`` evaluations:
-    (value float64[n], stderr float64[n] of NaN). ``evaluate(bool[C, n]) -> float64[C]``."""
+    (value float64[n], stderr float64[n] of NaN). ``evaluate(bool[C, n]) -> float64[C]``;
+    ``paired``: complement pairs in the sampled part of the design."""
     ends = torch.zeros(2, n, dtype=torch.bool, device=device)
     ends[1] = True
-    design = kernel_design(n, budget - 2, generator, device)
+    design = kernel_design(n, budget - 2, generator, device, paired)
     values = evaluate(torch.cat([ends, design.coalitions]))
     v0, v1 = float(values[0]), float(values[1])
     value = fit_shapley(design.coalitions, design.weights, values[2:], v0, v1, k)

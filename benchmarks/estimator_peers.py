@@ -2,7 +2,9 @@
 
     python benchmarks/estimator_peers.py [--seeds 20] [--budgets 256 1024 4096]
                                          [--games mlp10 mlp14 mlp20 unanimity20 interactions14]
-                                         [--no-peers] [--json out.json]
+                                         [--no-peers] [--json out.json] [--table out.json]
+                                         [--merge earlier.json]
+    (run from the repository root with PYTHONPATH=. so that this tree's package is imported)
 
 Games (one random instance per seed; value of a coalition z in {0, 1}^n):
   mlpN           random tanh MLP (N inputs, 32 hidden) at x * z: absent features at baseline 0
@@ -35,7 +37,7 @@ import torch  # noqa: E402
 import shapley_kernels as sk  # noqa: E402
 from shapley_kernels.approximators import APPROXIMATORS  # noqa: E402
 
-OURS = ("auto", "permutation", "kernel", "kadd3", "svarm", "unbiased_kernel", "stratified")
+OURS = ("auto", "permutation", "kernel", "kadd2", "kadd3", "svarm", "unbiased_kernel", "stratified")
 
 
 def mlp_game(n: int, seed: int):
@@ -168,6 +170,33 @@ def peers():
             "captum ShapleyValueSampling": captum_svs, "captum KernelShap": captum_kernel}
 
 
+def markdown(results) -> str:
+    """Two markdown tables from the result rows: the default against the best peer per cell,
+    and every method's relative MSE per cell."""
+    cells = sorted({(r["game"], r["budget"]) for r in results}, key=lambda c: (c[0], c[1]))
+    by = {(r["game"], r["budget"], r["method"]): r for r in results}
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    lines = ["| game | B | ours auto rel. MSE | best peer (which) | peer / auto | auto ms | fastest peer ms (which) |",
+             "|---|---|---|---|---|---|---|"]
+    for game, budget in cells:
+        auto = by.get((game, budget, "ours auto"))
+        peer_rows = [by[(game, budget, m)] for m in methods if not m.startswith("ours") and (game, budget, m) in by
+                     and by[(game, budget, m)]["max_evaluations"] <= budget]
+        if auto is None or not peer_rows:
+            continue
+        best = min(peer_rows, key=lambda r: r["rel_mse"])
+        fast = min(peer_rows, key=lambda r: r["seconds"])
+        ratio = best["rel_mse"] / auto["rel_mse"] if auto["rel_mse"] > 0 else float("inf")
+        lines.append(f"| {game} | {budget} | {auto['rel_mse']:.3g} +- {auto['rel_mse_se']:.2g} | "
+                     f"{best['rel_mse']:.3g} +- {best['rel_mse_se']:.2g} ({best['method']}) | {ratio:.3g} | "
+                     f"{auto['seconds'] * 1e3:.2f} | {fast['seconds'] * 1e3:.2f} ({fast['method']}) |")
+    lines += ["", "| game | B | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for game, budget in cells:
+        row = [f"{by[(game, budget, m)]['rel_mse']:.2g}" if (game, budget, m) in by else "-" for m in methods]
+        lines.append(f"| {game} | {budget} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=20)
@@ -175,7 +204,14 @@ def main():
     parser.add_argument("--games", nargs="+", default=["mlp10", "mlp14", "mlp20", "unanimity20", "interactions14"])
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--table", default=None, help="print the markdown tables of a --json file and exit")
+    parser.add_argument("--merge", default=None, help="a --json file whose rows of methods not run now are kept "
+                                                      "(e.g. the peers, with --no-peers; same games and seeds)")
     args = parser.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            print(markdown(json.load(f)["results"]))
+        return
     torch.set_num_threads(1)
     methods = {f"ours {name}": (lambda name: lambda c, n, b, s: ours(name, c, n, b, s))(name) for name in OURS}
     if not args.no_peers:
@@ -214,6 +250,11 @@ def main():
                 results.append(row)
                 print(f"{game_name:15s} B={budget:5d} {name:28s} relMSE {row['rel_mse']:.3g} +- {row['rel_mse_se']:.2g}"
                       f"  evals {row['evaluations']:.0f} (max {row['max_evaluations']})  {row['seconds'] * 1e3:.2f} ms", flush=True)
+    if args.merge:
+        with open(args.merge) as f:
+            ran = {r["method"] for r in results}
+            results += [r for r in json.load(f)["results"] if r["method"] not in ran]
+    print(markdown(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": platform.processor() or platform.machine(), "torch": torch.__version__,

@@ -44,13 +44,19 @@ APPROXIMATORS = {
 }
 
 
+KADD3_MAX_PLAYERS = 20
+"""Largest n "auto" fits a 3-additive game for: C(20, 1..3) = 1,350 coefficients (a 1,351-row
+KKT solve, ~1.5 s on one CPU thread at B = 4096); beyond, the cubic growth outweighs the gain."""
+
+
 def choose_estimator(n: int, budget: int) -> str:
-    """What ``method="auto"`` samples with when 2^n does not fit the budget (benchmarks/RESULTS.md,
-    issue 29 tables): kADD-SHAP with k = 2 wherever its design is at least twice its
-    C(n, 1) + C(n, 2) coefficients, else KernelSHAP (border trick) where it fits, else
-    antithetic permutation sampling; ValueError naming ``budget`` if none fits."""
-    if budget >= 2 * (n + comb(n, 2)) + 2:
-        return "kadd2"
+    """What ``method="auto"`` samples with when 2^n does not fit the budget (issue 29 tables in
+    benchmarks/RESULTS.md): kADD-SHAP with k = 3 ("kadd3", paired) wherever its design fits
+    (budget >= 2 (C(n,1) + C(n,2) + C(n,3)) + 2) and n <= KADD3_MAX_PLAYERS; else KernelSHAP
+    ("kernel": paired, border trick) where it fits (budget >= 2n + 2), else unbiased KernelSHAP
+    (any budget >= 6). Below 6 nothing fits: the caller's budget check names the minimum."""
+    if n <= KADD3_MAX_PLAYERS and budget >= APPROXIMATORS["kadd3"].minimum_budget(n):
+        return "kadd3"
     if budget >= APPROXIMATORS["kernel"].minimum_budget(n):
         return "kernel"
-    return "permutation"
+    return "unbiased_kernel"

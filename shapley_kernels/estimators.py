@@ -135,6 +135,8 @@ def _resolve_budget(n: int, targets: torch.Tensor, shapley: bool, method: str, e
         estimator = choose_estimator(n, budget) if shapley and n >= 2 else DEFAULT_ESTIMATOR
     if estimator in SAMPLERS:
         per_sample = sampling_evaluations(targets, 1, shapley)
+        if per_sample == 0:  # no target: nothing to evaluate
+            return "sampling", estimator, 2
         check_budget(budget, 2 * per_sample, f"estimator {estimator!r} here (2 samples of "
                                              f"{per_sample} evaluations)")
         return "sampling", estimator, samples_within(budget, per_sample)

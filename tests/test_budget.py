@@ -105,6 +105,8 @@ def test_budget_on_interactions(rng_seed):
         assert est.evaluations == 8 * (budget // 8) <= budget
         est = sk.coalition_interaction(table_game(table), n, coalitions, budget=budget, seed=2, return_stderr=True)
         assert est.evaluations == 9 * (budget // 9) <= budget
+    none = sk.interaction_index(table_game(table), n, pairs[:0], budget=9, return_stderr=True)
+    assert none.value.shape == (0,) and none.evaluations == 0
     exact = sk.interaction_index(table_game(table), n, pairs, budget=2 ** n, return_stderr=True)
     assert exact.evaluations == 2 ** n
     want = torch.tensor([brute_sii(value_fn, n, 0, 1), brute_sii(value_fn, n, 2, 4)], dtype=torch.float64)

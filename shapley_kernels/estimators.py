@@ -131,8 +131,11 @@ def _resolve_budget(n: int, targets: torch.Tensor, shapley: bool, method: str, e
         return "exact", estimator, None
     if method == "auto" and choose_method(n, budget) == "exact":
         return "exact", estimator, None
+    if shapley and n == 1 and estimator not in SAMPLERS:  # auto or a budgeted estimator: v(N) - v(empty)
+        check_budget(budget, 2, "n = 1 (v(empty) and v(N))")
+        return "exact", estimator, None
     if estimator is None:
-        estimator = choose_estimator(n, budget) if shapley and n >= 2 else DEFAULT_ESTIMATOR
+        estimator = choose_estimator(n, budget) if shapley else DEFAULT_ESTIMATOR
     if estimator in SAMPLERS:
         per_sample = sampling_evaluations(targets, 1, shapley)
         if per_sample == 0:  # no target: nothing to evaluate
@@ -143,9 +146,6 @@ def _resolve_budget(n: int, targets: torch.Tensor, shapley: bool, method: str, e
     if not shapley:
         raise ValueError(f"estimator {estimator!r} estimates Shapley values only (shapley_values); "
                          f"use one of {list(SAMPLERS)} here")
-    if n == 1:
-        check_budget(budget, 2, "n = 1 (v(empty) and v(N))")
-        return "exact", estimator, None
     check_budget(budget, APPROXIMATORS[estimator].minimum_budget(n), f"estimator {estimator!r} at n = {n}")
     return "sampling", estimator, None
 

@@ -158,3 +158,11 @@ def test_paired_two_additive_fit_is_kernelshap(rng_seed):
                                             torch.Generator().manual_seed(1), torch.device("cpu"), k, True)[0]
               for k in (1, 2)]
     torch.testing.assert_close(values[0], values[1], rtol=1e-9, atol=1e-9)
+
+
+def test_choose_estimator_thresholds():
+    """The rule of docs/estimators.md: kadd3 from 2 C(n, 1..3) + 2 (n <= 20), kernel from 2n + 2."""
+    assert sk.choose_estimator(14, 939) == "kernel" and sk.choose_estimator(14, 940) == "kadd3"
+    assert sk.choose_estimator(20, 2701) == "kernel" and sk.choose_estimator(20, 2702) == "kadd3"
+    assert sk.choose_estimator(21, 10 ** 6) == "kernel"
+    assert sk.choose_estimator(20, 42) == "kernel" and sk.choose_estimator(20, 41) == "unbiased_kernel"

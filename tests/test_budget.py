@@ -78,6 +78,15 @@ def test_auto_is_exact_whenever_all_coalitions_fit(n, rng_seed):
         assert sk.choose_estimator(n, 2 ** n - 1) in APPROXIMATORS
 
 
+def test_one_player_needs_two_evaluations():
+    game = table_game(torch.tensor([0.5, 2.0], dtype=torch.float64))
+    for estimator in (None, "kernel", "svarm"):
+        est = sk.shapley_values(game, 1, budget=2, estimator=estimator, return_stderr=True)
+        assert est.evaluations == 2 and float(est.value[0]) == 1.5
+        with pytest.raises(ValueError, match=r"budget must be at least 2\b"):
+            sk.shapley_values(game, 1, budget=1, estimator=estimator)
+
+
 def test_budget_sizes_per_target_samplers_like_num_samples(rng_seed):
     """estimator="stratified" with budget = 2 n J is num_samples = J, draw for draw."""
     n, J = 6, 9

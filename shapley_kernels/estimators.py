@@ -33,9 +33,9 @@ import torch
 
 from .checks import (check_choice, check_device, check_max_batch, check_num_samples, check_seed, check_shape,
                       check_tensor)
-from ._budget import check_budget, samples_within
 from ._enumeration import exact_indices, value_table
 from ._estimate import Estimate
+from ._budget import check_budget, samples_within
 from ._sampling import sampled_indices, sampling_evaluations
 from .approximators import APPROXIMATORS, choose_estimator
 

@@ -61,10 +61,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .._budget import check_budget, samples_within
 from ..checks import check_choice, check_num_samples, check_seed, check_shape, check_tensor, result_dtype
 from .._enumeration import all_coalitions, exact_indices
 from .._estimate import Estimate
+from .._budget import check_budget, samples_within
 from .._strata import crossfit_control, iid_stderr, strata_stderr, stratified_uniform
 from ..estimators import EXACT_MAX_PLAYERS, choose_method
 from .game import check_encoders, check_tokens, encode_halves, resolve_max_batch

@@ -8,6 +8,7 @@
 
 Games (one random instance per seed; value of a coalition z in {0, 1}^n):
   mlpN           random tanh MLP (N inputs, 32 hidden) at x * z: absent features at baseline 0
+  deepmlpN       an expensive game for timing: N -> 4096 -> 128 -> 1 tanh MLP (~0.1 ms a row)
   unanimity20    sum of 30 unanimity games a_T [T subset S], |T| uniform in 1..8, a_T ~ N(0, 1)
   interactions14 strong interactions on 14 players: 3 XOR pairs, a threshold game
                  [|S n G| >= 2] on a group of 4, a 4-way unanimity game and a small linear part
@@ -49,6 +50,16 @@ def mlp_game(n: int, seed: int):
     return lambda z: torch.tanh((z.double() * x) @ w1 + b1) @ w2
 
 
+def deep_mlp_game(n: int, seed: int):
+    """An expensive game: n -> 4096 -> 128 -> 1 tanh MLP at x * z (~1.2 MFLOP, ~0.1 ms a row)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=gen, dtype=torch.float64)
+    w1 = torch.randn(n, 4096, generator=gen, dtype=torch.float64) / n ** 0.5
+    w2 = torch.randn(4096, 128, generator=gen, dtype=torch.float64) / 64
+    w3 = torch.randn(128, generator=gen, dtype=torch.float64) / 128 ** 0.5
+    return lambda z: torch.tanh(torch.tanh((z.double() * x) @ w1) @ w2) @ w3
+
+
 def unanimity_game(n: int, seed: int):
     """(game, exact phi float64[n]) of 30 random unanimity games."""
     gen = torch.Generator().manual_seed(seed)
@@ -80,9 +91,9 @@ def interaction_game(n: int, seed: int):
 
 def make_game(name: str, seed: int):
     """(n, game bool[C, n] -> float64[C], exact phi float64[n])."""
-    if name.startswith("mlp"):
-        n = int(name[3:])
-        game = mlp_game(n, seed)
+    if name.startswith("mlp") or name.startswith("deepmlp"):
+        n = int(name.removeprefix("deep")[3:])
+        game = (deep_mlp_game if name.startswith("deep") else mlp_game)(n, seed)
     elif name.startswith("unanimity"):
         n = int(name[9:])
         game, exact = unanimity_game(n, seed)

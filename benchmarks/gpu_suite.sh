@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (issue 13, item 5): at most 8 minutes on a lent CUDA machine.
+# One prepared GPU check (issue 13, item 5; issue 30 added its 60 s step): at most 9 minutes on a lent CUDA machine.
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR            (from the repository root)
 #
@@ -7,6 +7,7 @@
 # (it runs with the repository root on PYTHONPATH either way). Steps, each under its own
 # time limit (seconds): the GPU and Triton tests `pytest -m "gpu or triton"`, on CUDA (150),
 # benchmarks/gpu_alignment_bench.py --quick (120), benchmarks/gpu_token_bench.py (90),
+# benchmarks/late_interaction_scaling.py fine --device cuda (60, issue 30: B = 512 and 4096),
 # benchmarks/estimator_bench.py on CUDA (90). Writes OUT_DIR/gpu_suite.log (every step's
 # output) and OUT_DIR/gpu_suite.json (per step: command, exit status, seconds; the estimator
 # benchmark's own JSON under "estimator").
@@ -43,6 +44,7 @@ step() {  # step NAME LIMIT_S COMMAND...
 step gpu_tests 150 "$PY" -m pytest -q -m "gpu or triton" tests
 step alignment_bench 120 "$PY" benchmarks/gpu_alignment_bench.py --quick
 step token_bench 90 "$PY" benchmarks/gpu_token_bench.py --repeats 5
+step late_interaction_bench 60 "$PY" benchmarks/late_interaction_scaling.py fine --device cuda --sizes 512,4096 --paths einsum,op,op-cuda,op-torch --repeats 3
 step estimator_bench 90 "$PY" benchmarks/estimator_bench.py --device cuda --runs 20 --json "$OUT/estimator.json"
 "$PY" benchmarks/estimator_bench.py --collect "$STEPS" "$OUT/estimator.json" "$OUT/gpu_suite.json" >> "$LOG" 2>&1
 ! cut -f2 "$STEPS" | grep -qv '^0$'

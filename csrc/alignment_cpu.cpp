@@ -418,8 +418,10 @@ std::vector<at::Tensor> alignment_sampling(const at::Tensor& A, const at::Tensor
 
 }  // namespace
 
+void register_late_interaction(pybind11::module_& m);  // csrc/late_interaction_cpu.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "CPU kernels of the LOUPE alignment game (shapley_kernels.alignment, backend 'cpp')";
+  m.doc() = "CPU kernels of the LOUPE alignment game and the late-interaction op (backend 'cpp')";
   m.def("alignment_game", &alignment_game, "v2(S) per coalition: float[B, C]", py::arg("A"), py::arg("coalitions"),
         py::arg("region_mask"), py::arg("phrase_mask"));
   m.def("alignment_exact", &alignment_exact, "factorised exact SII: float[B, K, M]", py::arg("A"),
@@ -427,4 +429,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("alignment_sampling", &alignment_sampling, "Monte Carlo SII: [value, stderr] float[B, K, M]",
         py::arg("A"), py::arg("region_mask"), py::arg("phrase_mask"), py::arg("num_samples"), py::arg("seed"));
   m.attr("EXACT_LIMIT") = kExactLimit;
+  register_late_interaction(m);
 }

@@ -156,6 +156,8 @@ std::tuple<at::Tensor, at::Tensor> sampling(const at::Tensor& A, const at::Tenso
 
 }  // namespace
 
+void register_late_interaction_cuda(pybind11::module_& m);  // csrc/late_interaction_cuda_binding.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "CUDA kernels of the LOUPE alignment game (shapley_kernels.alignment backend 'cuda')";
   m.def("alignment_game", &game, "v2 of every coalition: (A, coalitions, region_mask, phrase_mask) -> float[B, C]");
@@ -165,4 +167,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Monte Carlo SII sums: (A, rows, cols, num_samples, key0, key1) -> (sum, sum_sq) float64[B, R, C]");
   m.attr("EXACT_LIMIT") = kExactMax;
   m.attr("SAMPLING_LIMIT") = kSamplingMax;
+  register_late_interaction_cuda(m);
 }

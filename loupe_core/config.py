@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from loupe_core import schema
+from loupe_core.errors import ConfigError
 
+MAX_SEED = 2**32 - 1
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
@@ -30,7 +32,9 @@ class DataConfig:
     """Where the training pairs and the held-out evaluation split come from.
 
     ``dataset="shapesworld"``: generated on first use into ``root`` (None: the package's cache
-    directory) by ``loupe_core.data.prepare_shapesworld``, rendered at ``model.image_size``.
+    directory) by ``loupe_core.data.prepare_shapesworld``, rendered at ``model.image_size``; its
+    own vocabulary unless ``tokenizer`` is set (``model.text_weights`` sets it to the pretrained
+    text tower's).
     ``dataset="webdataset"``: ``train_shards`` is a brace-expanded shard pattern, read as a
     resampled stream (shards drawn with replacement, seeded by ``train.seed``, rank and worker;
     ``shuffle_buffer`` samples shuffled), ``tokenizer`` a WordPiece ``vocab.txt`` or
@@ -39,7 +43,9 @@ class DataConfig:
     ``csv_img_key`` / ``csv_caption_key``, separator ``csv_sep``, relative paths from the file's
     folder), visited in a seeded order; ``tokenizer`` and ``eval_paths`` as for webdataset.
     Real data skips and counts bad records; ``bad_limit`` records skipped in a row stop the run
-    with an error naming the data (``loupe_core.data.stats``).
+    with an error naming the data (``loupe_core.data.stats``). A CSV row's image must be a
+    regular file of at most ``max_image_bytes`` bytes (not a device, a FIFO or a link to one) and
+    its caption at most ``max_caption_chars`` characters, else the row is skipped and counted.
     """
 
     dataset: Literal["shapesworld", "webdataset", "csv"] = "shapesworld"
@@ -57,9 +63,12 @@ class DataConfig:
     csv_caption_key: str = "title"
     csv_sep: str = "\t"
     bad_limit: int = 1000
+    max_image_bytes: int = 64 * 2**20
+    max_caption_chars: int = 16384
 
     def __post_init__(self):
-        _at_least(self, "data", train_size=1, eval_size=1, shuffle_buffer=0, num_workers=0, bad_limit=1)
+        _at_least(self, "data", train_size=1, eval_size=1, seed=0, shuffle_buffer=0, num_workers=0, bad_limit=1,
+                  max_image_bytes=1, max_caption_chars=1)
 
 
 @dataclass
@@ -112,8 +121,10 @@ class TrainConfig:
             allowed = list(typing.get_args(schema.field_types(TrainConfig)[name]))
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        _at_least(self, "train", steps=0, epochs=1, batch_size=1, accum_steps=1, log_every=1, ckpt_every=0,
+        _at_least(self, "train", seed=0, steps=0, epochs=1, batch_size=1, accum_steps=1, log_every=1, ckpt_every=0,
                   keep_checkpoints=0)
+        if isinstance(self.seed, int) and self.seed > MAX_SEED:
+            raise ValueError(f"train.seed must be <= {MAX_SEED} (NumPy's seed range), got {self.seed}")
         _positive(self, "train", lr=self.lr, eps=self.eps, div_factor=self.div_factor,
                   final_div_factor=self.final_div_factor, collective_timeout=self.collective_timeout)
         for name in ("weight_decay", "grad_clip"):
@@ -231,16 +242,19 @@ def _read_config_dict(name_or_path: str, seen: tuple = ()) -> dict:
     is_path = name_or_path.endswith(".json") or os.sep in name_or_path
     path = name_or_path if is_path else os.path.join(CONFIG_DIR, name_or_path + ".json")
     if not os.path.isfile(path):
-        raise ValueError(f"config {name_or_path!r}: no such file or named config (named configs: {list_configs()})")
+        raise ConfigError(f"config {name_or_path!r}: no such file or named config (named configs: {list_configs()})")
     if path in seen:
-        raise ValueError(f"config {name_or_path!r}: 'extends' loops through {list(seen)}")
-    with open(path) as fh:
-        try:
-            d = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"config {path!r}: invalid JSON ({exc})") from exc
+        raise ConfigError(f"config {name_or_path!r}: 'extends' loops through {list(seen)}")
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        d = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path!r}: not a JSON text file (byte {exc.start} is not UTF-8)") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config {path!r}: invalid JSON ({exc})") from None
     if not isinstance(d, dict):
-        raise ValueError(f"config {path!r}: the top level must be a JSON object")
+        raise ConfigError(f"config {path!r}: the top level must be a JSON object")
     parent = d.pop("extends", None)
     d.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     if parent is not None:

@@ -1,28 +1,34 @@
 """What makes a training step's loss the same for any number of processes (DDP).
 
 One optimiser step consumes a global batch of G pairs (``train.batch_size``). The trainer hands
-each micro-batch its pairs' rows in that batch (batch keys ``global_rows`` long[b] and
-``global_size`` int, docs/CONTRACTS.md s3; a batch without them is its own global batch), and
-everything budgeted or random in the loss is a function of those rows, never of a pair's place
-in its rank's micro-batch:
+the objective, with each micro-batch, its pairs' rows in that batch and its size G (in the
+``objective.step.StepContext``, never in the batch dict; without them a batch is its own global
+batch), and everything budgeted or random in the loss is a function of those rows, never of a
+pair's place in its rank's micro-batch:
 
 - label budget: the ``loss.pairs_per_step`` P labelled pairs of a step are the global rows
   floor(k G / P), k < min(P, G), spread evenly over the batch so that the ranks share the work;
   each rank labels those among its rows (:func:`label_rows`).
 - randomness: each pair draws from its own generator, seeded by the step, the stream and its
   row (:func:`pair_seed`, :func:`pair_uniforms`): the contrast candidates, the hybrid decisions
-  and the token- and semantic-level sampling (:func:`token_scores_by_pair`,
-  :func:`semantic_scores_by_pair`, which also cut a caption's batch padding, so that a label does
+  and the token- and semantic-level sampling (``objective.labels.token_scores_by_pair``,
+  ``semantic_scores_by_pair``, which also cut a caption's batch padding, so that a label does
   not depend on the longest caption of the rank's batch). Dropout is the one draw that is not per
   pair (docs/RELIABILITY.md).
 - normalisation: a term that is a mean over items of the batch (images, regions, captions,
   UNSIL targets) is :func:`global_mean` (sum, count): with :class:`Ranks` of W > 1 processes
-  (batch key ``ranks``, handed over by the trainer; nothing here reads torch.distributed's global
+  (in the step context, handed over by the trainer; nothing here reads torch.distributed's global
   state), this rank's share W x its sum / the count summed over ranks, whose mean over
   ranks (what DDP's gradient averaging and the trainer's logs take) is the mean over every
   rank's items; one process: sum / count.
 - contrast sets: a term scoring pairs against the batch gathers the other ranks' rows with
   gradients (:func:`gather_with_grad`, :func:`gather_padded`).
+
+This is the one module of collectives, over the one context type :class:`Ranks`: the trainer's
+reductions (the logged means, skip counts, the bank's gather, stopping together on divergence,
+checkpoint barriers) use them too (:func:`global_sum`, :func:`gather_with_grad`,
+:func:`global_any`, :func:`global_barrier`, :func:`gather_objects`); ``train.distributed`` only
+joins the process group and splits the global batch.
 
 With ``train.accum_steps`` A > 1, micro-batch m of every rank together holds the rows
 [m G / A, (m + 1) G / A) (``train.distributed.shard_bounds``): the one-process micro-batch m. The
@@ -36,32 +42,20 @@ its label and UNSIL code on empty tensors).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple
+import contextlib
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
-GLOBAL_ROWS = "global_rows"  # batch key: long[b], each pair's row in the step's global batch
-GLOBAL_SIZE = "global_size"  # batch key: int, the global batch size G
-_STREAMS = {"candidates": 8, "token_decision": 9, "views": 10, "semantic_decision": 11}  # beside labels.STREAMS (0..3)
-_SEED_STRIDE = 1_000_003  # as labels.SAMPLE_SEED_STRIDE
+# the one table of seed streams: stream s of step t is seeded t * SEED_STRIDE + STREAMS[s]
+STREAMS = {"token": 0, "semantic": 1, "token_probe": 2, "semantic_probe": 3,
+           "candidates": 8, "token_decision": 9, "views": 10, "semantic_decision": 11}
+SEED_STRIDE = 1_000_003
 _MASK64 = (1 << 64) - 1
 
 
 # ---------------------------------------------------------------- rows and budget
-def batch_rows(batch: dict) -> Tuple[torch.Tensor, int]:
-    """(rows long[b] on the CPU, G): each pair's row in the step's global batch and its size;
-    ``arange(b), b`` for a batch without ``global_rows``."""
-    b = int(batch["input_ids"].shape[0])
-    rows = batch.get(GLOBAL_ROWS)
-    if rows is None:
-        return torch.arange(b), b
-    rows = torch.as_tensor(rows).detach().cpu().long()
-    if rows.shape != (b,):
-        raise ValueError(f"batch[{GLOBAL_ROWS!r}] must be long[{b}] (one row per pair), got {list(rows.shape)}")
-    return rows, int(batch.get(GLOBAL_SIZE, int(rows.max()) + 1 if b else 0))
-
-
 def labelled_rows(size: int, budget: int) -> torch.Tensor:
     """long[min(budget, size)]: the global rows floor(k size / P) that carry labels (P = min(budget, size))."""
     count = min(int(budget), int(size))
@@ -83,9 +77,10 @@ def _mix64(x: int) -> int:
 
 
 def stream_seed(step: int, stream: str) -> int:
-    """Seed of a per-pair stream (``_STREAMS``: "candidates", "token_decision", "views",
-    "semantic_decision") at ``step`` (as ``labels.step_seed``)."""
-    return int(step) * _SEED_STRIDE + _STREAMS[stream]
+    """Deterministic seed of ``stream`` (a key of ``STREAMS``) at ``step``: same step, same draws
+    (resume-safe). The label streams ("token", "semantic", their "_probe"s) seed whole calls; the
+    others are split per pair by :func:`pair_seed`."""
+    return int(step) * SEED_STRIDE + STREAMS[stream]
 
 
 def pair_seed(seed: int, row: int) -> int:
@@ -101,81 +96,35 @@ def pair_uniforms(seed: int, rows: torch.Tensor, n: int, device=None) -> torch.T
     return out.to(device) if device is not None else out
 
 
-def _pair_tokens(image_tokens, text_tokens, text_mask, p: int):
-    """Pair p's inputs as a one-pair batch with its caption's padding cut (up to its last real token)."""
-    real = text_mask[p].nonzero()
-    length = int(real.max()) + 1 if real.numel() else 1
-    return image_tokens[p:p + 1], text_tokens[p:p + 1, :length], text_mask[p:p + 1, :length]
-
-
-def token_scores_by_pair(interactions, target_interactions, towers, image_tokens, text_tokens, text_mask,
-                         regions, rows, seed: int, *, labelled=None, targets=None, method: str = "sampling",
-                         **common) -> torch.Tensor:
-    """Token-level scores of P pairs, pair by pair with pair p's own seed ``pair_seed(seed, rows[p])``
-    and its caption's padding cut: a value does not depend on the other pairs of the rank's batch.
-
-    interactions / target_interactions: ``labels.token_interactions`` / ``token_target_interactions``;
-    towers (image, text); image_tokens float[P, N_I, D_I], text_tokens float[P, L, D_T], text_mask
-    bool[P, L], regions bool[P, K, N_I], rows long[P] (global rows, CPU). targets None: float[P, K],
-    every region. targets LongTensor[T, 2] of (pair, region) with labelled bool[P, K]: float[T];
-    a pair all of whose labelled regions are asked is estimated over its candidates in one call
-    (draws shared by its regions, as ``interactions``), otherwise only the asked regions.
-    ``method="exact"`` (no draws): one call over every pair.
-    """
-    if method == "exact" and targets is None:
-        return interactions(*towers, image_tokens, text_tokens, text_mask, regions, method=method, seed=seed,
-                            **common)
-    P, K = regions.shape[:2]
-    dtype = torch.float64 if image_tokens.dtype == torch.float64 else torch.float32
-    if targets is None:
-        out = torch.zeros(P, K, dtype=dtype, device=image_tokens.device)
-        for p in range(P):
-            one = _pair_tokens(image_tokens, text_tokens, text_mask, p)
-            out[p] = interactions(*towers, *one, regions[p:p + 1], method=method,
-                                  seed=pair_seed(seed, int(rows[p])), **common)[0].to(dtype)
-        return out
-    out = torch.zeros(targets.shape[0], dtype=dtype, device=image_tokens.device)
-    pair, region = targets[:, 0], targets[:, 1]
-    for p in pair.unique().tolist():
-        mine = (pair == p).nonzero().squeeze(1)
-        one = _pair_tokens(image_tokens, text_tokens, text_mask, p)
-        s = pair_seed(seed, int(rows[p]))
-        if mine.numel() == int(labelled[p].sum()):
-            full = interactions(*towers, *one, regions[p:p + 1], method=method, seed=s, **common)[0]
-            out[mine] = full[region[mine]].to(dtype)
-        else:
-            asked = torch.stack([torch.zeros_like(region[mine]), region[mine]], dim=1)
-            out[mine] = target_interactions(*towers, *one, regions[p:p + 1], asked, seed=s, method=method,
-                                            **common).to(dtype)
-    return out
-
-
-def semantic_scores_by_pair(interactions, A, region_mask, phrase_mask, rows, seed: int, *, num_samples: int,
-                            pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Sampled semantic-level interactions float[B, K, M] of B pairs, pair by pair with pair b's own
-    seed ``pair_seed(seed, rows[b])`` and its phrase padding cut (up to its last present phrase): a
-    value does not depend on the other pairs of the rank's batch or on their phrase counts.
-
-    interactions: ``labels.semantic_interactions``; A float[B, K, M] (detached), region_mask
-    bool[B, K], phrase_mask bool[B, M], rows long[B] (global rows, CPU). pairs: long[n] the
-    positions in the batch to estimate (default every pair); the other pairs' entries are 0.
-    """
-    out = torch.zeros_like(A).detach()
-    for b in (range(A.shape[0]) if pairs is None else pairs.tolist()):
-        present = phrase_mask[b].nonzero()
-        M = int(present.max()) + 1 if present.numel() else 1
-        out[b, :, :M] = interactions(A[b:b + 1, :, :M], region_mask[b:b + 1], phrase_mask[b:b + 1, :M],
-                                     method="sampling", num_samples=num_samples,
-                                     seed=pair_seed(seed, int(rows[b])))[0]
-    return out
-
-
 # ---------------------------------------------------------------- collectives
+_LOCAL_ONLY: list = []  # what runs now under local_only (innermost last)
+
+
+@contextlib.contextmanager
+def local_only(where: str):
+    """Within it, a call of a collective below (:func:`global_mean`, :func:`global_sum`,
+    :func:`global_moments`, :func:`gather_with_grad`, :func:`gather_padded`) raises RuntimeError
+    naming ``where``, on any number of processes: code that runs on some steps or some ranks only
+    (a diagnostic, a term marked ``collective = False``) cannot make one, which would hang the
+    other ranks of a multi-process run."""
+    _LOCAL_ONLY.append(where)
+    try:
+        yield
+    finally:
+        _LOCAL_ONLY.pop()
+
+
+def _collective(name: str) -> None:
+    if _LOCAL_ONLY:
+        raise RuntimeError(f"global_batch.{name} called inside {_LOCAL_ONLY[-1]}, which must make no collective "
+                           "call (every rank must make the same collective calls in the same order)")
+
+
 class Ranks(NamedTuple):
     """The processes that share one step's global batch (torch.distributed with W > 1): this
     process's ``rank``, their number ``size`` W and their process ``group`` (None: the default one).
 
-    The trainer hands it to the model with each micro-batch (batch key :data:`RANKS`); the
+    The trainer hands it to the objective with each micro-batch (in the step context); the
     functions below take it as an argument and never read torch.distributed's global state: with
     ``ranks=None`` (one process) they are local.
     """
@@ -183,19 +132,6 @@ class Ranks(NamedTuple):
     rank: int
     size: int
     group: Any = None
-
-
-RANKS = "ranks"  # batch key: the Ranks sharing the batch, absent or None for one process
-
-
-def batch_ranks(batch: dict) -> Optional[Ranks]:
-    """The batch's :class:`Ranks` (key :data:`RANKS`), None for one process."""
-    ranks = batch.get(RANKS)
-    if ranks is None:
-        return None
-    if not isinstance(ranks, Ranks):
-        raise ValueError(f"batch[{RANKS!r}] must be a global_batch.Ranks or None, got {type(ranks).__name__}")
-    return ranks if ranks.size > 1 else None
 
 
 def many_ranks(ranks: Optional[Ranks]) -> bool:
@@ -207,6 +143,7 @@ def global_mean(total: torch.Tensor, count, ranks: Optional[Ranks] = None) -> to
     """This rank's share of sum / count over every rank of ``ranks`` (module docstring): ``total`` a
     scalar with graph (0 where this rank has nothing), ``count`` its number (or weight) of items;
     0, with graph, where no rank has any."""
+    _collective("global_mean")
     n = torch.as_tensor(count, device=total.device).detach().to(torch.float64).clone()
     scale = 1.0
     if many_ranks(ranks):
@@ -218,6 +155,7 @@ def global_mean(total: torch.Tensor, count, ranks: Optional[Ranks] = None) -> to
 def global_sum(x: torch.Tensor, ranks: Optional[Ranks] = None) -> torch.Tensor:
     """``x`` summed over every rank of ``ranks`` (one all_reduce; ``x`` itself for one process).
     Every rank must call it."""
+    _collective("global_sum")
     if not many_ranks(ranks):
         return x
     total = x.clone()
@@ -228,6 +166,7 @@ def global_sum(x: torch.Tensor, ranks: Optional[Ranks] = None) -> torch.Tensor:
 def global_moments(values: torch.Tensor, ranks: Optional[Ranks] = None):
     """(count float, mean, M2) of float64 ``values`` float[n] of every rank of ``ranks`` together
     (Chan et al.; one all_gather); mean and M2 0-d tensors, 0 for no value."""
+    _collective("global_moments")
     n = float(values.numel())
     mean = values.mean() if n else values.new_zeros(())
     m2 = (values - mean).square().sum() if n else values.new_zeros(())
@@ -267,6 +206,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def gather_with_grad(x: torch.Tensor, ranks: Optional[Ranks] = None) -> torch.Tensor:
     """Every rank's x [b, ...] (same shape on every rank) in rank order, with gradients; x for one process."""
+    _collective("gather_with_grad")
     return _GatherWithGrad.apply(x, ranks) if many_ranks(ranks) else x
 
 
@@ -274,6 +214,7 @@ def gather_padded(x: torch.Tensor, mask: torch.Tensor, ranks: Optional[Ranks] = 
     """(x float[W b, M*, ...] with gradients, mask bool[W b, M*], this rank's first row): every
     rank's x [b, M, ...] and mask bool[b, M], padded (zeros, mask False) to the largest M of
     any rank along dim 1; (x, mask, 0) for one process."""
+    _collective("gather_padded")
     if not many_ranks(ranks):
         return x, mask, 0
     dist = torch.distributed
@@ -287,3 +228,31 @@ def gather_padded(x: torch.Tensor, mask: torch.Tensor, ranks: Optional[Ranks] = 
     parts = [torch.empty_like(flags) for _ in range(ranks.size)]
     dist.all_gather(parts, flags, group=ranks.group)
     return _GatherWithGrad.apply(x, ranks), torch.cat(parts).bool(), ranks.rank * x.shape[0]
+
+
+def global_any(flag: bool, ranks: Optional[Ranks] = None, device=None) -> bool:
+    """Whether ``flag`` is True on any rank of ``ranks`` (one all_reduce of a tensor on ``device``,
+    the device of the process group's backend), so that every rank stops together."""
+    _collective("global_any")
+    if not many_ranks(ranks):
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=ranks.group)
+    return bool(t.item() > 0)
+
+
+def global_barrier(ranks: Optional[Ranks] = None) -> None:
+    """Wait for every rank of ``ranks`` (nothing for one process)."""
+    _collective("global_barrier")
+    if many_ranks(ranks):
+        torch.distributed.barrier(group=ranks.group)
+
+
+def gather_objects(obj, ranks: Optional[Ranks] = None) -> list:
+    """Every rank's picklable ``obj``, in rank order (a one-element list for one process)."""
+    _collective("gather_objects")
+    if not many_ranks(ranks):
+        return [obj]
+    out = [None] * ranks.size
+    torch.distributed.all_gather_object(out, obj, group=ranks.group)
+    return out

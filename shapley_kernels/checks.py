@@ -29,6 +29,14 @@ def check_tensor(name: str, x, *, dims: Optional[int] = None, dtype_kind: Option
     return x
 
 
+def check_has_values(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Raise ValueError if ``x`` is on the meta device (shape and dtype only, no values to read)."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor: it holds no values to compute with "
+                         f"(create it on 'cpu' or 'cuda')")
+    return x
+
+
 def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
     """Raise ValueError if ``x`` holds NaN or inf (never let a NaN through silently)."""
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):

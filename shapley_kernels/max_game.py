@@ -56,35 +56,27 @@ def _player_phi(order: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(shares).scatter_(-1, order, shares)
 
 
-def _region_phi(order: torch.Tensor, gaps: torch.Tensor, members: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def _region_phi(order: torch.Tensor, gaps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """phi([R]) float[G, K] of K regions in the maximum games of ``_sorted``'s order and gaps
-    (values >= 0).
-
-    members long[G, K, m]: each region's players, padded; valid bool[G, K, m]: which are real.
+    (values >= 0); regions bool[G, K, n], each game's own.
 
     Level form of the closed form: v(S) is the integral over s > 0 of [S meets {j: x_j >= s}],
     whose Shapley value gives each of those players 1 / #{j: x_j >= s}; with R as one player,
-    phi([R]) = sum_t (a_t - a_(t+1)) [t >= r_1] / (1 + t - c_t), where a is x sorted in decreasing
-    order (a_(n+1) = 0), r_1 < ... < r_m the ranks of R's m players and c_t = j on
-    r_j <= t < r_(j+1). With W_j(t) = sum_{t' <= t, t' >= j} (a_t' - a_(t'+1)) / (1 + t' - j), one
-    prefix sum per game and j, phi([R]) = sum_j W_j(r_(j+1) - 1) - W_j(r_j - 1) (r_(m+1) = n + 1):
-    one sort per game and O(K m) per game after it. Gaps of width 0 (ties) add nothing.
+    phi([R]) = sum_t (a_t - a_(t+1)) [c_t >= 1] / (1 + t - c_t), where a is x sorted in decreasing
+    order (a_(n+1) = 0) and c_t the number of R's players among the t best: one cumulative sum
+    over R's membership in rank order, O(K n) per game after its sort. Gaps of width 0 (ties)
+    add nothing.
     """
-    (G, n), (K, m) = gaps.shape, members.shape[1:]
+    n = gaps.shape[-1]
+    in_rank_order = regions.gather(-1, order[:, None, :].expand(regions.shape))              # [G, K, n]
+    count = in_rank_order.cumsum(dim=-1)                                                       # c_t
     t = torch.arange(1, n + 1, device=gaps.device)
-    j = torch.arange(1, m + 1, device=gaps.device)
-    denominator = (1 + t[None, :] - j[:, None]).to(gaps.dtype)                                   # [m, n]
-    terms = torch.where(denominator > 0, gaps[:, None, :] / denominator.clamp(min=1), torch.zeros(()))
-    prefix = torch.cat([torch.zeros_like(terms[..., :1]), terms.cumsum(dim=-1)], dim=-1)           # W_j(0..n)
-    rank = torch.empty_like(order).scatter_(-1, order, t.expand_as(order))                          # [G, n], 1-based
-    member_rank = torch.where(valid, rank[:, None, :].expand(G, K, n).gather(-1, members), n + 1)
-    member_rank = member_rank.sort(dim=-1).values                                                   # r_1..r_m
-    following = torch.cat([member_rank[..., 1:], torch.full_like(member_rank[..., :1], n + 1)], dim=-1)
-    flat = prefix.reshape(G, m * (n + 1))
-    offset = (j - 1) * (n + 1)
-    upper = flat.gather(1, (offset + following - 1).reshape(G, K * m)).reshape(G, K, m)
-    lower = flat.gather(1, (offset + member_rank - 1).reshape(G, K * m)).reshape(G, K, m)
-    return (upper - lower).sum(dim=-1)
+    shares = gaps[:, None, :] / (1 + t - count).to(gaps.dtype)                                 # 1 + t - c_t >= 1
+    return torch.where(count > 0, shares, torch.zeros((), dtype=gaps.dtype, device=gaps.device)).sum(dim=-1)
+
+
+# Elements of the largest intermediate (a chunk of games x K x n): bounds memory for any batch.
+_CHUNK_ELEMENTS = 1 << 21
 
 
 def max_game_region_values(values: torch.Tensor, regions: torch.Tensor,
@@ -95,7 +87,8 @@ def max_game_region_values(values: torch.Tensor, regions: torch.Tensor,
     images and Q queries); regions bool[..., K, n] (batch dims broadcastable to ``values``'s,
     each region non-empty). Returns float[..., K] (the broadcast batch dims): the score of each
     region as one player; a tuple or list of scores gives a dict {score: float[..., K]}.
-    Cost: one sort of n values per game and O(K n) per game after it.
+    Cost: one sort of n values per game and O(K n) per game after it, in chunks of games whose
+    [games, K, n] intermediates hold at most about 2^21 elements (no Python loop over games).
     """
     check_tensor("values", values, dtype_kind="float")
     check_tensor("regions", regions)
@@ -117,23 +110,29 @@ def max_game_region_values(values: torch.Tensor, regions: torch.Tensor,
         raise ValueError(f"regions' batch dims {list(regions.shape[:-2])} do not broadcast with values' "
                          f"{list(values.shape[:-1])}") from None
     K = regions.shape[-2]
-    y = values.clamp(min=0.0).expand(*batch, n)
-    sizes = regions.sum(dim=-1)                                                  # [..., K], regions' own batch
-    order, gaps = _sorted(y.reshape(-1, n))     # one sort per game, shared by every score
-    out = {}
-    if "phi" in names or "excess" in names:
-        m = int(sizes.max())
-        members = regions.to(torch.uint8).topk(m, dim=-1).indices               # players first, then padding
-        valid = regions.gather(-1, members)
-        out["phi"] = _region_phi(order, gaps, members.expand(*batch, K, m).reshape(-1, K, m),
-                                 valid.expand(*batch, K, m).reshape(-1, K, m)).reshape(*batch, K)
-    if "excess" in names:
-        total = y.amax(dim=-1, keepdim=True)                                     # v(N)
-        out["excess"] = out["phi"] - sizes.to(y.dtype) / n * total
-    if "shapley_iou" in names:
-        players = _player_phi(order, gaps).reshape(*batch, n)
-        top = players.amax(dim=-1, keepdim=True)
-        soft = players / torch.where(top > 0, top, torch.ones_like(top))       # w, 0 where v(N) = 0
-        inside = (regions.to(y.dtype) @ soft[..., None]).squeeze(-1)             # [..., K]
-        out["shapley_iou"] = inside / (sizes.to(y.dtype) + soft.sum(dim=-1, keepdim=True) - inside)
+    y = values.clamp(min=0.0).expand(*batch, n).reshape(-1, n)                   # [G, n]
+    flat_regions = regions.reshape(-1, K, n)
+    # each game's row of flat_regions (regions are broadcast, never copied per game)
+    region_of_game = torch.arange(flat_regions.shape[0], device=regions.device).reshape(regions.shape[:-2])
+    region_of_game = region_of_game.expand(batch).reshape(-1)
+    out = {name: y.new_empty(y.shape[0], K) for name in names}
+    step = max(1, _CHUNK_ELEMENTS // max(1, K * n))
+    for start in range(0, y.shape[0], step):   # chunks of games: memory bounded, one sort per game
+        rows = slice(start, start + step)
+        games = flat_regions[region_of_game[rows]]                                    # [g, K, n]
+        sizes = games.sum(dim=-1).to(y.dtype)                                         # [g, K]
+        order, gaps = _sorted(y[rows])     # shared by every score
+        if "phi" in names or "excess" in names:
+            phi = _region_phi(order, gaps, games)
+            if "phi" in names:
+                out["phi"][rows] = phi
+            if "excess" in names:
+                out["excess"][rows] = phi - sizes / n * y[rows].amax(dim=-1, keepdim=True)   # v(N)
+        if "shapley_iou" in names:
+            players = _player_phi(order, gaps)
+            top = players.amax(dim=-1, keepdim=True)
+            soft = players / torch.where(top > 0, top, torch.ones_like(top))       # w, 0 where v(N) = 0
+            inside = (games.to(y.dtype) * soft[:, None, :]).sum(dim=-1)             # [g, K]
+            out["shapley_iou"][rows] = inside / (sizes + soft.sum(dim=-1, keepdim=True) - inside)
+    out = {name: value.reshape(*batch, K) for name, value in out.items()}
     return out[score] if isinstance(score, str) else {name: out[name] for name in names}

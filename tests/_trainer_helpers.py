@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from loupe_core.config import RunConfig
-from loupe_core.global_batch import batch_ranks
 from loupe_core.objective.losses import LossOutput, cmc_loss
+from loupe_core.objective.step import StepContext
 
 IMG, VOCAB, LEN, DIM = 12, 50, 6, 8
 
@@ -32,14 +32,15 @@ class PairModel(torch.nn.Module):
         pooled = (self.tok(batch["input_ids"]) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return img, F.normalize(self.txt(pooled), dim=-1)
 
-    def forward(self, batch, step=0, total_steps=1, bank=None, embed_only=False, diagnostics=True):
+    def forward(self, batch, step=None, embed_only=False):
         img, txt = self.embed(batch)
         if embed_only:
             return img, txt
-        terms = {"cmc": cmc_loss(img, txt, self.logit_scale.exp(), bank=bank, ranks=batch_ranks(batch))}
+        step = step or StepContext()
+        terms = {"cmc": cmc_loss(img, txt, self.logit_scale.exp(), bank=step.bank, ranks=step.ranks)}
         if self.local:
             terms["local"] = ((img - txt) ** 2).sum(-1).mean()
-        if self.nan_at is not None and step + 1 == self.nan_at:
+        if self.nan_at is not None and step.index + 1 == self.nan_at:
             terms["cmc"] = terms["cmc"] * float("nan")
         total = sum(terms.values())
         return LossOutput(total, terms, {"scale": float(self.logit_scale.detach().exp())})

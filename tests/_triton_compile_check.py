@@ -1,5 +1,6 @@
 """Compile every Triton kernel of the package to sm_90 cubins without a GPU: the alignment
-game's three kernels and the token-level towers' bitmask attention (a script: run with
+game's three kernels, the token-level towers' bitmask attention and the late-interaction op's
+three kernels (a script: run with
 TRITON_INTERPRET unset; tests/test_triton_compile.py does so in a subprocess).
 
 The interpreter runs kernels as Python and misses what only the compiler checks (non-constexpr
@@ -14,6 +15,8 @@ from triton.compiler import ASTSource
 
 from shapley_kernels.alignment import _triton_backend as backend
 from shapley_kernels.alignment import _triton_kernels as kernels
+from shapley_kernels.late_interaction import _triton_backend as li_backend
+from shapley_kernels.late_interaction import _triton_kernels as li_kernels
 from shapley_kernels.token_level import _triton_attention as attention
 
 # (dtype, keys L, head width hd): both block sizes, a head width rounded up, the three dtypes
@@ -49,6 +52,19 @@ def _cases():
             q_ptr=tensor, k_ptr=tensor, v_ptr=tensor, o_ptr=tensor, bits_ptr="*i64", L="i32", HD="i32",
             HEADS="i32", WORDS="i32", scale="fp32", BLOCK_M="constexpr", BLOCK_N="constexpr",
             BLOCK_D="constexpr", PRECISION="constexpr"), attention.launch_config(L, hd, dtype), {}
+    li_warps = {"num_warps": li_backend.NUM_WARPS}
+    for (Q, P, D), dt, write_best in (((8, 64, 64), "fp32", False), ((3, 196, 130), "fp64", True)):
+        QP, BP, BD = li_backend.launch_blocks(Q, P, D)
+        yield li_kernels.forward_kernel, dict(
+            q_ptr="*" + dt, mask_ptr="*u8", p_ptr="*" + dt, sim_ptr="*" + dt, best_ptr="*" + dt, arg_ptr="*i32",
+            Bi="i32", Q="i32", P="i32", D="i32", QP="constexpr", BP="constexpr", BD="constexpr",
+            WRITE_BEST="constexpr"), dict(QP=QP, BP=BP, BD=BD, WRITE_BEST=write_best), li_warps
+    yield li_kernels.grad_queries_kernel, dict(
+        grad_ptr="*fp32", weight_ptr="*fp32", p_ptr="*fp32", arg_ptr="*i32", gq_ptr="*fp32", Bi="i32", Q="i32",
+        P="i32", D="i32", QP="constexpr", BD="constexpr"), dict(QP=8, BD=64), li_warps
+    yield li_kernels.grad_patches_kernel, dict(
+        grad_ptr="*fp32", weight_ptr="*fp32", q_ptr="*fp32", arg_ptr="*i32", gp_ptr="*fp32", Bt="i32", Bi="i32",
+        Q="i32", P="i32", D="i32", BD="constexpr"), dict(BD=64), li_warps
 
 
 def main():

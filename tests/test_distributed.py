@@ -15,6 +15,8 @@ import torch.multiprocessing as mp
 
 from _trainer_helpers import PairData, PairModel, collate, pair_config
 from loupe_core import global_batch as gb
+from loupe_core.errors import DivergenceError
+from loupe_core.objective.step import StepContext
 from loupe_core.train.distributed import DistContext, init_distributed, shard_bounds, shutdown
 from loupe_core.train.trainer import _unused_parameters, train
 
@@ -154,17 +156,17 @@ def test_token_labels_of_a_pair_do_not_depend_on_its_batch():
     regions = torch.zeros(2, 3, 16, dtype=torch.bool)
     regions[:, 0, :2], regions[:, 1, 4:8], regions[:, 2, 10:13] = True, True, True
     common = dict(baseline="zero", num_samples=4, score="interaction")
-    both = gb.token_scores_by_pair(lab.token_interactions, None, towers, images, texts, mask, regions,
+    both = lab.token_scores_by_pair(towers, images, texts, mask, regions,
                                    torch.tensor([6, 2]), 11, **common)
-    alone = gb.token_scores_by_pair(lab.token_interactions, None, towers, images[:1], texts[:1, :4], mask[:1, :4],
+    alone = lab.token_scores_by_pair(towers, images[:1], texts[:1, :4], mask[:1, :4],
                                     regions[:1], torch.tensor([6]), 11, **common)
     torch.testing.assert_close(both[:1], alone, rtol=1e-5, atol=1e-7)
     targets = torch.tensor([[0, 1], [1, 0], [1, 2]])
     labelled = torch.ones(2, 3, dtype=torch.bool)
-    some = gb.token_scores_by_pair(lab.token_interactions, lab.token_target_interactions, towers, images, texts,
+    some = lab.token_scores_by_pair(towers, images, texts,
                                    mask, regions, torch.tensor([6, 2]), 11, labelled=labelled, targets=targets,
                                    **common)
-    one = gb.token_scores_by_pair(lab.token_interactions, lab.token_target_interactions, towers, images[:1],
+    one = lab.token_scores_by_pair(towers, images[:1],
                                   texts[:1, :4], mask[:1, :4], regions[:1], torch.tensor([6]), 11,
                                   labelled=labelled[:1], targets=targets[:1], **common)
     torch.testing.assert_close(some[:1], one, rtol=1e-5, atol=1e-7)
@@ -179,13 +181,13 @@ def test_semantic_labels_of_a_pair_do_not_depend_on_its_batch():
     A = torch.randn(2, 3, 4, generator=g)
     regions = torch.ones(2, 3, dtype=torch.bool)
     phrases = torch.tensor([[True, True, False, False], [True, True, True, True]])
-    both = gb.semantic_scores_by_pair(lab.semantic_interactions, A, regions, phrases, torch.tensor([6, 2]), 11,
+    both = lab.semantic_scores_by_pair(A, regions, phrases, torch.tensor([6, 2]), 11,
                                       num_samples=8)
-    alone = gb.semantic_scores_by_pair(lab.semantic_interactions, A[:1, :, :2], regions[:1], phrases[:1, :2],
+    alone = lab.semantic_scores_by_pair(A[:1, :, :2], regions[:1], phrases[:1, :2],
                                        torch.tensor([6]), 11, num_samples=8)
     torch.testing.assert_close(both[:1, :, :2], alone, rtol=0, atol=0)
     assert torch.equal(both[0, :, 2:], torch.zeros(3, 2)) and both[1].abs().sum() > 0
-    moved = gb.semantic_scores_by_pair(lab.semantic_interactions, A[:1], regions[:1], phrases[:1],
+    moved = lab.semantic_scores_by_pair(A[:1], regions[:1], phrases[:1],
                                        torch.tensor([7]), 11, num_samples=8)
     assert not torch.equal(moved, both[:1])  # another row, other draws
 
@@ -201,7 +203,8 @@ def test_the_probe_finds_the_parameters_a_config_leaves_out():
         model = LoupeObjective(cfg.model, cfg.loss)
         buffers = [b.clone() for b in model.buffers()]
         draw = torch.get_rng_state()
-        names = _unused_parameters(model, make_batch(), cfg, DistContext(), 8, 10)  # after UNSIL's warm-up
+        names = _unused_parameters(model, make_batch(), StepContext(index=8, total_steps=10, diagnostics=False), cfg,
+                                   DistContext())  # after UNSIL's warm-up
         heads = {"model.region_logit_scale"} | {n for n, _ in model.named_parameters()
                                                 if n.startswith("model.region_head.")}
         assert set(names) == (heads if over else set()), names
@@ -244,7 +247,7 @@ def _track_worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     ctx = init_distributed("cpu")
-    unsil = Unsil("mlp_attention", 4, 4, 8, 6)
+    unsil = Unsil("mlp_attention", 4, 4, 8)
     g = torch.Generator().manual_seed(rank)
     for step in range(3):   # rank 1 samples no target on step 1
         n = 0 if (rank, step) == (1, 1) else 3 + rank
@@ -260,7 +263,7 @@ def test_unsil_tracks_every_ranks_targets_so_the_gate_agrees(tmp_path):
 
     mp.spawn(_track_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     got = [torch.load(tmp_path / f"moments{r}.pt") for r in range(2)]
-    one = Unsil("mlp_attention", 4, 4, 8, 6)
+    one = Unsil("mlp_attention", 4, 4, 8)
     gens = [torch.Generator().manual_seed(r) for r in range(2)]
     for step in range(3):
         pairs = [(torch.randn(n, generator=g), torch.randn(n, generator=g))
@@ -312,13 +315,13 @@ def test_the_losses_span_the_ranks_they_are_given_not_the_process_group(tmp_path
 
 
 class _FailsOnOneRank(PairModel):
-    """PairModel whose forward raises a non-finite ValueError on rank 1 at step 1, as a library
-    check does on activations that overflowed on that rank's data only."""
+    """PairModel whose forward raises ``DivergenceError`` on rank 1 at step 1, as the objective's label
+    games do on activations that overflowed on that rank's data only."""
 
-    def forward(self, batch, step=0, total_steps=1, **kwargs):
-        if step == 1 and not kwargs.get("embed_only") and int(os.environ["RANK"]) == 1:
-            raise ValueError("image activations contain NaN")
-        return super().forward(batch, step, total_steps, **kwargs)
+    def forward(self, batch, step=None, embed_only=False):
+        if not embed_only and step.index == 1 and int(os.environ["RANK"]) == 1:
+            raise DivergenceError("image activations contain NaN")
+        return super().forward(batch, step, embed_only)
 
 
 def _one_rank_fails_worker(rank, world, port, out_dir):

@@ -19,12 +19,13 @@ import torch
 
 from _trainer_helpers import PairData, PairModel, collate, pair_config
 from loupe_core.config import load_config
+from loupe_core.errors import DivergenceError
 from loupe_core.data import DataStats, Tokenizer, make_csv_loader, make_webdataset_loader
 from loupe_core.data.images import encode_png
 from loupe_core.data.shards import write_shard
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.logging import MetricLogger
-from loupe_core.train.trainer import TrainingDiverged, train
+from loupe_core.train.trainer import train
 
 pytestmark = pytest.mark.faults
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -299,7 +300,7 @@ def test_a_huge_learning_rate_stops_with_the_divergence_message(tmp_path):
     from _trainer_helpers import shapesworld_run
 
     cfg, model, data = shapesworld_run(str(tmp_path / "cache"), "train.lr=1e30", "train.steps=4", "train.ckpt_every=1")
-    with pytest.raises(TrainingDiverged, match=r"at step \d.*Last good checkpoint: .*step_0000000\d.pt"):
+    with pytest.raises(DivergenceError, match=r"at step \d.*Last good checkpoint: .*step_0000000\d.pt"):
         train(cfg, str(tmp_path / "run"), model, data.train, data.collate)
     for path in ckpt.list_checkpoints(str(tmp_path / "run")):
         ckpt.load_training_state(path)  # finite: no diverged state reached the disk

@@ -30,6 +30,14 @@ def test_late_interaction_similarity_matches_loops():
     torch.testing.assert_close(got.double(), _reference_similarity(q, qmask, p), atol=1e-6, rtol=1e-6)
 
 
+def test_late_interaction_similarity_without_query_slots_is_zero_with_graph():
+    q = torch.zeros(3, 0, 5, requires_grad=True)
+    p = torch.randn(2, 6, 5, requires_grad=True)
+    s = late_interaction_similarity(q, torch.zeros(3, 0, dtype=torch.bool), p)
+    s.sum().backward()
+    assert s.shape == (3, 2) and float(s.abs().sum()) == 0.0 and float(p.grad.abs().sum()) == 0.0
+
+
 def test_fine_contrastive_loss_is_the_symmetric_cross_entropy_of_the_kept_captions():
     g = torch.Generator().manual_seed(1)
     q = F.normalize(torch.randn(4, 3, 8, generator=g), dim=-1)
@@ -131,14 +139,14 @@ def test_random_views_crop_and_flip_as_drawn():
 
 
 def test_simclr_term_trains_the_image_tower_and_its_head():
-    from loupe_core.objective import LoupeObjective
+    from loupe_core.objective import LoupeObjective, StepContext
 
     from test_model import TINY, make_batch  # noqa: E402
 
     objective = LoupeObjective(TINY, dict(cmc=True, simclr=1.0))
-    out = objective(make_batch(), step=3)
+    out = objective(make_batch(), StepContext(index=3))
     assert set(out.terms) == {"cmc", "simclr"} and torch.isfinite(out.total)
     out.total.backward()
-    assert objective.simclr_head[0].weight.grad is not None
-    again = objective(make_batch(), step=3).terms["simclr"]
+    assert objective.terms["simclr"].head[0].weight.grad is not None
+    again = objective(make_batch(), StepContext(index=3)).terms["simclr"]
     assert float(again) == pytest.approx(float(out.terms["simclr"]))   # the views are a function of (step, row)

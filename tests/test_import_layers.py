@@ -25,6 +25,7 @@ PACKAGES = ("shapley_kernels", "loupe_core")
 LAYERS = (
     ("shapley_kernels", ("shapley_kernels.*",)),        # the estimator library: knows no LOUPE
     ("errors", ("loupe_core.errors",)),                  # the exception types (imports nothing of the project)
+    ("progress", ("loupe_core.progress",)),              # progress bars / lines (tqdm only)
     ("schema", ("loupe_core.schema",)),                  # typed strict dataclass loading (stdlib only)
     ("data", ("loupe_core.data.*",)),                    # datasets, loaders, tokenizer, phrases
     ("global_batch", ("loupe_core.global_batch",)),      # DDP-invariant rows, seeds, gathers (torch only)
@@ -51,6 +52,18 @@ LAZY_IMPORTS = {
     ("loupe_core", "loupe_core.api"):
         "PEP 562 lazy re-export: the root package runs before every submodule, so an eager import "
         "would make each lower layer load the API layer",
+    # issue 32 (part A): `loupe --help`, `loupe --version` and `list_models()` load no torch
+    ("loupe_core", "loupe_core.config"):
+        "list_models() is the config names alone: resolving it loads config, not the API layer and torch",
+    **{("loupe_core.commands." + command, module): "a command loads what it runs when it runs, so that "
+       "building the parser (`loupe --help`, `loupe --version`) loads no torch"
+       for command, modules in {
+           "pretrain": ("loupe_core.pipeline",),
+           "eval": ("loupe_core.eval", "loupe_core.pipeline", "loupe_core.train.distributed", "loupe_core.viz",
+                    "loupe_core.data.shapesworld_hard", "loupe_core.eval.hard_splits"),
+           "data": ("loupe_core.data.shards", "loupe_core.data.webdataset_loader", "loupe_core.data.shapesworld",
+                    "loupe_core.data.csv_loader", "loupe_core.data.tokenizer", "loupe_core.data.shapesworld_hard"),
+       }.items() for module in modules},
 }
 
 # Upward arrows still in the code (importing module, imported module): none left.

@@ -59,7 +59,7 @@ def test_semantic_exact_labels_match_brute_force_with_padding():
 
 def test_semantic_sampling_by_pair_uses_only_present_players():
     A, region_mask, phrase_mask = _padded_alignment()
-    values = gb.semantic_scores_by_pair(lab.semantic_interactions, A, region_mask, phrase_mask, torch.tensor([4, 9]),
+    values = lab.semantic_scores_by_pair(A, region_mask, phrase_mask, torch.tensor([4, 9]),
                                         3, num_samples=4000, pairs=torch.tensor([0]))
     assert torch.equal(values[1], torch.zeros_like(values[1]))  # a pair not asked for
     got = [values[0, 2, 1].item(), values[0, 0, 0].item()]
@@ -113,7 +113,7 @@ def test_hybrid_decision_frequency():
 
 def _unsil_case(bias):
     torch.manual_seed(0)
-    net = Unsil("mlp_attention", 4, 4, 8, 8)
+    net = Unsil("mlp_attention", 4, 4, 8)
     with torch.no_grad():
         net.net.sigma_head[-1].weight.zero_()
         net.net.sigma_head[-1].bias.fill_(bias)
@@ -153,8 +153,10 @@ def test_hybrid_labels_mix_and_train(warmup, bias, want_sampled):
 
 
 def test_step_seeds_differ_per_stream_and_step():
-    seeds = {lab.step_seed(s, k) for s in range(3) for k in lab.STREAMS}
-    assert len(seeds) == 3 * len(lab.STREAMS)
+    from loupe_core import global_batch as gb
+
+    seeds = {gb.stream_seed(s, k) for s in range(3) for k in gb.STREAMS}
+    assert len(seeds) == 3 * len(gb.STREAMS)
 
 
 def test_hybrid_gate_samples_everything_while_unsil_does_not_track():

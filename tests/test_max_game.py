@@ -98,3 +98,19 @@ def test_edges_whole_set_all_zero_and_broadcast():
 def test_bad_input_names_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         max_game_region_values(**kwargs)
+
+
+def test_chunks_of_games_give_the_one_chunk_result(monkeypatch):
+    """Regions broadcast over a [B, Q] batch of games, one game per chunk against one chunk."""
+    import shapley_kernels.max_game as max_game
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 4, 9, generator=g, dtype=torch.float64)
+    regions = torch.stack([random_regions(9, 5, g) for _ in range(3)])[:, None]        # [3, 1, 5, 9]
+    names = ("phi", "excess", "shapley_iou")
+    whole = max_game_region_values(x, regions, score=names)
+    monkeypatch.setattr(max_game, "_CHUNK_ELEMENTS", 1)
+    chunked = max_game_region_values(x, regions, score=names)
+    for name in names:
+        assert whole[name].shape == (3, 4, 5)
+        torch.testing.assert_close(chunked[name], whole[name], rtol=0, atol=0)

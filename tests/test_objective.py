@@ -3,7 +3,7 @@ UNSIL's hybrid decisions, bad batches."""
 import pytest
 import torch
 
-from loupe_core.objective import ContrastiveBank, LoupeObjective
+from loupe_core.objective import ContrastiveBank, LoupeObjective, StepContext
 from loupe_core.objective.losses import cmc_loss
 from test_model import FAST, TINY, make_batch
 
@@ -25,7 +25,7 @@ def test_every_loss_combination_trains(name):
     opt = torch.optim.AdamW(objective.parameters(), lr=2e-3)
     losses, steps = [], 20
     for step in range(steps):
-        out = objective(batch, step=step, total_steps=steps)
+        out = objective(batch, StepContext(index=step, total_steps=steps))
         assert set(out.terms) == {k for k in ("cmc", "tsa", "fsa", "unsil") if k in name}
         assert all(torch.isfinite(t) for t in out.terms.values())
         opt.zero_grad()
@@ -45,10 +45,10 @@ def test_bank_loss_equals_plain_full_batch_loss():
     with torch.no_grad():
         img, txt = objective(batch, embed_only=True)
     plain = objective(batch).total
-    banked = objective(batch, bank=ContrastiveBank(img, txt, 0)).total
+    banked = objective(batch, StepContext(bank=ContrastiveBank(img, txt, 0))).total
     assert banked.item() == pytest.approx(plain.item(), rel=1e-6)
     half = {k: v[:2] for k, v in batch.items()}
-    part = objective(half, bank=ContrastiveBank(img, txt, 0)).total
+    part = objective(half, StepContext(bank=ContrastiveBank(img, txt, 0))).total
     assert part.item() == pytest.approx(cmc_loss(img, txt, objective.model.logit_scale.exp()).item(), rel=1e-5)
 
 
@@ -76,7 +76,7 @@ def test_single_candidate_gives_zero_tsa_not_nan():
 @pytest.mark.parametrize("source", ["sampling", "hybrid"])
 def test_one_patch_candidates_carry_no_tsa_label(monkeypatch, source):
     """Eq. 7 gives a one-patch region I = 0 whatever the objective does: no label, left out of L_TSA."""
-    import loupe_core.objective.loupe_objective as loupe_module
+    import loupe_core.objective.terms.tsa as loupe_module
 
     torch.manual_seed(0)
     objective = LoupeObjective(TINY, dict(FAST, tsa=True, token_source=source, unsil=source == "hybrid"))
@@ -87,7 +87,7 @@ def test_one_patch_candidates_carry_no_tsa_label(monkeypatch, source):
     real_tsa = loupe_module.tsa_loss
     monkeypatch.setattr(loupe_module, "tsa_loss",
                         lambda c, i, v, *rest: seen.update(values=i, valid=v) or real_tsa(c, i, v, *rest))
-    out = objective(make_batch(B), step=0, total_steps=10)
+    out = objective(make_batch(B), StepContext(index=0, total_steps=10))
     cells = objective.model.region_head.geometry((4, 4), 8.0, "cpu", torch.float32).masks[chosen].sum(dim=1)
     assert cells.tolist() == [1, 4, 1, 6, 1]  # the 2x2 box of the corner cell 0 is clipped to one cell
     want = (cells >= 2).expand(B, -1)
@@ -102,7 +102,7 @@ def test_diagnostics_off_skips_the_probe_and_changes_nothing_else():
         torch.manual_seed(0)
         objective = LoupeObjective(TINY, dict(FAST, tsa=True, fsa=True, unsil=True, token_source="hybrid",
                                       semantic_source="hybrid"))
-        out = objective(make_batch(), step=5, total_steps=10, diagnostics=diagnostics)
+        out = objective(make_batch(), StepContext(index=5, total_steps=10, diagnostics=diagnostics))
         assert ("unsil_probe_error_token" in out.logs) == diagnostics
         assert ("unsil_probe_error_semantic" in out.logs) == diagnostics
         losses[diagnostics] = {k: v.item() for k, v in out.terms.items()}
@@ -122,7 +122,7 @@ def test_bf16_autocast_forward_feeds_the_engines_float32():
     torch.manual_seed(0)
     objective = LoupeObjective(TINY, dict(FAST, tsa=True, fsa=True, unsil=True, token_source="hybrid"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = objective(make_batch(), step=5, total_steps=10)
+        out = objective(make_batch(), StepContext(index=5, total_steps=10))
     out.total.backward()
     assert all(torch.isfinite(t.float()) for t in out.terms.values())
 
@@ -133,7 +133,8 @@ def test_hybrid_decisions_follow_sigma_and_warmup():
                                   unsil_gate=0.0))  # the published hybrid: no gate
     batch = make_batch()
     head = objective.unsil["token"].net.sigma_head[-1]
-    share = lambda step: objective(batch, step=step, total_steps=10).logs["unsil_share_token"]  # noqa: E731
+    share = lambda step: objective(batch, StepContext(index=step, total_steps=10)).logs[  # noqa: E731
+        "unsil_share_token"]
     assert share(0) == 0.0  # warm-up: every target sampled
     with torch.no_grad():
         head.weight.zero_()
@@ -157,3 +158,21 @@ def test_bad_inputs_name_the_problem():
         objective.model.propose_regions(objective.model.encode_images(batch["images"]), 0)
 
 
+
+
+def test_the_step_context_travels_beside_the_batch_and_is_checked():
+    """Rows, size and ranks come from the StepContext, never from the batch dict; rows that do not
+    fit the batch are refused naming ``step.rows``."""
+    torch.manual_seed(0)
+    objective = LoupeObjective(TINY, dict(FAST, tsa=True, fsa=True, semantic_source="sampling"))
+    batch = make_batch()
+    own = objective(batch, StepContext(index=3, total_steps=10)).total
+    same = objective(batch, StepContext(index=3, total_steps=10, rows=torch.arange(4), global_size=4)).total
+    moved = objective(batch, StepContext(index=3, total_steps=10, rows=torch.arange(4, 8), global_size=8)).total
+    assert own.item() == same.item() and moved.item() != own.item()  # other rows: other draws and budget
+    with pytest.raises(ValueError, match=r"step.rows must be long\[4\]"):
+        objective(batch, StepContext(rows=torch.arange(3)))
+    with pytest.raises(ValueError, match=r"step.rows must lie in \[0, step.global_size=4\)"):
+        objective(batch, StepContext(rows=torch.arange(2, 6), global_size=4))
+    with pytest.raises(ValueError, match="step must be a loupe_core.objective.StepContext"):
+        objective(batch, 3)

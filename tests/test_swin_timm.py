@@ -3,7 +3,7 @@ weights from a local timm checkpoint file."""
 import pytest
 import torch
 
-from loupe_core.objective import LoupeObjective
+from loupe_core.objective import LoupeObjective, StepContext
 from loupe_core.model.towers import import_timm
 
 try:
@@ -41,7 +41,7 @@ def test_swin_zero_baseline_trains_one_step():
     objective = _objective(tsa=True, token_baseline="zero").train()
     batch = {"images": torch.randn(2, 3, 32, 32), "input_ids": torch.randint(1, 64, (2, 5)),
              "text_mask": torch.ones(2, 5, dtype=torch.bool)}
-    out = objective(batch, step=5, total_steps=10)
+    out = objective(batch, StepContext(index=5, total_steps=10))
     assert set(out.terms) == {"cmc", "tsa"} and torch.isfinite(out.total)
     out.total.backward()
     assert any(p.grad is not None and bool(p.grad.abs().sum() > 0)

@@ -8,9 +8,10 @@ import torch
 
 from _trainer_helpers import PairData, PairModel, collate, pair_config, shapesworld_run
 from loupe_core.config import load_config
+from loupe_core.errors import DivergenceError
 from loupe_core.train import checkpoint as ckpt
 from loupe_core.train.distributed import DistContext
-from loupe_core.train.trainer import TrainingDiverged, _StepRunner, train
+from loupe_core.train.trainer import _StepRunner, train
 from loupe_core.objective.losses import ContrastiveBank
 from loupe_core.objective import LoupeObjective
 
@@ -95,7 +96,7 @@ def test_accumulation_gradient_equals_float64_full_batch_loss():
 
 def test_nan_loss_stops_naming_step_and_term(tmp_path):
     cfg = pair_config(steps=6, ckpt_every=1)
-    with pytest.raises(TrainingDiverged, match=r"step 3: term 'cmc'.*step_00000002\.pt"):
+    with pytest.raises(DivergenceError, match=r"step 3: term 'cmc'.*step_00000002\.pt"):
         train(cfg, str(tmp_path), _fresh(nan_at=3), PairData(16), collate)
     last = ckpt.latest_checkpoint(str(tmp_path))
     state = ckpt.load_checkpoint(last)
@@ -232,3 +233,28 @@ def test_webdataset_shards_train_and_resume_exactly(tmp_path):
         assert abs(a - b) <= 1e-6 * abs(a)
     with pytest.raises(ValueError, match="data.tokenizer must be set"):
         build_data(load_config("tiny", ["data.dataset=webdataset", "data.train_shards=x.tar"]), DistContext())
+
+
+class _RaisingModel(PairModel):
+    """PairModel whose forward raises ``exc`` at step 2 (1-based)."""
+
+    def __init__(self, exc):
+        super().__init__()
+        self.exc = exc
+
+    def forward(self, batch, step=None, embed_only=False):
+        if not embed_only and step.index == 1:
+            raise self.exc
+        return super().forward(batch, step, embed_only)
+
+
+def test_divergence_is_told_by_type_not_by_message(tmp_path):
+    """A forward's DivergenceError stops the run naming the step; a ValueError whose text says NaN is
+    not divergence and surfaces unchanged."""
+    cfg = pair_config(steps=4, ckpt_every=1)
+    torch.manual_seed(0)
+    with pytest.raises(DivergenceError, match=r"step 2: term 'forward pass'.*features diverged.*step_00000001\.pt"):
+        train(cfg, str(tmp_path / "a"), _RaisingModel(DivergenceError("the features diverged")), PairData(16), collate)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="^x contains NaN values$"):
+        train(cfg, str(tmp_path / "b"), _RaisingModel(ValueError("x contains NaN values")), PairData(16), collate)

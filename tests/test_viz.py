@@ -100,3 +100,66 @@ def test_training_curves_from_jsonl(tmp_path):
     bad.write_text('{"loss": 1.0}\n')
     with pytest.raises(ValueError, match="without 'step'"):
         plot_training_curves(str(bad), str(tmp_path / "bad.png"))
+
+
+# issue 32 friction 8: legends cover no point, labels do not overlap, a colour scale, no all-1.00 matrix
+
+def _boxes_overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_the_legend_covers_no_eval_point(tmp_path):
+    from loupe_core.viz.curves import draw_training_curves
+
+    history = tmp_path / "metrics.jsonl"
+    records = [{"step": s, "loss": 2.0 / s} for s in range(1, 6)]
+    records.append({"step": 5, **{f"eval/retrieval/{k}": 10.0 + i for i, k in enumerate(("i2t_r1", "t2i_r1", "i2t_r5"))}})
+    history.write_text("".join(json.dumps(r) + "\n" for r in records))
+    fig = draw_training_curves(str(history))
+    fig.savefig(str(tmp_path / "curves.png"), bbox_inches="tight")
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        for line in ax.get_lines():
+            for xy in ax.transData.transform(line.get_xydata()):
+                assert not (legend.x0 <= xy[0] <= legend.x1 and legend.y0 <= xy[1] <= legend.y1)
+        assert not _boxes_overlap(legend, ax.get_window_extent(renderer))
+
+
+def test_region_labels_do_not_overlap_and_interactions_have_a_colour_scale(tmp_path):
+    from loupe_core.viz.regions import draw_regions
+
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0], [0.0, 0.0, 20.0, 12.0], [1.0, 1.0, 10.0, 30.0],
+                          [0.0, 0.0, 32.0, 32.0], [16.0, 16.0, 32.0, 32.0]])  # four share a corner
+    interactions = torch.tensor([0.3, -0.1, 0.05, -0.4, 0.0])
+    fig = draw_regions(image, boxes, torch.full((5,), 0.5), interactions, random=[False] * 3 + [True] * 2)
+    renderer = fig.canvas.get_renderer()
+    image_ax, colour_ax = fig.axes
+    tags = [t.get_window_extent(renderer) for t in image_ax.texts]
+    assert len(tags) == 5
+    assert not any(_boxes_overlap(a, b) for i, a in enumerate(tags) for b in tags[i + 1:])
+    legend = image_ax.get_legend()
+    assert [t.get_text()[:2] for t in legend.get_texts()] == ["#0", "#1", "#2", "#3", "#4"]
+    assert not _boxes_overlap(legend.get_window_extent(renderer), image_ax.get_window_extent(renderer))
+    low, high = sorted(colour_ax.get_ylim())
+    assert low == pytest.approx(-0.4) and high == pytest.approx(0.4)  # symmetric about 0, the largest |I|
+    edge = [p.get_edgecolor() for p in image_ax.patches]
+    from matplotlib import colormaps
+
+    assert edge[3] == pytest.approx(colormaps["coolwarm"](0.0)) and edge[4] == pytest.approx(colormaps["coolwarm"](0.5))
+
+
+def test_a_one_phrase_caption_shows_the_softmax_over_regions():
+    from loupe_core.viz.matrices import alignment_panel
+
+    A = torch.tensor([[1.0, 7.0], [3.0, 7.0], [0.0, 7.0]], dtype=torch.float64)
+    one = torch.tensor([True, False])
+    panel, name = alignment_panel(A, one)
+    torch.testing.assert_close(panel[:, 0], torch.softmax(A[:, 0], dim=0))
+    assert not panel[:, 1].any() and "one phrase" in name
+    both, name = alignment_panel(A, torch.tensor([True, True]))
+    torch.testing.assert_close(both, torch.softmax(A, dim=1))
+    assert name == "alignment softmax_j(A)"
+    none, _ = alignment_panel(A, torch.tensor([False, False]))
+    assert not none.any()

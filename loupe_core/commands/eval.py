@@ -13,11 +13,13 @@ linear_probe, diagnostics (the alignment diagnostics on the grounding file:
 ``val`` split's shape classification, K = 1, 2, 4, 8, 16, 3 support seeds:
 ``loupe_core.eval.fewshot``) or all (default: every task but the diagnostics and fewshot).
 ``--data``: a ShapesWorld root folder, or a JSON file ``{task: path}`` naming evaluation files
-of CONTRACTS s4 (real data). ``--split``: the ShapesWorld split scored (default: the config's
-``eval.split``). ``--out``: where ``metrics.json`` and the pictures (``report/index.html``) go
-(default ``<run_dir>/eval-step<N>``). ``--hard-splits``: also score the harder ShapesWorld
-grounding splits (docs/CONTRACTS.md s6, ``--num-hard`` images each) beside the ShapesWorld data:
-grounding and the cheap diagnostics, keys ``hard_<split>/...``.
+of CONTRACTS s4 (real data); default: the run's own data (its ShapesWorld, or the
+``data.eval_paths`` and ``data.tokenizer`` of a CSV or webdataset run). ``--split``: the
+ShapesWorld split scored (default: the config's ``eval.split``). ``--out``: where
+``metrics.json`` and the pictures (``report/index.html``) go (default ``<run_dir>/eval-step<N>``).
+``--hard-splits``: also score the harder ShapesWorld grounding splits (docs/CONTRACTS.md s6,
+``--num-hard`` images each) beside the ShapesWorld data: grounding and the cheap diagnostics,
+keys ``hard_<split>/...``.
 """
 from __future__ import annotations
 
@@ -26,12 +28,7 @@ import json
 import os
 import sys
 
-from loupe_core.data.shapesworld_hard import HARD_SPLITS
-from loupe_core.eval import TASKS, check_tasks, evaluate
-from loupe_core.eval.hard_splits import evaluate_hard_splits
-from loupe_core.pipeline import load_run, resolve_data, resolve_hard_files
-from loupe_core.train.distributed import resolve_device
-from loupe_core.viz import write_run_report
+from loupe_core.commands.options import positive_int, run_directory
 
 
 def add_subcommands(subparsers) -> None:
@@ -39,17 +36,17 @@ def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("eval", help="zero-shot evaluation of a checkpoint, with pictures",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
-    p.add_argument("--task", nargs="+", default=["all"], choices=list(TASKS) + ["all"],
-                   help="tasks (default all: every task but diagnostics and fewshot)")
+    p.add_argument("--task", nargs="+", default=["all"], metavar="TASK",
+                   help="tasks, as listed above (default all: every task but diagnostics and fewshot)")
     p.add_argument("--data", default=None, help="ShapesWorld root, or JSON file {task: path} (default: the run's data)")
     p.add_argument("--split", default=None, help="ShapesWorld split to score (default: the config's eval.split)")
-    p.add_argument("--out", default=None, help="output folder (default <run_dir>/eval-step<N>)")
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the config's)")
+    p.add_argument("--out", type=run_directory, default=None, help="output folder (default <run_dir>/eval-step<N>)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch (default: the config's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--no-pictures", action="store_true", help="metrics only, no report")
     p.add_argument("--hard-splits", default=None,
-                   help=f"also score harder grounding splits: 'all' or names from {','.join(HARD_SPLITS)}")
-    p.add_argument("--num-hard", type=int, default=200, help="images in each hard split")
+                   help="also score harder grounding splits: 'all' or comma-separated names (docs/CONTRACTS.md s6)")
+    p.add_argument("--num-hard", type=positive_int, default=200, help="images in each hard split")
     p.set_defaults(func=run_eval_command)
 
 
@@ -63,12 +60,19 @@ def format_table(metrics: dict) -> str:
 
 def run_eval_command(args) -> int:
     """``loupe eval``: returns the exit status (2 on a bad argument, with the reason on stderr)."""
+    from loupe_core.data.shapesworld_hard import HARD_SPLITS
+    from loupe_core.eval import check_tasks, evaluate
+    from loupe_core.eval.hard_splits import evaluate_hard_splits
+    from loupe_core.pipeline import load_run, resolve_data, resolve_hard_files
+    from loupe_core.train.distributed import resolve_device
+    from loupe_core.viz import write_run_report
+
     try:
         tasks = check_tasks(args.task)
         device = resolve_device(args.device)
         objective, cfg, run_dir, step = load_run(args.checkpoint, device)
         tokenizer, files = resolve_data(cfg, args.data, args.split)
-        batch_size = args.batch_size or cfg.eval.batch_size
+        batch_size = cfg.eval.batch_size if args.batch_size is None else args.batch_size
         metrics = evaluate(objective.model, files, tokenizer, tasks=tasks, device=device, batch_size=batch_size,
                            objective=objective)
         if args.hard_splits:

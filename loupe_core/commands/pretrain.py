@@ -16,9 +16,9 @@ import argparse
 import json
 import sys
 
+from loupe_core.commands.options import run_directory
 from loupe_core.config import list_configs
-from loupe_core.pipeline import pretrain, resolve_run
-from loupe_core.train.trainer import TrainingDiverged
+from loupe_core.errors import DivergenceError, LoupeError
 
 
 def add_subcommands(subparsers) -> None:
@@ -27,7 +27,7 @@ def add_subcommands(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="named config or JSON path (default: 'default'; when "
                                                    "resuming, the checkpoint's own config)")
-    p.add_argument("--out", default=None, help="run directory (default runs/<config>-<timestamp>)")
+    p.add_argument("--out", type=run_directory, default=None, help="run directory (default runs/<config>-<timestamp>)")
     p.add_argument("--resume", default=None, metavar="latest|PATH", help="continue from a checkpoint")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="stop after this many completed steps, with a checkpoint (time-limited jobs)")
@@ -38,11 +38,15 @@ def add_subcommands(subparsers) -> None:
 
 
 def run_pretrain_command(args) -> int:
-    """``loupe pretrain``: returns the exit status (1 when training diverged, 2 on a bad argument,
-    data, checkpoint or setting, with the reason on stderr)."""
+    """``loupe pretrain``: returns the exit status, with the reason on stderr: 1 when training
+    diverged (``DivergenceError``), 2 on a bad argument, data, checkpoint or setting (a
+    ``ValueError`` of the arguments' resolution, a ``LoupeError`` of the run). Any other exception
+    of the run is a programming error and surfaces with its traceback."""
     if args.list_configs:
         print("\n".join(list_configs()))
         return 0
+    from loupe_core.pipeline import pretrain, resolve_run
+
     try:
         cfg, run_dir, resume = resolve_run(args.config, args.overrides, args.out, args.resume)
     except ValueError as exc:
@@ -53,10 +57,10 @@ def run_pretrain_command(args) -> int:
         return 0
     try:
         pretrain(cfg, run_dir, resume=resume, stop_at=args.stop_at)
-    except TrainingDiverged as exc:
+    except DivergenceError as exc:
         print(f"loupe pretrain: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # bad data, checkpoint or setting: the message names it
+    except LoupeError as exc:  # bad data, checkpoint or setting: the message names it
         print(f"loupe pretrain: error: {exc}", file=sys.stderr)
         return 2
     return 0

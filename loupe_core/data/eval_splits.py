@@ -64,6 +64,20 @@ def _field(obj: dict, key: str, where: str):
     return obj[key]
 
 
+def eval_image_paths(json_path: str) -> list[str]:
+    """The absolute paths of the image files an evaluation file names (any task's format: each
+    ``images`` entry's ``filename`` or ``file_name``, under its ``filepath``), in the default
+    ``images`` folder beside it; ValueError naming the file when it is not such a file."""
+    d = _read_json(json_path)
+    entries = d.get("images") if isinstance(d, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"{json_path}: no 'images' list of objects")
+    root = os.path.join(os.path.dirname(os.path.abspath(json_path)), "images")
+    names = [os.path.join(e.get("filepath", ""), e.get("filename") or _field(e, "file_name", json_path))
+             for e in entries]
+    return [os.path.abspath(os.path.join(root, name)) for name in names]
+
+
 def _load_images(json_path: str, names: list[str], image_root: Optional[str], image_size: Optional[int],
                  whole: bool) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [N, S, S, 3], float64 [N, 2] scales) of the named files."""

@@ -12,6 +12,11 @@ import re
 
 NP_GRAMMAR = r"NP: {<DT|PRP\$|CD>*<JJ.*|VBN|VBG>*<NN.*>+}"
 _NOUN_CONTEXT = ("DT", "JJ", "JJR", "JJS", "PRP$", "CD")
+_OPENERS = ("DT", "PRP$", "CD")
+# tags a tagger gives to the words of a pre-noun modifier ("a close up photo", "a close-up photo",
+# "a black and white photo", "a cropped photo", "a very small dog"); IN only for particles
+_MODIFIER_TAGS = ("JJ", "JJR", "JJS", "VB", "VBD", "VBN", "VBG", "VBP", "RB", "RBR", "RBS", "RP", "CC", ":", "HYPH")
+_PARTICLES = ("up", "down", "out", "off")
 _WORD = re.compile(r"\w+(?:[.'\u2019]\w+)*|[^\w\s]")
 
 
@@ -36,19 +41,37 @@ def _words(caption: str) -> list[re.Match]:
 
 
 def _retag(tags: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Two repairs of the tagger's output before chunking.
+    """Three repairs of the tagger's output before chunking.
 
-    A verb right after a determiner or adjective is a noun ("a green cross"); a possessive noun ("dog's") acts as a determiner of
-    the phrase it opens ("the dog's red ball").
+    A verb right after a determiner or adjective is a noun ("a green cross", "two green crosses"); a possessive noun ("dog's") acts as a determiner of
+    the phrase it opens ("the dog's red ball"); the modifiers between a determiner and its noun
+    are adjectives (``_modifier_runs``).
     """
     out = []
-    for word, tag in tags:
+    for word, tag in _modifier_runs(tags):
         prev = out[-1][1] if out else ""
-        if tag in ("VB", "VBP") and prev in _NOUN_CONTEXT:
-            tag = "NN"
+        if tag in ("VB", "VBP", "VBZ") and prev in _NOUN_CONTEXT:
+            tag = "NNS" if tag == "VBZ" else "NN"
         if tag.startswith("NN") and word.lower().endswith(("'s", "\u2019s")):
             tag = "PRP$"
         out.append((word, tag))
+    return out
+
+
+def _modifier_runs(tags: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Between a determiner (or possessive, number) and the noun it opens, every word is an
+    adjective: a run of modifier tags (``_MODIFIER_TAGS``, particles such as "up") that ends on a
+    noun is retagged JJ, so "a close up photo" is one phrase, not "a close" / "photo"."""
+    out = list(tags)
+    for i, (_, tag) in enumerate(out):
+        if tag not in _OPENERS:
+            continue
+        j = i + 1
+        while j < len(out) and (out[j][1] in _MODIFIER_TAGS or
+                                (out[j][1] == "IN" and out[j][0].lower() in _PARTICLES)):
+            j += 1
+        if j > i + 1 and j < len(out) and out[j][1].startswith("NN") and out[i + 1][1] != "CC":
+            out[i + 1:j] = [(word, "JJ") for word, _ in out[i + 1:j]]
     return out
 
 

@@ -26,8 +26,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import progress as progress_report
 from .batch import make_sample
 from .phrases import extract_noun_phrases
 from .shapesworld_captions import STYLES, make_caption
@@ -133,7 +133,7 @@ def generate_split(split: str, num: int, *, image_size: int, seed: int, progress
     allowed = [p for p in ALL_PAIRS if p not in held]
     count = 1 if split == "train" else EVAL_CAPTIONS
     records, scenes = [], []
-    for _ in tqdm(range(num), desc=f"ShapesWorld {split}", disable=not progress, leave=False):
+    for _ in progress_report(range(num), desc=f"ShapesWorld {split}", enabled=progress, leave=False):
         if split == "heldout":
             scene = sample_scene(rng, image_size, list(ALL_PAIRS), first_pair=held[int(rng.integers(len(held)))])
         else:
@@ -142,7 +142,7 @@ def generate_split(split: str, num: int, *, image_size: int, seed: int, progress
     images = render(rng, scenes, image_size)
     for i, scene in enumerate(scenes):
         records.append(_record(f"{split}_{i:06d}", scene, _captions(scene, rng, count)))
-    for rec in tqdm(records, desc=f"ShapesWorld {split} phrases", disable=not progress, leave=False):
+    for rec in progress_report(records, desc=f"ShapesWorld {split} phrases", enabled=progress, leave=False):
         for cap in rec["captions"]:
             cap["phrases"] = [list(s) for s in extract_noun_phrases(cap["text"])]
     return images, records, rng
@@ -202,7 +202,7 @@ def prepare_shapesworld(cache_dir: Optional[str] = None, *, image_size: int = 64
     try:
         train_records = []
         sizes = {"train": num_train, "val": num_val, "test": num_test, "heldout": num_heldout}
-        for split in tqdm(SPLITS, desc="ShapesWorld", disable=not progress):
+        for split in progress_report(SPLITS, desc="ShapesWorld", enabled=progress):
             records = _write_split(tmp, split, sizes[split], image_size, seed, progress)
             if split == "train":
                 train_records = records

@@ -14,6 +14,7 @@ import os
 import tarfile
 from typing import Iterable, Iterator, Optional
 
+from ..errors import DataError
 from .images import encode_png
 from .phrases import extract_noun_phrases
 from .shapesworld import generate_split
@@ -111,6 +112,20 @@ def caption_of(members: dict[str, bytes], caption_key: str) -> Optional[str]:
         value = json_member(data).get("caption")
         return value if isinstance(value, str) else None
     return data.decode("utf-8", errors="replace")
+
+
+def shard_captions(shards: list[str], caption_key: str = "txt") -> Iterator[str]:
+    """The captions of every sample of ``shards`` that holds member ``caption_key`` (a sample
+    without it, or whose json member has no caption, is passed over). DataError naming a shard
+    that cannot be read."""
+    for path in shards:
+        try:
+            for _, members in read_shard(path):
+                caption = caption_of(members, caption_key) if caption_key in members else None
+                if caption:
+                    yield caption
+        except (OSError, tarfile.TarError) as exc:
+            raise DataError(f"shard {path!r} could not be read ({type(exc).__name__}: {exc})") from None
 
 
 def add_phrases_to_shards(shards: list[str], out_dir: str, *, caption_key: str = "txt",

@@ -24,10 +24,25 @@ DEFAULT_BAD_LIMIT = 1000
 """Records skipped in a row (none kept in between) after which the data counts as unusable."""
 
 
+SKIP_REASONS = ("corrupt_image", "missing_image", "empty_caption", "missing_caption", "bad_text",
+                "image_not_a_file", "image_too_large", "caption_too_long")
+"""The ``DataStats`` fields that count skipped records, one per reason."""
+
+
+def skip_reasons_text(counts: dict) -> str:
+    """``"corrupt image 1, missing image 0, ..."``: the skip counts of ``DataStats.as_dict()``;
+    the first five reasons always, the rarer ones (unsafe files, oversized fields) when not 0."""
+    shown = [r for i, r in enumerate(SKIP_REASONS) if i < 5 or counts.get(r, 0)]
+    return ", ".join(f"{r.replace('_', ' ')} {counts.get(r, 0)}" for r in shown)
+
+
 @dataclass
 class DataStats:
-    """Records seen, kept, skipped (by reason), kept captions without any noun phrase, and shard
-    reads that failed (unreadable, truncated or empty shards: not records, so not in ``seen``)."""
+    """Records seen, kept, skipped (by reason: ``SKIP_REASONS``), kept captions without any noun
+    phrase, and shard reads that failed (unreadable, truncated or empty shards: not records, so
+    not in ``seen``). ``image_not_a_file``: a CSV row's image is a device, FIFO, folder or a link
+    to one; ``image_too_large`` / ``caption_too_long``: over ``data.max_image_bytes`` /
+    ``data.max_caption_chars``."""
 
     seen: int = 0
     kept: int = 0
@@ -36,12 +51,15 @@ class DataStats:
     empty_caption: int = 0
     missing_caption: int = 0
     bad_text: int = 0
+    image_not_a_file: int = 0
+    image_too_large: int = 0
+    caption_too_long: int = 0
     no_phrase: int = 0
     shard_errors: int = 0
 
     @property
     def skipped(self) -> int:
-        return self.corrupt_image + self.missing_image + self.empty_caption + self.missing_caption + self.bad_text
+        return sum(getattr(self, name) for name in SKIP_REASONS)
 
     def add(self, other: "DataStats") -> "DataStats":
         for f in dataclasses.fields(self):
@@ -59,9 +77,7 @@ class DataStats:
         return {**dataclasses.asdict(self), "skipped": self.skipped}
 
     def summary(self) -> str:
-        return (f"{self.seen} records: {self.kept} kept, {self.skipped} skipped (corrupt image "
-                f"{self.corrupt_image}, missing image {self.missing_image}, empty caption "
-                f"{self.empty_caption}, missing caption {self.missing_caption}, bad text {self.bad_text}); "
+        return (f"{self.seen} records: {self.kept} kept, {self.skipped} skipped ({skip_reasons_text(self.as_dict())}); "
                 f"{self.no_phrase} kept captions have no noun phrase; {self.shard_errors} shard read errors")
 
 

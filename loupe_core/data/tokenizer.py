@@ -7,9 +7,11 @@ phrase's character span maps to the tokens it covers (``phrase_token_mask``).
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
+
+from loupe_core.errors import DataError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MAX_TOKENS = 60
@@ -78,15 +80,44 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: str, max_length: int = MAX_TOKENS) -> "Tokenizer":
-        """Load a BERT ``vocab.txt`` (one token a line, [PAD] first) or a ``tokenizer.json``."""
+        """Load a BERT ``vocab.txt`` (one token a line, [PAD] first) or a ``tokenizer.json``; a file
+        that is neither (not UTF-8, not a tokenizer, no [PAD] at id 0) is a DataError naming it."""
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers.models import WordPiece
 
-        if not os.path.isfile(path):
-            raise ValueError(f"path: no tokenizer file at {path!r}")
-        if path.endswith(".json"):
-            return cls(HFTokenizer.from_file(path), max_length)
-        return cls(_bert_pipeline(WordPiece.from_file(path, unk_token="[UNK]")), max_length)
+        if not isinstance(path, str) or not os.path.isfile(path):
+            raise DataError(f"path: no tokenizer file at {path!r}")
+        try:
+            if path.endswith(".json"):
+                hf = HFTokenizer.from_file(path)
+            else:
+                with open(path, "rb") as fh:
+                    fh.read().decode("utf-8")  # WordPiece.from_file would take undecodable bytes as tokens
+                hf = _bert_pipeline(WordPiece.from_file(path, unk_token="[UNK]"))
+        except Exception as exc:  # the tokenizers library raises plain Exception on a bad file
+            lines = str(exc).strip().splitlines()
+            raise DataError(f"tokenizer file {path!r} cannot be read: "
+                            f"{type(exc).__name__}: {lines[0] if lines else ''}") from None
+        if hf.id_to_token(0) != "[PAD]":
+            raise DataError(f"tokenizer file {path!r}: id 0 must be the [PAD] token, got {hf.id_to_token(0)!r}")
+        return cls(hf, max_length)
+
+    def __call__(self, texts, context_length: Optional[int] = None) -> torch.Tensor:
+        """OpenCLIP's ``tokenizer(texts)``: a string or list of strings -> ids LongTensor[B,
+        context_length] (default ``max_length``), 0-padded, cut at ``context_length``; what
+        ``Loupe.encode_text`` takes as ids."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+            raise DataError("texts must be a string or a list of strings")
+        length = self.max_length if context_length is None else context_length
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise DataError(f"context_length must be a positive int, got {context_length!r}")
+        out = torch.zeros(len(texts), length, dtype=torch.long)
+        for row, text in enumerate(texts):
+            ids = self.encode(text)[0][:length]
+            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
 
     def save(self, path: str) -> None:
         """Write the tokenizer as ``tokenizer.json`` (loadable with ``from_file``)."""

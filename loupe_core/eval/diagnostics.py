@@ -49,9 +49,9 @@ correlations as they are.
 4. UNSIL, for the levels the objective has (``objective.unsil``): Pearson correlation of UNSIL's label
    (its estimate x its running scale, the value ``labels.hybrid_labels`` uses) with the best
    target at hand on the same inputs. ``diag_unsil_corr_token``: against part 3's 4x-samples
-   estimate, on part 3's candidates (UNSIL inputs as in training, ``objective.loupe_objective.token_unsil_inputs``);
+   estimate, on part 3's candidates (UNSIL inputs as in training, ``objective.label_sources.token_unsil_inputs``);
    ``diag_unsil_corr_semantic``: against part 5's exact labels, on every (object, phrase) pair of
-   part 5's expressions (``objective.loupe_objective.semantic_unsil_inputs``, the objects as the regions).
+   part 5's expressions (``objective.label_sources.semantic_unsil_inputs``, the objects as the regions).
 5. Semantic labels (Eq. 10) with perfect regions, on the expressions of the sampled images that
    hold at least two noun phrases (ShapesWorld's relational expressions, "the red circle above
    the blue star"; with one phrase the metric is trivially right). This keeps each expression's
@@ -86,9 +86,10 @@ import torch.nn.functional as F
 from shapley_kernels.alignment import EXACT_LIMIT
 from shapley_kernels.checks import check_count, check_finite, check_tensor
 
+from ..global_batch import SEED_STRIDE
 from ..objective import labels as lab
 from ..model.loupe import masked_mean_embedding
-from ..objective.loupe_objective import semantic_unsil_inputs, token_unsil_inputs
+from ..objective.label_sources import semantic_unsil_inputs, token_unsil_inputs
 from ..model.region_head import box_iou, cells_in_boxes
 from .encode import batches, encode_text_views, evaluating, image_tensor, tokenize
 from .grounding import IOU_THRESHOLD, STRICT_IOU_THRESHOLD, paired_box_iou
@@ -448,7 +449,7 @@ def _token_label_metrics(objective, tokenizer, images, texts, object_boxes, obje
                                         num_samples=lcfg.token_num_samples, seed=seed, score=LABEL_SCORES, **common)
         reference = lab.token_interactions(*towers, image_tokens, text_tokens, text_mask, token_masks,
                                            num_samples=REFERENCE_FACTOR * lcfg.token_num_samples,
-                                           seed=seed + lab.SAMPLE_SEED_STRIDE, score=encoder_target, **common)
+                                           seed=seed + SEED_STRIDE, score=encoder_target, **common)
         unsil_label = None
         if "token" in objective.unsil:
             unsil = objective.unsil["token"]

@@ -1,8 +1,8 @@
 """Batched, gradient-free encoding shared by the evaluators (CONTRACTS s5 model methods).
 
 Every function runs the model under ``torch.inference_mode`` in eval mode (its train flag is
-restored afterwards), in batches of ``batch_size`` with a tqdm progress bar, and returns
-L2-normalised embeddings on the CPU.
+restored afterwards), in batches of ``batch_size`` with progress reports
+(``loupe_core.progress``), and returns L2-normalised embeddings on the CPU.
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from loupe_core.data.images import normalize_image
 from loupe_core.data.phrases import extract_noun_phrases
 from loupe_core.data.tokenizer import phrase_token_mask
+from loupe_core.progress import progress as progress_report
 
 
 def check_batch_size(batch_size) -> int:
@@ -39,10 +39,11 @@ def evaluating(model):
 
 
 def batches(n: int, batch_size: int, *, progress: Optional[bool], desc: str) -> Iterator[slice]:
-    """Slices of ``range(n)`` in steps of ``batch_size``, with a progress bar (None: only on a terminal)."""
+    """Slices of ``range(n)`` in steps of ``batch_size``, with progress reports unless ``progress``
+    is False (``loupe_core.progress``: a bar on a terminal, timed lines in a log)."""
     check_batch_size(batch_size)
     starts = range(0, n, batch_size)
-    for start in tqdm(starts, desc=desc, disable=None if progress is None else not progress, leave=False):
+    for start in progress_report(starts, desc=desc, enabled=progress is not False, leave=False):
         yield slice(start, min(start + batch_size, n))
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from loupe_core.progress import progress as progress_report
 from shapley_kernels.checks import check_count, check_finite, check_tensor
 
 from .classification import encode_classes, top1_accuracy
@@ -283,9 +284,12 @@ def evaluate_fewshot(model, support_split, query_split, tokenizer, *, shots: Opt
         template_emb = coop_class_embeddings(model, prompt).float().cpu()
     out = {"zero_shot_top1": _accuracy(zero_shot_logits(query_x, class_emb), query_y),
            "zero_shot_coop_template_top1": _accuracy(zero_shot_logits(query_x, template_emb), query_y)}
-    for k in shots:
-        draws = [_one_draw(model, prompt, class_emb, support_x, support_y, query_x, query_y, k, seed, coop_steps)
-                 for seed in seeds]
-        for method in draws[0]:
-            out.update(_mean_std(f"{method}_k{k}", [d[method] for d in draws]))
+    draws = {k: [] for k in shots}
+    for k, seed in progress_report([(k, seed) for k in shots for seed in seeds], desc="few-shot support draws",
+                                   unit="draw", enabled=progress is not False, leave=False):
+        draws[k].append(_one_draw(model, prompt, class_emb, support_x, support_y, query_x, query_y, k, seed,
+                                  coop_steps))
+    for k, of_k in draws.items():
+        for method in of_k[0]:
+            out.update(_mean_std(f"{method}_k{k}", [d[method] for d in of_k]))
     return out

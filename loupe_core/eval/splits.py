@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from loupe_core.data import ShapesWorldPaths, SplitFiles, eval_splits
+from loupe_core.errors import DataError
 
 EVAL_SPLIT = "heldout"
 PROBE_TRAIN_SPLIT = "val"
@@ -54,6 +55,33 @@ def classification_sets(files: dict) -> dict[str, str]:
         elif key.startswith("classification_"):
             out[key[len("classification_"):] + "_"] = path
     return out
+
+
+TASK_FILES = {"retrieval": ("retrieval",), "detection": ("detection",), "grounding": ("grounding",),
+              "diagnostics": ("grounding",), "fewshot": ("fewshot_support", "fewshot_query"),
+              "linear_probe": ("linear_probe_train", "linear_probe_test")}
+"""The ``eval_paths`` keys each task reads (classification: any of ``classification_sets``)."""
+
+
+def check_eval_files(eval_paths, tasks) -> None:
+    """DataError naming the task and the key or path when a file that ``tasks`` read is not named
+    in ``eval_paths`` or is not there: checked before a run trains, not found after it."""
+    files = eval_files(eval_paths)
+    for task in tasks:
+        if task == "classification":
+            paths = list(classification_sets(files).values())
+            if not paths:
+                raise DataError(f"eval.tasks has 'classification' but eval_paths has no classification file "
+                                f"(has {sorted(files)})")
+        else:
+            paths = []
+            for key in TASK_FILES[task]:
+                if key not in files:
+                    raise DataError(f"eval.tasks has {task!r} but eval_paths has no {key!r} file (has {sorted(files)})")
+                paths.append(files[key])
+        for path in paths:
+            if not os.path.isfile(path):
+                raise DataError(f"eval.tasks has {task!r}: its evaluation file {path!r} does not exist")
 
 
 def require(files: dict, key: str) -> str:

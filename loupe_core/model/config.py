@@ -74,6 +74,13 @@ class ModelConfig(DictMixin):
     ``save_pretrained`` folder) whose image tower initialises this one (the pipeline loads it;
     the towers must match), and ``lock_image`` freezes the image tower (no gradient, always in
     eval mode), so that only the text side and the heads train.
+    Pretrained towers (``loupe_core.model.pretrained``, read by ``create_model`` and ``loupe
+    pretrain``, never downloaded): ``image_weights`` a timm checkpoint file (ViT with a class
+    token, or Swin for ``image_tower="swin"``) whose sizes (``image_dim``, ``image_depth``,
+    ``patch_size``) are read from its tensors and whose heads come from ``image_timm_model`` (a
+    timm model name, built without weights to read its sizes) or timm's 64-wide heads;
+    ``text_weights`` a Hugging Face BERT-family folder whose sizes and tokenizer the text tower
+    takes.
     """
 
     image_tower: str = "vit"
@@ -106,6 +113,9 @@ class ModelConfig(DictMixin):
     ground_score: str = "cosine"
     image_init: Optional[str] = None
     lock_image: bool = False
+    image_weights: Optional[str] = None
+    image_timm_model: Optional[str] = None
+    text_weights: Optional[str] = None
 
     def __post_init__(self):
         one_of("image_tower", self.image_tower, IMAGE_TOWERS)

@@ -19,6 +19,10 @@ from torch import nn
 
 from shapley_kernels.token_level import TransformerTower
 
+from loupe_core.errors import CheckpointError
+
+from .files import read_json, read_weights
+
 
 def _check_images(images: torch.Tensor, size: int) -> None:
     if not isinstance(images, torch.Tensor):
@@ -103,13 +107,29 @@ _TORCHVISION_SCHEMAS = None  # the torch.library.Library of import_timm's two sc
 
 
 def load_timm_state_dict(path: str) -> dict:
-    """The state dict in a timm checkpoint file (``.safetensors``, or a torch file holding the
-    dict itself or under "state_dict" / "model"), read by timm's own ``load_state_dict``."""
+    """The state dict in a timm checkpoint file: ``.safetensors``, or a torch file holding the
+    dict itself or under "state_dict" / "model" ("module." prefixes removed, as timm's
+    ``load_state_dict`` does). Torch files load with ``weights_only=True``, so a pickled payload
+    never runs; a file that is no state dict is a CheckpointError naming it."""
     if not isinstance(path, str) or not os.path.isfile(path):
-        raise ValueError(f"image_weights: no checkpoint file at {path!r}")
-    from timm.models import load_state_dict
+        raise CheckpointError(f"image_weights: no checkpoint file at {path!r}")
+    state = read_weights(path, "image_weights")
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"image_weights {path!r} holds no state dict of tensors (got {type(state).__name__})")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
-    return load_state_dict(path)
+
+def _timm_filter(filter_fn, state: dict, model: nn.Module, path: str) -> dict:
+    """timm's ``checkpoint_filter_fn(state, model)``; the KeyError / shape error it raises on a
+    state dict of another architecture is a CheckpointError naming ``path``."""
+    try:
+        return filter_fn(state, model)
+    except (KeyError, RuntimeError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"image_weights {path!r} is not a checkpoint of this timm architecture "
+                              f"({type(exc).__name__}: {exc})") from None
 
 
 def _load_strict(module: nn.Module, state: dict, what: str) -> None:
@@ -117,7 +137,7 @@ def _load_strict(module: nn.Module, state: dict, what: str) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{what} does not fit the model: {exc}") from exc
+        raise CheckpointError(f"{what} does not fit the model: {exc}") from exc
 
 
 class SwinImageTower(nn.Module):
@@ -172,7 +192,7 @@ class SwinImageTower(nn.Module):
         position tables and the like are adapted to this image size; the classifier is left out)."""
         from timm.models.swin_transformer import checkpoint_filter_fn
 
-        state = checkpoint_filter_fn(load_timm_state_dict(path), self.swin)
+        state = _timm_filter(checkpoint_filter_fn, load_timm_state_dict(path), self.swin, path)
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         _load_strict(self.swin, state, f"image_weights {path!r}")
 
@@ -222,7 +242,7 @@ def load_timm_vit_weights(tower: VitImageTower, path: str, heads: int) -> None:
     t = tower.tower
     ref = VisionTransformer(img_size=tower.image_size, patch_size=tower.patch_embed.kernel_size[0],
                             embed_dim=t.dim, depth=len(t.blocks), num_heads=heads, num_classes=0)
-    state = checkpoint_filter_fn(load_timm_state_dict(path), ref)
+    state = _timm_filter(checkpoint_filter_fn, load_timm_state_dict(path), ref, path)
     _load_strict(ref, {k: v for k, v in state.items() if not k.startswith("head.")}, f"image_weights {path!r}")
     names = {"patch_embed.proj": "patch_embed", "norm": "tower.final_norm", "attn.qkv": "qkv", "attn.proj": "out",
              "mlp.fc1": "fc1", "mlp.fc2": "fc2"}
@@ -249,20 +269,22 @@ def hf_text_config(folder: str) -> dict:
     """ModelConfig fields (text_vocab_size, text_dim, text_depth, text_heads) of the Hugging Face
     BERT-family model in ``folder`` (its config.json); a model the text tower cannot hold is a
     ValueError naming ``text_weights``."""
-    import json
-
     path = os.path.join(folder, "config.json") if isinstance(folder, str) else None
     if path is None or not os.path.isfile(path):
-        raise ValueError(f"text_weights: {folder!r} is not a folder with a config.json")
-    with open(path) as fh:
-        hf = json.load(fh)
+        raise CheckpointError(f"text_weights: {folder!r} is not a folder with a config.json")
+    hf = read_json(path, "text_weights: Hugging Face config")
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"text_weights: {path} is not a Hugging Face config (a JSON object)")
     checks = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute",
               "layer_norm_eps": 1e-12}
     for key, want in checks.items():
         if hf.get(key, want) != want:
-            raise ValueError(f"text_weights: {key}={hf.get(key)!r} in {path}, the text tower needs {want!r}")
+            raise CheckpointError(f"text_weights: {key}={hf.get(key)!r} in {path}, the text tower needs {want!r}")
     if hf.get("intermediate_size") != 4 * hf.get("hidden_size", 0):
-        raise ValueError(f"text_weights: intermediate_size must be 4 * hidden_size in {path}")
+        raise CheckpointError(f"text_weights: intermediate_size must be 4 * hidden_size in {path}")
+    missing = [k for k in HF_TEXT_FIELDS if not isinstance(hf.get(k), int)]
+    if missing:
+        raise CheckpointError(f"text_weights: {path} lacks the integer sizes {missing}")
     return {ours: int(hf[theirs]) for theirs, ours in HF_TEXT_FIELDS.items()} | {
         "max_positions": int(hf.get("max_position_embeddings", 512))}
 
@@ -270,14 +292,12 @@ def hf_text_config(folder: str) -> dict:
 def _hf_weights(folder: str) -> dict:
     """The tensors of ``folder``/model.safetensors (or pytorch_model.bin), "bert." prefix removed."""
     st, pt = os.path.join(folder, "model.safetensors"), os.path.join(folder, "pytorch_model.bin")
-    if os.path.isfile(st):
-        from safetensors.torch import load_file
-
-        state = load_file(st)
-    elif os.path.isfile(pt):
-        state = torch.load(pt, map_location="cpu", weights_only=True)
-    else:
-        raise ValueError(f"text_weights: no model.safetensors or pytorch_model.bin in {folder!r}")
+    path = st if os.path.isfile(st) else pt
+    if not os.path.isfile(path):
+        raise CheckpointError(f"text_weights: no model.safetensors or pytorch_model.bin in {folder!r}")
+    state = read_weights(path, "text_weights")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"text_weights {path!r} holds no state dict (got {type(state).__name__})")
     return {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in state.items()}
 
 
@@ -296,25 +316,28 @@ def load_hf_text_weights(tower: TextTower, folder: str, cls_id: int) -> None:
             "text_heads": t.blocks[0].heads}
     for key, value in mine.items():
         if hf[key] != value:
-            raise ValueError(f"text_weights: {key} is {hf[key]} in {folder!r}, the model has {value}")
+            raise CheckpointError(f"text_weights: {key} is {hf[key]} in {folder!r}, the model has {value}")
     if hf["max_positions"] < t.max_tokens + 1:
-        raise ValueError(f"text_weights: {hf['max_positions']} positions, text_max_tokens + 1 = {t.max_tokens + 1}")
+        raise CheckpointError(f"text_weights: {hf['max_positions']} positions, text_max_tokens + 1 = {t.max_tokens + 1}")
     w = _hf_weights(folder)
     e = "embeddings."
-    mapped = {"word_embed.weight": w[e + "word_embeddings.weight"],
-              "tower.cls_token": w[e + "word_embeddings.weight"][cls_id].view(1, 1, -1),
-              "tower.pos_embed": w[e + "position_embeddings.weight"][: t.max_tokens + 1]
-              + w[e + "token_type_embeddings.weight"][0],
-              "tower.embed_norm.weight": w[e + "LayerNorm.weight"], "tower.embed_norm.bias": w[e + "LayerNorm.bias"],
-              "tower.proj.weight": t.proj.weight}
-    parts = {"qkv": None, "out": "attention.output.dense", "norm1": "attention.output.LayerNorm",
-             "fc1": "intermediate.dense", "fc2": "output.dense", "norm2": "output.LayerNorm"}
-    for i in range(len(t.blocks)):
-        layer = f"encoder.layer.{i}."
-        for leaf in ("weight", "bias"):
-            mapped[f"tower.blocks.{i}.qkv.{leaf}"] = torch.cat(
-                [w[f"{layer}attention.self.{n}.{leaf}"] for n in ("query", "key", "value")])
-            for ours, theirs in parts.items():
-                if theirs is not None:
-                    mapped[f"tower.blocks.{i}.{ours}.{leaf}"] = w[f"{layer}{theirs}.{leaf}"]
+    try:
+        mapped = {"word_embed.weight": w[e + "word_embeddings.weight"],
+                  "tower.cls_token": w[e + "word_embeddings.weight"][cls_id].view(1, 1, -1),
+                  "tower.pos_embed": w[e + "position_embeddings.weight"][: t.max_tokens + 1]
+                  + w[e + "token_type_embeddings.weight"][0],
+                  "tower.embed_norm.weight": w[e + "LayerNorm.weight"], "tower.embed_norm.bias": w[e + "LayerNorm.bias"],
+                  "tower.proj.weight": t.proj.weight}
+        parts = {"qkv": None, "out": "attention.output.dense", "norm1": "attention.output.LayerNorm",
+                 "fc1": "intermediate.dense", "fc2": "output.dense", "norm2": "output.LayerNorm"}
+        for i in range(len(t.blocks)):
+            layer = f"encoder.layer.{i}."
+            for leaf in ("weight", "bias"):
+                mapped[f"tower.blocks.{i}.qkv.{leaf}"] = torch.cat(
+                    [w[f"{layer}attention.self.{n}.{leaf}"] for n in ("query", "key", "value")])
+                for ours, theirs in parts.items():
+                    if theirs is not None:
+                        mapped[f"tower.blocks.{i}.{ours}.{leaf}"] = w[f"{layer}{theirs}.{leaf}"]
+    except KeyError as exc:
+        raise CheckpointError(f"text_weights {folder!r}: the weights lack {exc.args[0]!r} (not a BERT-family model)") from None
     _load_strict(tower, mapped, f"text_weights {folder!r}")

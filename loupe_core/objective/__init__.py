@@ -3,5 +3,6 @@ which wraps a ``LoupeModel`` with them."""
 from .config import LossConfig
 from .losses import ContrastiveBank, LossOutput
 from .loupe_objective import LoupeObjective
+from .step import StepContext
 
-__all__ = ["LoupeObjective", "LossConfig", "LossOutput", "ContrastiveBank"]
+__all__ = ["LoupeObjective", "LossConfig", "LossOutput", "ContrastiveBank", "StepContext"]

@@ -15,17 +15,10 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 import shapley_kernels as sk
+from ..errors import DivergenceError
+from ..global_batch import local_only, pair_seed, stream_seed
 from .losses import unsil_loss
 from .unsil import Unsil, UnsilInputs
-
-SAMPLE_SEED_STRIDE = 1_000_003  # seed of step t, stream s: t * stride + s (streams below)
-STREAMS = {"token": 0, "semantic": 1, "token_probe": 2, "semantic_probe": 3}
-
-
-def step_seed(step: int, stream: str) -> int:
-    """Deterministic per-step seed of a label stream (same step, same labels; resume-safe)."""
-    return int(step) * SAMPLE_SEED_STRIDE + STREAMS[stream]
-
 
 @contextlib.contextmanager
 def inference_mode(*modules):
@@ -41,9 +34,12 @@ def inference_mode(*modules):
             m.train(flag)
 
 
-def _for_engine(x: torch.Tensor) -> torch.Tensor:
-    """Detached, float64 kept, anything else (bf16/fp16 under autocast) as float32."""
+def _for_engine(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Detached, float64 kept, anything else (bf16/fp16 under autocast) as float32.
+    ``DivergenceError`` naming ``name`` where the model's features hold NaN or inf (training diverged)."""
     x = x.detach()
+    if not bool(torch.isfinite(x).all()):
+        raise DivergenceError(f"the label game's {name} hold NaN or inf values: the model's features diverged")
     return x if x.dtype == torch.float64 else x.float()
 
 
@@ -59,7 +55,8 @@ def token_interactions(image_tower, text_tower, image_tokens, text_tokens, text_
     or a tuple of them: then a dict name -> float[P, K], all on the same draws.
     """
     with inference_mode(image_tower, text_tower):
-        est = sk.region_interaction(image_tower, text_tower, _for_engine(image_tokens), _for_engine(text_tokens),
+        est = sk.region_interaction(image_tower, text_tower, _for_engine("image tokens", image_tokens),
+                                    _for_engine("text tokens", text_tokens),
                                     regions, text_mask=text_mask, baseline=baseline, method=method,
                                     num_samples=num_samples, seed=seed, score=score)
     return {name: e.value for name, e in est.items()} if isinstance(est, dict) else est.value
@@ -90,8 +87,77 @@ def semantic_interactions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mas
     rows = phrase_mask.any(dim=1) & region_mask.any(dim=1)
     if bool(rows.any()):
         out[rows] = sk.region_phrase_interaction(
-            _for_engine(A[rows]).contiguous(), region_mask[rows], phrase_mask[rows], method=method,
-            num_samples=num_samples if method == "sampling" else None, seed=seed).to(A.dtype)
+            _for_engine("alignment logits A", A[rows]).contiguous(), region_mask[rows], phrase_mask[rows],
+            method=method,            num_samples=num_samples if method == "sampling" else None, seed=seed).to(A.dtype)
+    return out
+
+
+# ---------------------------------------------------------------- per pair, from its global row (DDP)
+def _pair_tokens(image_tokens, text_tokens, text_mask, p: int):
+    """Pair p's inputs as a one-pair batch with its caption's padding cut (up to its last real token)."""
+    real = text_mask[p].nonzero()
+    length = int(real.max()) + 1 if real.numel() else 1
+    return image_tokens[p:p + 1], text_tokens[p:p + 1, :length], text_mask[p:p + 1, :length]
+
+
+def token_scores_by_pair(towers, image_tokens, text_tokens, text_mask, regions, rows, seed: int, *,
+                         labelled=None, targets=None, method: str = "sampling", **common) -> torch.Tensor:
+    """Token-level scores of P pairs, pair by pair with pair p's own seed ``pair_seed(seed, rows[p])``
+    and its caption's padding cut: a value does not depend on the other pairs of the rank's batch.
+
+    Scores by :func:`token_interactions` (every region of a pair) or
+    :func:`token_target_interactions` (some); towers (image, text); image_tokens float[P, N_I, D_I],
+    text_tokens float[P, L, D_T], text_mask bool[P, L], regions bool[P, K, N_I], rows long[P] (global rows, CPU). targets None: float[P, K],
+    every region. targets LongTensor[T, 2] of (pair, region) with labelled bool[P, K]: float[T];
+    a pair all of whose labelled regions are asked is estimated over its candidates in one call
+    (draws shared by its regions, as ``token_interactions``), otherwise only the asked regions.
+    ``method="exact"`` (no draws): one call over every pair.
+    """
+    if method == "exact" and targets is None:
+        return token_interactions(*towers, image_tokens, text_tokens, text_mask, regions, method=method, seed=seed,
+                                  **common)
+    P, K = regions.shape[:2]
+    dtype = torch.float64 if image_tokens.dtype == torch.float64 else torch.float32
+    if targets is None:
+        out = torch.zeros(P, K, dtype=dtype, device=image_tokens.device)
+        for p in range(P):
+            one = _pair_tokens(image_tokens, text_tokens, text_mask, p)
+            out[p] = token_interactions(*towers, *one, regions[p:p + 1], method=method,
+                                        seed=pair_seed(seed, int(rows[p])), **common)[0].to(dtype)
+        return out
+    out = torch.zeros(targets.shape[0], dtype=dtype, device=image_tokens.device)
+    pair, region = targets[:, 0], targets[:, 1]
+    for p in pair.unique().tolist():
+        mine = (pair == p).nonzero().squeeze(1)
+        one = _pair_tokens(image_tokens, text_tokens, text_mask, p)
+        s = pair_seed(seed, int(rows[p]))
+        if mine.numel() == int(labelled[p].sum()):
+            full = token_interactions(*towers, *one, regions[p:p + 1], method=method, seed=s, **common)[0]
+            out[mine] = full[region[mine]].to(dtype)
+        else:
+            asked = torch.stack([torch.zeros_like(region[mine]), region[mine]], dim=1)
+            out[mine] = token_target_interactions(*towers, *one, regions[p:p + 1], asked, seed=s, method=method,
+                                                  **common).to(dtype)
+    return out
+
+
+def semantic_scores_by_pair(A, region_mask, phrase_mask, rows, seed: int, *, num_samples: int,
+                            pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sampled semantic-level interactions float[B, K, M] of B pairs, pair by pair with pair b's own
+    seed ``pair_seed(seed, rows[b])`` and its phrase padding cut (up to its last present phrase): a
+    value does not depend on the other pairs of the rank's batch or on their phrase counts.
+
+    Interactions by :func:`semantic_interactions`; A float[B, K, M] (detached), region_mask
+    bool[B, K], phrase_mask bool[B, M], rows long[B] (global rows, CPU). pairs: long[n] the
+    positions in the batch to estimate (default every pair); the other pairs' entries are 0.
+    """
+    out = torch.zeros_like(A).detach()
+    for b in (range(A.shape[0]) if pairs is None else pairs.tolist()):
+        present = phrase_mask[b].nonzero()
+        M = int(present.max()) + 1 if present.numel() else 1
+        out[b, :, :M] = semantic_interactions(A[b:b + 1, :, :M], region_mask[b:b + 1], phrase_mask[b:b + 1, :M],
+                                              method="sampling", num_samples=num_samples,
+                                              seed=pair_seed(seed, int(rows[b])))[0]
     return out
 
 
@@ -145,7 +211,7 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
     else:
         need = hybrid_decision(sigma) if uniforms is None else uniforms.to(sigma) <= sigma.detach()
     index = need.nonzero().squeeze(1)
-    sampled = sample(index, step_seed(step, level)).to(estimate.dtype) if index.numel() else estimate.new_zeros(0)
+    sampled = sample(index, stream_seed(step, level)).to(estimate.dtype) if index.numel() else estimate.new_zeros(0)
     # estimates made before training on them; on every rank, also one without a sampled target
     unsil.track(estimate[index] * unsil.scale(), sampled, ranks)
     unsil.observe(sampled, ranks)
@@ -157,10 +223,12 @@ def hybrid_labels(level: str, unsil: Unsil, inputs: UnsilInputs,
             f"label_time_{level}": time.perf_counter() - start,
             f"unsil_corr_{level}": unsil.correlation(), f"unsil_gated_{level}": float(gated)}
     if probe_size > 0 and T > 0:
-        # the probe's own seeded stream: probing or not never changes the global RNG
-        chooser = torch.Generator().manual_seed(step_seed(step, f"{level}_probe"))
+        # the probe's own seeded stream: probing or not never changes the global RNG; it runs on
+        # logged steps and ranks with targets only, so it makes no collective call
+        chooser = torch.Generator().manual_seed(stream_seed(step, f"{level}_probe"))
         probe = torch.randperm(T, generator=chooser)[:probe_size].to(estimate.device)
-        fresh = sample(probe, step_seed(step, f"{level}_probe")).to(estimate.dtype)
+        with local_only(f"UNSIL's {level}-level probe"):
+            fresh = sample(probe, stream_seed(step, f"{level}_probe")).to(estimate.dtype)
         logs[f"unsil_probe_error_{level}"] = float((estimate.detach()[probe] - fresh / scale).abs().mean())
     return LevelLabels(values, need, loss, logs)
 
@@ -179,7 +247,7 @@ def alignment_game_labels(patch_emb: torch.Tensor, phrases: torch.Tensor, phrase
     fits one phrase's object (a mean would rank a box that half fits two objects above one that
     fits one). 0 for a caption without a phrase.
     """
-    cosines = phrases @ patch_emb.transpose(1, 2)                                         # [B, M, N]
+    cosines = _for_engine("patch-phrase cosines", phrases @ patch_emb.transpose(1, 2))      # [B, M, N]
     names = (score,) if isinstance(score, str) else tuple(score)
     scores = sk.max_game_region_values(cosines, region_masks[:, None], score=names)       # {name: [B, M, K]}
     present = phrase_mask[..., None]

@@ -17,6 +17,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+import shapley_kernels as sk
+
 from ..global_batch import Ranks, gather_padded, gather_with_grad, global_mean, many_ranks
 
 TIE_EPS = 1e-6  # spec section 3: an image whose candidate labels span less than this gets weight 0
@@ -203,11 +205,13 @@ def late_interaction_similarity(queries: torch.Tensor, query_mask: torch.Tensor,
     queries float[Bt, Q, d] (caption word tokens or phrase embeddings, L2-normalised),
     query_mask bool[Bt, Q], patches float[Bi, P, d] (L2-normalised final patch embeddings).
     Returns s float[Bt, Bi]: for text t and image i, the mean over t's present queries of each
-    query's best cosine with a patch of i (0 for a text without a present query).
+    query's best cosine with a patch of i (0 for a text without a present query). Computed by the
+    engine's fused op (``shapley_kernels.late_interaction``: O(Bt Bi Q) memory, the gradient of a
+    tied max to its lowest-index patch); float64 in, float64 out, float32 otherwise.
     """
-    best = torch.einsum("tqd,ipd->tiqp", queries, patches).amax(dim=3)  # [Bt, Bi, Q]
-    weight = query_mask.to(best.dtype)
-    return (best * weight[:, None, :]).sum(dim=2) / weight.sum(dim=1, keepdim=True).clamp(min=1.0)
+    if queries.shape[1] == 0:  # no query slot in the batch: every similarity 0, connected to the graph
+        return (queries.sum() + patches.sum()) * queries.new_zeros(queries.shape[0], patches.shape[0])
+    return sk.late_interaction(queries, query_mask, patches)
 
 
 def fine_contrastive_loss(queries: torch.Tensor, query_mask: torch.Tensor, patches: torch.Tensor,

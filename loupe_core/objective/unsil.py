@@ -9,9 +9,9 @@ level's sampled targets) and an uncertainty sigma in (0, 1). Both levels share o
   the K region embeddings (target: region i); sequence B = [CLS_T] and the M phrase embeddings
   (target: phrase j).
 
-Architectures: "mlp_attention" (default; additive attention with the query,
-u_k = w3 . tanh(W4 h + W5 x_k)), "conv1d" (Hadamard fusion, 1D conv kernel 4 stride 2,
-max-pool) and "transformer" (3 layers, position and three token-type embeddings).
+Architecture: "mlp_attention" (additive attention with the query, u_k = w3 . tanh(W4 h + W5 x_k)),
+the design the paper keeps (App. D). Its other two designs (Conv1D, a 3-layer transformer) were
+removed: no config selected them and no measurement gave them a place.
 Inputs are detached by the caller, so L_UNSIL trains UNSIL only.
 """
 from typing import NamedTuple, Optional
@@ -71,7 +71,7 @@ class _AdditiveAttention(nn.Module):
 class MlpAttentionUnsil(nn.Module):
     """App. D's kept design: attention-pooled A and B, concat [e_A, e_B, h], two 3-layer MLP heads."""
 
-    def __init__(self, query_dim: int, feat_dim: int, hidden: int, max_positions: int):
+    def __init__(self, query_dim: int, feat_dim: int, hidden: int):
         super().__init__()
         self.query = nn.Linear(query_dim, hidden)
         self.in_a, self.in_b = nn.Linear(feat_dim, hidden), nn.Linear(feat_dim, hidden)
@@ -86,69 +86,7 @@ class MlpAttentionUnsil(nn.Module):
         return self.estimate_head(feat).squeeze(-1), self.sigma_head(feat).squeeze(-1)
 
 
-class Conv1dUnsil(nn.Module):
-    """App. D's first design: (W x_k) * (W' h), Conv1d(kernel 4, stride 2), max-pool, two 1-layer heads."""
-
-    KERNEL, STRIDE = 4, 2
-
-    def __init__(self, query_dim: int, feat_dim: int, hidden: int, max_positions: int):
-        super().__init__()
-        self.query = nn.Linear(query_dim, hidden)
-        self.gate_a, self.gate_b = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
-        self.in_a, self.in_b = nn.Linear(feat_dim, hidden), nn.Linear(feat_dim, hidden)
-        self.conv_a = nn.Conv1d(hidden, hidden, self.KERNEL, stride=self.STRIDE)
-        self.conv_b = nn.Conv1d(hidden, hidden, self.KERNEL, stride=self.STRIDE)
-        self.estimate_head, self.sigma_head = nn.Linear(3 * hidden, 1), nn.Linear(3 * hidden, 1)
-
-    def _branch(self, h, x, mask, proj, gate, conv):
-        fused = (proj(x) * gate(h)[:, None, :]).masked_fill(~mask[:, :, None], 0.0)
-        if fused.shape[1] < self.KERNEL:  # short sequences: zero-pad to one conv window
-            fused = nn.functional.pad(fused, (0, 0, 0, self.KERNEL - fused.shape[1]))
-        return torch.relu(conv(fused.transpose(1, 2))).amax(dim=2)
-
-    def forward(self, x: UnsilInputs):
-        h = self.query(x.query)
-        c_a = self._branch(h, x.seq_a, x.mask_a, self.in_a, self.gate_a, self.conv_a)
-        c_b = self._branch(h, x.seq_b, x.mask_b, self.in_b, self.gate_b, self.conv_b)
-        feat = torch.cat([c_a, c_b, h], dim=1)
-        return self.estimate_head(feat).squeeze(-1), self.sigma_head(feat).squeeze(-1)
-
-
-class TransformerUnsil(nn.Module):
-    """App. D's third design: 3-layer transformer over [query; A; B] with position and token types.
-
-    Token types: 0 = sequence B (words / phrases), 1 = context element of A (patch / region),
-    2 = target element (the region's patches; the target region and phrase). Read-out: the
-    query position.
-    """
-
-    def __init__(self, query_dim: int, feat_dim: int, hidden: int, max_positions: int, heads: int = 4):
-        super().__init__()
-        self.query = nn.Linear(query_dim, hidden)
-        self.in_a, self.in_b = nn.Linear(feat_dim, hidden), nn.Linear(feat_dim, hidden)
-        self.position = nn.Embedding(max_positions, hidden)
-        self.token_type = nn.Embedding(3, hidden)
-        layer = nn.TransformerEncoderLayer(hidden, heads if hidden % heads == 0 else 1, 2 * hidden,
-                                           dropout=0.0, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 3, enable_nested_tensor=False)
-        self.estimate_head, self.sigma_head = nn.Linear(hidden, 1), nn.Linear(hidden, 1)
-
-    def forward(self, x: UnsilInputs):
-        tokens = torch.cat([self.query(x.query)[:, None, :], self.in_a(x.seq_a), self.in_b(x.seq_b)], dim=1)
-        length = tokens.shape[1]
-        if length > self.position.num_embeddings:
-            raise ValueError(f"UNSIL transformer input of {length} positions exceeds max_positions "
-                             f"{self.position.num_embeddings}")
-        types_a = 1 + x.target_a.long()
-        types_b = 2 * x.target_b.long()
-        types = torch.cat([torch.full_like(types_a[:, :1], 2), types_a, types_b], dim=1)
-        tokens = tokens + self.position.weight[:length] + self.token_type(types)
-        present = torch.cat([torch.ones_like(x.mask_a[:, :1]), x.mask_a, x.mask_b], dim=1)
-        out = self.encoder(tokens, src_key_padding_mask=~present)[:, 0]
-        return self.estimate_head(out).squeeze(-1), self.sigma_head(out).squeeze(-1)
-
-
-ARCHITECTURES = {"mlp_attention": MlpAttentionUnsil, "conv1d": Conv1dUnsil, "transformer": TransformerUnsil}
+ARCHITECTURES = {"mlp_attention": MlpAttentionUnsil}
 
 
 TRACK_DECAY = 0.95  # per step: the correlation reflects about the last 20 steps
@@ -165,11 +103,11 @@ class Unsil(nn.Module):
     UNSIL's estimates, made before it trained on those targets, follow them.
     """
 
-    def __init__(self, arch: str, query_dim: int, feat_dim: int, hidden: int, max_positions: int):
+    def __init__(self, arch: str, query_dim: int, feat_dim: int, hidden: int):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
-        self.net = ARCHITECTURES[arch](query_dim, feat_dim, hidden, max_positions)
+        self.net = ARCHITECTURES[arch](query_dim, feat_dim, hidden)
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("m2", torch.zeros((), dtype=torch.float64))

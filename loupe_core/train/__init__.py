@@ -4,6 +4,6 @@
 it knows no dataset, evaluator or picture. ``loupe_core.pipeline.pretrain`` assembles model,
 data and evaluation from a ``RunConfig`` and is what ``loupe pretrain`` calls.
 """
-from loupe_core.train.trainer import TrainingDiverged, TrainResult, train
+from loupe_core.train.trainer import TrainResult, train
 
-__all__ = ["TrainResult", "TrainingDiverged", "train"]
+__all__ = ["TrainResult", "train"]

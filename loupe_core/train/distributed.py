@@ -1,4 +1,5 @@
-"""Process group set-up and the few collectives the trainer needs.
+"""Process group set-up and the split of the global batch (the collectives, over
+``DistContext.ranks``, are ``loupe_core.global_batch``'s).
 
 Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), :func:`init_distributed`
 joins the ``env://`` process group: gloo on the CPU, nccl on GPUs. Otherwise everything here is
@@ -97,52 +98,3 @@ def shard_bounds(global_batch: int, world_size: int, rank: int, accum_steps: int
     micro = global_batch // parts
     return [(m * world_size * micro + rank * micro, m * world_size * micro + (rank + 1) * micro)
             for m in range(accum_steps)]
-
-
-def all_gather_cat(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Concatenate every rank's ``t`` [n, ...] along dim 0 in rank order (no gradient)."""
-    if not ctx.distributed:
-        return t
-    parts = [torch.empty_like(t) for _ in range(ctx.world_size)]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts, dim=0)
-
-
-def all_reduce_mean(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Mean of ``t`` over ranks (returns a new tensor)."""
-    t = t.clone()
-    if ctx.distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= ctx.world_size
-    return t
-
-
-def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Sum of ``t`` over ranks (returns a new tensor)."""
-    t = t.clone()
-    if ctx.distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def any_rank(flag: bool, ctx: DistContext) -> bool:
-    """True when ``flag`` is True on any rank (so that all ranks stop together)."""
-    if not ctx.distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def barrier(ctx: DistContext) -> None:
-    if ctx.distributed:
-        dist.barrier()
-
-
-def gather_objects(obj, ctx: DistContext) -> list:
-    """Every rank's picklable ``obj``, in rank order (one-element list for one process)."""
-    if not ctx.distributed:
-        return [obj]
-    out = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
-    return out

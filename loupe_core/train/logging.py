@@ -4,7 +4,9 @@ One record per logged step: ``{"step": int, "<name>": float, ...}`` with names s
 ``loss``, ``loss/cmc``, ``log/unsil_share``, ``train/lr``, ``train/samples_per_s``,
 ``eval/<metric>``. ``metrics.jsonl`` is the history (one JSON object per line); ``metrics.csv``
 holds the same records as a table (one column per name, rewritten when a new name appears);
-``tb/`` holds TensorBoard event files. On resume the records after the checkpoint's step are
+``tb/`` holds TensorBoard event files. A record with the step and the names of one already
+logged replaces it (no duplicate rows: the final evaluation of a step that ``eval.every``
+evaluated, a finished run evaluated again). On resume the records after the checkpoint's step are
 dropped, so the history of a resumed run is the uninterrupted one's; a line that is not a JSON
 record (torn by a kill mid-write) is dropped with a warning naming the file and line.
 """
@@ -38,8 +40,7 @@ class MetricLogger:
         os.makedirs(run_dir, exist_ok=True)
         if resume_step is not None and os.path.exists(self.jsonl_path):
             self.records = [r for r in read_history(self.jsonl_path) if r["step"] <= resume_step]
-        with open(self.jsonl_path, "w") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in self.records)
+        self._rewrite_jsonl()
         self._rewrite_csv()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -52,18 +53,31 @@ class MetricLogger:
         if not self.enabled:
             return
         record = {"step": int(step), **{k: _number(v) for k, v in values.items()}}
-        self.records.append(record)
-        with open(self.jsonl_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if set(record) - set(self._columns):
+        same = next((i for i, r in enumerate(self.records) if r["step"] == record["step"] and set(r) == set(record)),
+                    None)
+        if same is not None:  # e.g. the final evaluation of a step an eval.every evaluation logged
+            if self.records[same] == record:
+                return
+            self.records[same] = record
+            self._rewrite_jsonl()
             self._rewrite_csv()
         else:
-            with open(self.csv_path, "a", newline="") as fh:
-                csv.DictWriter(fh, self._columns).writerow(record)
+            self.records.append(record)
+            with open(self.jsonl_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if set(record) - set(self._columns):
+                self._rewrite_csv()
+            else:
+                with open(self.csv_path, "a", newline="") as fh:
+                    csv.DictWriter(fh, self._columns).writerow(record)
         if self._writer is not None:
             for name, value in record.items():
                 if name != "step" and value is not None:
                     self._writer.add_scalar(name, value, step)
+
+    def _rewrite_jsonl(self) -> None:
+        with open(self.jsonl_path, "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in self.records)
 
     def _rewrite_csv(self) -> None:
         columns = ["step"]

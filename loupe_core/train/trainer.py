@@ -13,8 +13,11 @@ back-propagates ``W * L_CMC + (L_total - L_CMC) / A``: the CMC shares add up to 
 CMC gradient and the per-sample-mean terms (TSA, FSA, UNSIL) average. With one micro-batch per
 rank no bank is used: the model gathers features across ranks itself (L_CMC local loss).
 
-DDP: each micro-batch carries its pairs' rows in the global batch (``loupe_core.global_batch``),
-micro-batch m of all ranks being the one-process micro-batch m (``distributed.shard_bounds``);
+The model is called ``model(micro, step)`` with an explicit ``objective.StepContext``: the step
+index and length, the micro-batch's pairs' rows in the global batch (``loupe_core.global_batch``),
+micro-batch m of all ranks being the one-process micro-batch m (``distributed.shard_bounds``),
+the ranks, the bank and whether the step is logged; nothing of it goes into the batch dict.
+DDP:
 the model's label budget and draws follow the rows and its other terms are means over the
 micro-step of all ranks, so W processes give the one-process loss. DDP searches for unused
 parameters (``find_unused_parameters``) only where a probe forward at the start finds some.
@@ -22,10 +25,11 @@ parameters (``find_unused_parameters``) only where a probe forward at the start 
 Logged values per step: every term and the total, averaged over micro-batches and ranks (the
 global batch's loss); the model's diagnostic logs (rank 0's, averaged over its micro-batches);
 learning rate, beta1, samples/s. A NaN or inf in any term stops training (all ranks) with
-``TrainingDiverged`` naming the step and the term, before the optimiser step: the last
-checkpoint on disk is the last good state. So do weights that an optimiser step made non-finite
-and a forward pass that fails on NaN / inf values (e.g. ``train.lr=1e30``), both before any
-checkpoint of that state is written.
+``loupe_core.errors.DivergenceError`` naming the step and the term, before the optimiser step:
+the last checkpoint on disk is the last good state. So do weights that an optimiser step made
+non-finite and a forward pass that raises ``DivergenceError`` itself (the objective's label games
+meeting NaN / inf features, e.g. ``train.lr=1e30``), both before any checkpoint of that state is
+written. Divergence is told by its type, never by an error's wording.
 
 Streaming data may yield ``(batch, DataStats)`` items (the real-data loaders do): the counts
 of skipped records are summed over ranks and reach ``metrics.jsonl`` (``data/<count>``, run
@@ -43,18 +47,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from loupe_core.config import RunConfig, save_config
-from loupe_core.global_batch import GLOBAL_ROWS, GLOBAL_SIZE, RANKS
+from loupe_core.errors import CheckpointError, ConfigError, DataError, DivergenceError
+from loupe_core.global_batch import gather_objects, gather_with_grad, global_any, global_barrier, global_sum
 from loupe_core.objective.losses import ContrastiveBank
+from loupe_core.objective.step import StepContext
+from loupe_core.progress import progress
 from loupe_core.train import checkpoint as ckpt
-from loupe_core.train.distributed import (DistContext, all_gather_cat, all_reduce_mean, all_reduce_sum, any_rank,
-                                          barrier, gather_objects, init_distributed, shard_bounds)
+from loupe_core.train.distributed import DistContext, init_distributed, shard_bounds
 from loupe_core.train.logging import MetricLogger
 from loupe_core.train.sampler import StepBatchSampler
 from loupe_core.train.schedule import build_optimizer, build_scheduler
-
-
-class TrainingDiverged(RuntimeError):
-    """A NaN or inf loss; the message names the step, the term and the last good checkpoint."""
 
 
 @dataclass
@@ -120,7 +122,7 @@ class _CountedBatches:
             try:
                 item = next(self.batches)
             except StopIteration:
-                raise ValueError(f"the training data ran out at step {step + 1}; a stream must repeat its "
+                raise DataError(f"the training data ran out at step {step + 1}; a stream must repeat its "
                                  "epochs") from None
             if not (isinstance(item, (tuple, list)) and len(item) == 2 and hasattr(item[1], "as_dict")):
                 return item
@@ -135,10 +137,10 @@ def total_steps_for(cfg: RunConfig, dataset_size: Optional[int]) -> int:
     if cfg.train.steps > 0:
         return cfg.train.steps
     if dataset_size is None:
-        raise ValueError("train.steps must be set (> 0) for streaming training data, which has no length")
+        raise ConfigError("train.steps must be set (> 0) for streaming training data, which has no length")
     per_epoch = dataset_size // cfg.train.batch_size
     if per_epoch < 1:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the training set ({dataset_size} pairs)")
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the training set ({dataset_size} pairs)")
     return cfg.train.epochs * per_epoch
 
 
@@ -155,7 +157,7 @@ def _autocast(cfg, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision='fp16' needs a CUDA device (use 'bf16' or 'fp32' on the CPU)")
+        raise ConfigError("train.precision='fp16' needs a CUDA device (use 'bf16' or 'fp32' on the CPU)")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -185,19 +187,22 @@ class _StepRunner:
         img, txt = (x.to(torch.promote_types(x.dtype, torch.float32)) for x in (img, txt))
 
         def in_global_order(x):  # gathered [rank, micro, row] -> the global batch's rows (shard_bounds)
-            x = all_gather_cat(x, self.ctx)
+            x = gather_with_grad(x, self.ctx.ranks)  # under no_grad: a plain gather
             return x.view(self.ctx.world_size, self.accum, -1, x.shape[-1]).transpose(0, 1).reshape(x.shape)
 
         return in_global_order(img), in_global_order(txt)
 
-    def with_rows(self, micros):
-        """The micro-batches with their pairs' rows in the global batch and the ranks that share
-        it (``global_batch``: the model's label budget and per-pair seeds are functions of the rows,
-        not of the rank; its means and contrast sets span the ranks)."""
+    def contexts(self, micros, step: int, total: int, diagnostics: bool, bank_rows=None) -> list:
+        """One ``StepContext`` per micro-batch: its pairs' rows in the global batch and the ranks
+        that share it (``global_batch``: the model's label budget and per-pair seeds are functions
+        of the rows, not of the rank; its means and contrast sets span the ranks), and its view of
+        the bank (``bank_rows`` (img, txt) [G, d], None: no bank)."""
         G = self.cfg.train.batch_size
         bounds = shard_bounds(G, self.ctx.world_size, self.ctx.rank, self.accum)
-        return [{**mb, GLOBAL_ROWS: torch.arange(start, start + _batch_size(mb)), GLOBAL_SIZE: G,
-                 RANKS: self.ctx.ranks} for mb, (start, _) in zip(micros, bounds)]
+        return [StepContext(index=step, total_steps=total, rows=torch.arange(start, start + _batch_size(mb)),
+                            global_size=G, ranks=self.ctx.ranks, diagnostics=diagnostics,
+                            bank=None if bank_rows is None else self.bank_cls(bank_rows[0], bank_rows[1], start))
+                for mb, (start, _) in zip(micros, bounds)]
 
     def run(self, micros, step: int, total: int, diagnostics: bool = True):
         """(term means over micro-batches and ranks, this rank's log means), gradients accumulated.
@@ -210,23 +215,19 @@ class _StepRunner:
         bank_rows = self._bank_embeddings(micros) if self.use_bank else None
         sums, logs = {}, {}
         W, A = self.ctx.world_size, self.accum
-        for m, mb in enumerate(self.with_rows(micros)):
-            start = int(mb[GLOBAL_ROWS][0])
-            bank = self.bank_cls(bank_rows[0], bank_rows[1], start) if self.use_bank else None
+        for m, (mb, context) in enumerate(zip(micros, self.contexts(micros, step, total, diagnostics, bank_rows))):
             last = m == A - 1
             sync = contextlib.nullcontext() if (last or not self.ctx.distributed) else self.ddp.no_sync()
             with sync:
                 try:
                     with _autocast(self.cfg, self.ctx.device):
-                        out = self.ddp(mb, step=step, total_steps=total, bank=bank, diagnostics=diagnostics)
-                except ValueError as exc:  # a library check that met NaN / inf activations
-                    if not _is_non_finite_error(exc):
-                        raise
+                        out = self.ddp(mb, context)
+                except DivergenceError as exc:  # the objective met NaN / inf features
                     bad = ("forward pass", str(exc))
-                    any_rank(True, self.ctx)
+                    global_any(True, self.ctx.ranks, self.ctx.device)
                     return None, bad
                 bad = _first_non_finite(out)
-                if any_rank(bad is not None, self.ctx):
+                if global_any(bad is not None, self.ctx.ranks, self.ctx.device):
                     return None, bad
                 banked = sum(out.terms[t] for t in self.bank_terms) if self.use_bank else 0.0
                 (W * banked + (out.total - banked) / A).backward()
@@ -235,7 +236,7 @@ class _StepRunner:
             for name, value in out.logs.items():
                 logs[name] = logs.get(name, 0.0) + float(value) / A
         names = sorted(sums)
-        means = all_reduce_mean(torch.stack([sums[n] for n in names]), self.ctx).tolist()
+        means = (global_sum(torch.stack([sums[n] for n in names]), self.ctx.ranks) / W).tolist()
         return dict(zip(names, means)), logs
 
 
@@ -249,24 +250,25 @@ def _compile(model: torch.nn.Module, tc) -> None:
         return
     compile_towers = getattr(model, "compile_towers", None)
     if tc.compile != "towers" or compile_towers is None:
-        raise ValueError(f"train.compile={tc.compile!r}: expected 'none' or 'towers' on a model with "
+        raise ConfigError(f"train.compile={tc.compile!r}: expected 'none' or 'towers' on a model with "
                          f"compile_towers ({type(model).__name__} has {'it' if compile_towers else 'none'})")
     try:
         compile_towers(mode=tc.compile_mode, **_COMPILE_OPTIONS)
     except ValueError as exc:
-        raise ValueError(f"train.compile='towers': {exc}") from None
+        raise ConfigError(f"train.compile='towers': {exc}") from None
 
 
-def _unused_parameters(model, micro, cfg, ctx: DistContext, step: int, total: int) -> list:
+def _unused_parameters(model, micro, context: StepContext, cfg, ctx: DistContext) -> list:
     """Names of the trainable parameters that the loss of the micro-batch ``micro`` does not reach
     (DDP without ``find_unused_parameters`` needs every other one in every backward): one forward
     of the unwrapped model, every rank together (the model's collectives), whose graph is walked,
-    not run backward; the RNG streams and the buffers (UNSIL's statistics) are left as they were."""
+    not run backward (``context``: the micro-batch's step context, diagnostics off); the RNG
+    streams and the buffers (UNSIL's statistics) are left as they were."""
     rng = ckpt.capture_rng_state()
     buffers = [b.detach().clone() for b in model.buffers()]
     try:
         with _autocast(cfg, ctx.device):
-            out = model(micro, step=step, total_steps=total, diagnostics=False)
+            out = model(micro, context)
         reached, seen, todo = set(), set(), [out.total.grad_fn]
         while todo:
             node = todo.pop()
@@ -284,16 +286,11 @@ def _unused_parameters(model, micro, cfg, ctx: DistContext, step: int, total: in
     return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in reached]
 
 
-def _is_non_finite_error(exc: ValueError) -> bool:
-    text = str(exc)
-    return "NaN" in text or " inf" in text or "non-finite" in text
-
-
 def _weights_finite(model: torch.nn.Module, ctx: DistContext) -> bool:
     """Whether every parameter of ``model`` is finite on every rank (one reduction per tensor)."""
     flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]
     ok = bool(torch.stack(flags).all()) if flags else True
-    return not any_rank(not ok, ctx)
+    return not global_any(not ok, ctx.ranks, ctx.device)
 
 
 def _batch_size(batch) -> int:
@@ -308,7 +305,7 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
     """Train ``model`` on the map-style ``dataset`` (batches made by ``collate_fn``).
 
     model: the module trained and checkpointed, a ``loupe_core.objective.LoupeObjective`` (or any
-    module whose ``forward(batch, step=, total_steps=, diagnostics=)`` returns ``LossOutput`` and
+    module whose ``forward(batch, step)`` with a ``StepContext`` returns ``LossOutput`` and
     ``forward(batch, embed_only=True)`` the global embeddings, and whose ``bank_terms`` names the
     terms that are losses over the whole accumulated batch: with ``train.accum_steps`` > 1 those
     see every micro-batch's embeddings through a ``ContrastiveBank``), built with the run's seed
@@ -345,7 +342,8 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
         # DDP searches the graph for unused parameters (find_unused_parameters) only where the
         # run's loss leaves some out (a config without a term), as one probe forward finds
         first = [_to_device(batches.next(start), ctx.device) for _ in range(tc.accum_steps)]
-        unused = _unused_parameters(model, runner.with_rows(first)[0], cfg, ctx, start, total)
+        probe_context = runner.contexts(first, start, total, diagnostics=False)[0]
+        unused = _unused_parameters(model, first[0], probe_context, cfg, ctx)
         runner.ddp = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
                                              find_unused_parameters=bool(unused))
     logger = MetricLogger(run_dir, enabled=ctx.is_main, tensorboard=tc.tensorboard,
@@ -360,7 +358,7 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
             means, logs = runner.run(micros, step, total, diagnostics=logged)
             if means is None:  # logs holds (term, value) of this rank's non-finite term, or None
                 name, value = logs or ("(on another rank)", float("nan"))
-                raise TrainingDiverged(
+                raise DivergenceError(
                     f"non-finite loss at step {step + 1}: term {name!r} = {value}; training stopped before "
                     f"the optimiser step. {_last_good(run_dir)}")
             if tc.grad_clip > 0:
@@ -373,7 +371,7 @@ def train(cfg: RunConfig, run_dir: str, model: torch.nn.Module, dataset, collate
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             if not _weights_finite(model, ctx):
-                raise TrainingDiverged(f"non-finite weights after the optimiser step of step {done} (train.lr={lr:g}); "
+                raise DivergenceError(f"non-finite weights after the optimiser step of step {done} (train.lr={lr:g}); "
                                        f"nothing of that state was saved. {_last_good(run_dir)}")
             losses.append(means["total"])
             sps = tc.batch_size / max(time.perf_counter() - t0, 1e-9)
@@ -410,14 +408,12 @@ def _global_counts(counts, ctx: DistContext) -> Optional[dict]:
         return None
     local = counts.as_dict()
     names = sorted(local)
-    summed = all_reduce_sum(torch.tensor([float(local[n]) for n in names], dtype=torch.float64), ctx)
+    summed = global_sum(torch.tensor([float(local[n]) for n in names], dtype=torch.float64), ctx.ranks)
     return {n: int(v) for n, v in zip(names, summed.tolist())}
 
 
 def _progress(enabled: bool, total: int, start: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, disable=not enabled, desc="pretrain", unit="step", dynamic_ncols=True)
+    return progress(total=total, initial=start, enabled=enabled, desc="pretrain", unit="step")
 
 
 def _evaluate_keeping_rng(evaluate_fn, model, ctx: DistContext) -> dict:
@@ -431,12 +427,12 @@ def _evaluate_keeping_rng(evaluate_fn, model, ctx: DistContext) -> dict:
         finally:
             model.train()
             ckpt.restore_rng_state(rng)
-    barrier(ctx)
+    global_barrier(ctx.ranks)
     return metrics
 
 
 def _save_state(cfg, run_dir, step, total, model, optimizer, scheduler, scaler, ctx) -> str:
-    rngs = gather_objects(ckpt.capture_rng_state(), ctx)
+    rngs = gather_objects(ckpt.capture_rng_state(), ctx.ranks)
     path = ckpt.checkpoint_path(run_dir, step)
     if ctx.is_main:
         ckpt.save_checkpoint(path, {
@@ -446,22 +442,22 @@ def _save_state(cfg, run_dir, step, total, model, optimizer, scheduler, scaler, 
             "rng": rngs, "config": cfg.to_dict(),
         })
         ckpt.prune_checkpoints(run_dir, cfg.train.keep_checkpoints)
-    barrier(ctx)
+    global_barrier(ctx.ranks)
     return path
 
 
 def _load_state(path, model, optimizer, scheduler, scaler, ctx, total, cfg) -> int:
-    """Restore every state from the checkpoint ``path``; returns its step. ValueError naming the
+    """Restore every state from the checkpoint ``path``; returns its step. CheckpointError naming the
     file for a damaged or foreign file, another schedule length or a model it does not fit (with
     the config keys that differ)."""
     state = ckpt.load_training_state(path)
     if state["total_steps"] != total:
-        raise ValueError(f"--resume {path!r}: the checkpoint's run has {state['total_steps']} steps in all, this "
+        raise CheckpointError(f"--resume {path!r}: the checkpoint's run has {state['total_steps']} steps in all, this "
                          f"config {total}; the schedule cannot be stretched (keep train.steps / train.epochs)")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise ValueError(f"--resume {path!r}: the checkpoint's weights do not fit this model "
+        raise CheckpointError(f"--resume {path!r}: the checkpoint's weights do not fit this model "
                          f"({_config_difference(state['config'], cfg)}): {str(exc).splitlines()[0]}") from None
     try:
         optimizer.load_state_dict(state["optimizer"])
@@ -470,7 +466,7 @@ def _load_state(path, model, optimizer, scheduler, scaler, ctx, total, cfg) -> i
         rngs = state["rng"]
         ckpt.restore_rng_state(rngs[ctx.rank] if ctx.rank < len(rngs) else rngs[0])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
-        raise ValueError(f"--resume {path!r}: its optimiser, schedule or RNG state does not fit this run "
+        raise CheckpointError(f"--resume {path!r}: its optimiser, schedule or RNG state does not fit this run "
                          f"({type(exc).__name__}: {exc})") from None
     return int(state["step"])
 

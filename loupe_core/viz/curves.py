@@ -64,28 +64,36 @@ def read_history(history_path: str) -> list[dict]:
     return records
 
 
-def plot_training_curves(history_path: str, path: str, *, prefixes: Sequence[str] = ("loss", "eval/")) -> str:
-    """One panel per group of logged names (``loss`` and ``loss/<term>``; ``eval/<metric>``); PNG.
-
-    Values logged as null (non-finite) are left out of the lines.
-    """
+def draw_training_curves(history_path: str, *, prefixes: Sequence[str] = ("loss", "eval/")):
+    """The figure of ``plot_training_curves``: one panel per group, the legend to the right of
+    its panel (outside it, so it covers no point: a run evaluated once has a single eval point),
+    points marked where a line has few of them."""
     records = read_history(history_path)
     # sums of recalls (rsum) would flatten the percentages beside them
     groups = {p: sorted({k for r in records for k in r if k.startswith(p) and not k.endswith("rsum")})
               for p in prefixes}
     groups = {p: names for p, names in groups.items() if names}
-    fig = new_figure(5.5, 3.0 * max(1, len(groups)))
+    fig = new_figure(7.5, 3.0 * max(1, len(groups)))
     for row, (prefix, names) in enumerate(groups.items()):
         ax = fig.add_subplot(len(groups), 1, row + 1)
         for name in names:
             points = [(r["step"], r[name]) for r in records
                       if r.get(name) is not None and math.isfinite(r[name])]
             if points:
-                ax.plot(*zip(*points), marker="." if len(points) < 50 else None, label=name)
+                ax.plot(*zip(*points), marker="o" if len(points) < 10 else "." if len(points) < 50 else None,
+                        label=name)
         ax.set_xlabel("step")
         ax.set_title(prefix.rstrip("/"), fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     if not groups:
         fig.add_subplot(1, 1, 1).text(0.5, 0.5, "no logged values", ha="center")
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_training_curves(history_path: str, path: str, *, prefixes: Sequence[str] = ("loss", "eval/")) -> str:
+    """One panel per group of logged names (``loss`` and ``loss/<term>``; ``eval/<metric>``); PNG.
+
+    Values logged as null (non-finite) are left out of the lines.
+    """
+    return save_figure(draw_training_curves(history_path, prefixes=prefixes), path)

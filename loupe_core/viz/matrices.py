@@ -17,14 +17,16 @@ from .pair import PairView
 
 
 def plot_alignment_matrices(alignment: torch.Tensor, interaction: torch.Tensor, path: str, *,
-                            phrase_labels: Sequence[str], title: str = "") -> str:
-    """Two heatmaps of float[K, M] (alignment softmax, interaction) with the values written in; PNG."""
+                            phrase_labels: Sequence[str], title: str = "",
+                            alignment_name: str = "alignment softmax_j(A)") -> str:
+    """Two heatmaps of float[K, M] (alignment, titled ``alignment_name``, and interaction) with
+    the values written in; PNG."""
     if alignment.dim() != 2 or alignment.shape != interaction.shape:
         raise ValueError(f"alignment and interaction must be float[K, M] of one shape, got "
                          f"{list(alignment.shape)} and {list(interaction.shape)}")
     K, M = alignment.shape
-    fig = new_figure(2.0 + 1.6 * M, 1.5 + 0.45 * K)
-    for col, (name, mat, cmap) in enumerate((("alignment softmax_j(A)", alignment, "viridis"),
+    fig = new_figure(max(5.0, 2.0 + 1.6 * M), 1.5 + 0.45 * K)  # wide enough for the panel titles
+    for col, (name, mat, cmap) in enumerate(((alignment_name, alignment, "viridis"),
                                               ("interaction I([H_ij])", interaction, "coolwarm"))):
         ax = fig.add_subplot(1, 2, col + 1)
         data = mat.detach().double().cpu().numpy()
@@ -56,11 +58,22 @@ def semantic_interactions(view: PairView, *, num_samples: int = 500, seed: int =
                                         seed=seed)[0].cpu()
 
 
+def alignment_panel(A: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """(float[K, M], its title): the row softmax over the caption's phrases of A float[K, M]
+    (what L_FSA trains), or, for a caption of one phrase, where that row softmax is 1 everywhere,
+    the softmax over the K regions (which region the phrase picks); zeros without a phrase.
+    present bool[M]: the real phrases."""
+    if not bool(present.any()):
+        return torch.zeros_like(A), "alignment (no phrase)"
+    if int(present.sum()) == 1:
+        column = torch.softmax(A[:, present], dim=0)
+        return torch.zeros_like(A).masked_scatter(present[None, :].expand_as(A), column), \
+            "alignment softmax_i(A) (one phrase)"
+    return torch.softmax(A.masked_fill(~present[None, :], float("-inf")), dim=1), "alignment softmax_j(A)"
+
+
 def alignment_figure(view: PairView, path: str, *, seed: int = 0) -> str:
     """Fig. 5 (right) for one pair; returns ``path``."""
-    A = view.A[0].detach().double().cpu()
-    present = view.batch["phrase_mask"][0].cpu()
-    softmax = torch.softmax(A.masked_fill(~present[None, :], float("-inf")), dim=1) if bool(present.any()) \
-        else torch.zeros_like(A)
-    return plot_alignment_matrices(softmax, semantic_interactions(view, seed=seed), path,
-                                   phrase_labels=view.phrases, title=view.batch["captions"][0])
+    panel, name = alignment_panel(view.A[0].detach().double().cpu(), view.batch["phrase_mask"][0].cpu())
+    return plot_alignment_matrices(panel, semantic_interactions(view, seed=seed), path,
+                                   phrase_labels=view.phrases, title=view.batch["captions"][0], alignment_name=name)

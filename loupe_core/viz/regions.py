@@ -8,6 +8,7 @@ token-level Shapley interaction of spec Eq. 7 in the pair's game v1, computed by
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,32 +21,77 @@ from .figures import new_figure, save_figure
 from .pair import PairView
 
 
-def plot_regions(image: np.ndarray, boxes: torch.Tensor, confidences: torch.Tensor, interactions: torch.Tensor,
-                 path: str, *, random: Optional[Sequence[bool]] = None, title: str = "") -> str:
-    """Draw boxes float[K, 4] (xyxy pixels) on image uint8 ``[S, S, 3]`` with their labels; write PNG."""
+def draw_regions(image: np.ndarray, boxes: torch.Tensor, confidences: torch.Tensor, interactions: torch.Tensor, *,
+                 random: Optional[Sequence[bool]] = None, title: str = ""):
+    """The figure of ``plot_regions``: each box drawn in the colour of its interaction on a
+    diverging scale symmetric about 0 (colour bar beside the image), solid for the top-K regions
+    and dashed for the random candidates; the labels ``#k I=... p=...`` sit in a legend outside
+    the image, so they never overlap one another or the regions."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
+    from matplotlib.patheffects import Normal, Stroke
 
     K = boxes.shape[0]
     if confidences.shape != (K,) or interactions.shape != (K,):
         raise ValueError(f"confidences and interactions must have shape [{K}], got "
                          f"{list(confidences.shape)} and {list(interactions.shape)}")
     random = [False] * K if random is None else list(random)
-    fig = new_figure(5, 5)
+    values = interactions.double().cpu()
+    bound = max(float(values.abs().max()) if K else 0.0, 1e-12)
+    norm, cmap = Normalize(-bound, bound), colormaps["coolwarm"]
+    fig = new_figure(7.5, 5)
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(image, interpolation="nearest")
-    cycle = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:cyan", "tab:olive", "tab:pink"]
+    handles, tags = [], []
     for k in range(K):
         x0, y0, x1, y1 = boxes[k].tolist()
-        colour = "white" if random[k] else cycle[k % len(cycle)]
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, ec=colour,
-                               ls="--" if random[k] else "-"))
-        # labels of random boxes sit on their bottom edge, so they do not cover the top-K labels
-        ax.text(x0 + 0.5, (y1 - 0.5) if random[k] else (y0 + 0.5),
-                f"I={float(interactions[k]):+.2g} p={float(confidences[k]):.2f}", color="black", fontsize=7,
-                va="bottom" if random[k] else "top", bbox={"fc": colour, "alpha": 0.7, "pad": 1, "lw": 0})
+        colour, style = cmap(norm(float(values[k]))), "--" if random[k] else "-"
+        rect = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2.5, ec=colour, ls=style)
+        rect.set_path_effects([Stroke(linewidth=4, foreground="black"), Normal()])  # visible on any pixels
+        ax.add_patch(rect)
+        tags.append(ax.text(x0 + 0.5, y0 + 0.5, f"#{k}", color="black", fontsize=6, va="top",
+                            bbox={"fc": colour, "alpha": 0.8, "pad": 0.5, "lw": 0}))
+        handles.append(Line2D([], [], color=colour, lw=2.5, ls=style,
+                              label=f"#{k} I={float(values[k]):+.2g} p={float(confidences[k]):.2f}"
+                                    + (" (random)" if random[k] else "")))
     ax.set_axis_off()
     ax.set_title(title, fontsize=8, wrap=True)
-    return save_figure(fig, path)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.02,
+                 label="interaction I([R])")
+    if handles:  # below the image, outside it (savefig with bbox_inches="tight" keeps it in the PNG)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(2, K), fontsize=7,
+                  frameon=False)
+    _separate(fig, tags)
+    return fig
+
+
+def _separate(fig, texts) -> None:
+    """Move each text down (in display space) until its box overlaps none placed before it."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for text in texts:
+        for _ in range(len(texts) + 1):
+            box = text.get_window_extent(renderer).expanded(1.05, 1.1)
+            clash = next((p for p in placed if box.overlaps(p)), None)
+            if clash is None:
+                break
+            x, y = text.get_transform().transform(text.get_position())
+            shift = box.y1 - clash.y0 + 1  # just below the box it hits
+            text.set_position(text.get_transform().inverted().transform((x, y - shift)))
+        placed.append(text.get_window_extent(renderer).expanded(1.05, 1.1))
+
+
+def plot_regions(image: np.ndarray, boxes: torch.Tensor, confidences: torch.Tensor, interactions: torch.Tensor,
+                 path: str, *, random: Optional[Sequence[bool]] = None, title: str = "") -> str:
+    """Draw boxes float[K, 4] (xyxy pixels) on image uint8 ``[S, S, 3]`` with their labels
+    (``draw_regions``); write PNG."""
+    fig = draw_regions(image, boxes, confidences, interactions, random=random, title=title)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path
 
 
 def region_candidates(model, view: PairView, num_random: int, seed: int):

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..checks import (check_choice, check_finite, check_max_batch, check_shape, check_tensor,
+from ..checks import (check_choice, check_finite, check_has_values, check_max_batch, check_shape, check_tensor,
                        result_dtype)
 from .packing import pack_bits
 
@@ -101,7 +101,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
 def check_tokens(name: str, tokens: torch.Tensor, dims: int) -> torch.Tensor:
     """Float tensor with ``dims`` dimensions and only finite values."""
     check_tensor(name, tokens, dims=dims, dtype_kind="float")
-    return check_finite(name, tokens)
+    return check_finite(name, check_has_values(name, tokens))
 
 
 def dual_encoder_game(image_encoder, text_encoder, image_tokens: torch.Tensor,
@@ -126,7 +126,7 @@ def dual_encoder_game(image_encoder, text_encoder, image_tokens: torch.Tensor,
         if mask is None:
             mask = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         check_tensor(name, mask, dims=1, dtype_kind="bool")
-        check_shape(name, mask, (tokens.shape[0],))
+        check_shape(name, check_has_values(name, mask), (tokens.shape[0],))
         masks.append(mask.to(tokens.device))
     img, txt = image_tokens[None], text_tokens[None]
     img_mask, txt_mask = masks[0][None], masks[1][None]

@@ -61,9 +61,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_choice, check_num_samples, check_seed, check_shape, check_tensor, result_dtype
+from ..checks import check_choice, check_has_values, check_num_samples, check_seed, check_shape, check_tensor, result_dtype
 from .._enumeration import all_coalitions, exact_indices
 from .._estimate import Estimate
+from .._budget import check_budget, samples_within
 from .._strata import crossfit_control, iid_stderr, strata_stderr, stratified_uniform
 from ..estimators import EXACT_MAX_PLAYERS, choose_method
 from .game import check_encoders, check_tokens, encode_halves, resolve_max_batch
@@ -92,10 +93,26 @@ def choose_region_method(n_players: int, region_sizes, num_samples: int, *, sing
     return choose_method(n_players, _pair_evaluations(region_sizes, num_samples, singles))
 
 
+def _budget_plan(budget, method: str, n_players, sizes, singles: bool):
+    """(method, num_samples) for a per-pair ``budget``: "exact" where every pair's 2^n fits
+    (``method`` "exact" or "auto"), else "sampling" with the samples the dearest pair affords;
+    ValueError naming ``budget`` and the minimum otherwise."""
+    check_budget(budget, 1, "region_interaction")
+    exact_cost = max(2 ** n for n in n_players)
+    if method == "exact":
+        check_budget(budget, exact_cost, "method='exact' (2^n of the largest pair)")
+    if method != "sampling" and exact_cost <= budget and max(n_players) <= EXACT_MAX_PLAYERS:
+        return "exact", None
+    per_sample = max(_pair_evaluations(sizes[b].tolist(), 1, singles) for b in range(len(n_players)))
+    check_budget(budget, 2 * per_sample, f"sampling here (2 samples of {per_sample} evaluations per pair)")
+    return "sampling", samples_within(budget, per_sample)
+
+
 def _check_mask(name, mask, B, N, device):
     if mask is None:
         return torch.ones(B, N, dtype=torch.bool, device=device)
     check_tensor(name, mask, dims=2, dtype_kind="bool")
+    check_has_values(name, mask)
     return check_shape(name, mask, (B, N)).to(device)
 
 
@@ -366,7 +383,7 @@ def region_interaction(image_encoder, text_encoder, image_tokens: torch.Tensor,
                        text_mask: Optional[torch.Tensor] = None, baseline: str = "zero",
                        method: str = "auto", num_samples: Optional[int] = None,
                        seed: Optional[int] = None, max_batch: Optional[int] = None,
-                       score="interaction", estimator: str = "antithetic"):
+                       score="interaction", estimator: str = "antithetic", budget: Optional[int] = None):
     """Token-level scores (module docstring) of every candidate region of every pair, in pair
     b's game v1: by default I([R_k]) of spec Eq. 7.
 
@@ -376,7 +393,10 @@ def region_interaction(image_encoder, text_encoder, image_tokens: torch.Tensor,
     method: "sampling" (num_samples per region, default 500, at least 2), "exact" (enumeration,
     n_I + n_T within estimators.EXACT_MAX_PLAYERS) or "auto" (exact when
     ``choose_region_method`` says so for every pair). seed: int for reproducible draws, None
-    for torch's global generator.
+    for torch's global generator. budget: game evaluations per pair (each pair is its own
+    game), never exceeded; then num_samples is ignored: "auto" is exact when 2^n of every pair
+    fits, else the sampler gets min over pairs of floor(budget / evaluations per sample)
+    samples (at least 2: the minimum budget is twice the dearest pair's sample).
     score: "interaction" (Eq. 7), "phi" (phi([R]), R as one player), "negative_interaction"
     (-Eq. 7) or "magnitude" (|Eq. 7|, biased upwards when sampled), or a tuple of these names:
     then a dict name -> Estimate, all computed on the same draws (the cost is that of the
@@ -420,6 +440,8 @@ def region_interaction(image_encoder, text_encoder, image_tokens: torch.Tensor,
         evaluations = torch.zeros(B, dtype=torch.long)
     else:
         n_players = (image_mask.sum(1) + text_mask.sum(1)).tolist()
+        if budget is not None:
+            method, num_samples = _budget_plan(budget, method, n_players, sizes, singles)
         if method == "auto":
             picks = {choose_region_method(n, sizes[b].tolist(), num_samples, singles=singles)
                      for b, n in enumerate(n_players)}

@@ -120,18 +120,18 @@ class TrainConfig:
         for name in ("compile", "compile_mode"):  # the loader checks these too; here for TrainConfig(...)
             allowed = list(typing.get_args(schema.field_types(TrainConfig)[name]))
             if getattr(self, name) not in allowed:
-                raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         _at_least(self, "train", seed=0, steps=0, epochs=1, batch_size=1, accum_steps=1, log_every=1, ckpt_every=0,
                   keep_checkpoints=0)
         if isinstance(self.seed, int) and self.seed > MAX_SEED:
-            raise ValueError(f"train.seed must be <= {MAX_SEED} (NumPy's seed range), got {self.seed}")
+            raise ConfigError(f"train.seed must be <= {MAX_SEED} (NumPy's seed range), got {self.seed}")
         _positive(self, "train", lr=self.lr, eps=self.eps, div_factor=self.div_factor,
                   final_div_factor=self.final_div_factor, collective_timeout=self.collective_timeout)
         for name in ("weight_decay", "grad_clip"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 < self.pct_start < 1:
-            raise ValueError(f"train.pct_start must be in (0, 1), got {self.pct_start!r}")
+            raise ConfigError(f"train.pct_start must be in (0, 1), got {self.pct_start!r}")
 
 
 @dataclass
@@ -161,14 +161,14 @@ def _at_least(section, prefix: str, **bounds) -> None:
     for name, low in bounds.items():
         value = getattr(section, name)
         if isinstance(value, int) and not isinstance(value, bool) and value < low:
-            raise ValueError(f"{prefix}.{name} must be >= {low}, got {value}")
+            raise ConfigError(f"{prefix}.{name} must be >= {low}, got {value}")
 
 
 def _positive(section, prefix: str, **values) -> None:
     """ValueError naming ``prefix.field`` unless the float is finite and > 0."""
     for name, value in values.items():
         if isinstance(value, (int, float)) and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{prefix}.{name} must be a finite number > 0, got {value!r}")
+            raise ConfigError(f"{prefix}.{name} must be a finite number > 0, got {value!r}")
 
 
 def _model_sections():
@@ -265,7 +265,7 @@ def _read_config_dict(name_or_path: str, seen: tuple = ()) -> dict:
 def parse_override(text: str) -> tuple[str, Any]:
     """``"a.b=value"`` -> (``"a.b"``, value converted to that field's type)."""
     if "=" not in text:
-        raise ValueError(f"override {text!r}: expected key=value")
+        raise ConfigError(f"override {text!r}: expected key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     parts = key.split(".")
@@ -274,11 +274,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         types_ = _field_types(cls) if dataclasses.is_dataclass(cls) else {}
         if part not in types_:
             where = ".".join(parts[:i]) or "the config"
-            raise ValueError(f"unknown config key {key!r}: {where} has no field {part!r} (valid: {sorted(types_)})")
+            raise ConfigError(f"unknown config key {key!r}: {where} has no field {part!r} (valid: {sorted(types_)})")
         hint = types_[part]
         cls = hint
     if dataclasses.is_dataclass(hint):
-        raise ValueError(f"config key {key!r} is a section; set its fields (e.g. {key}.<field>=...)")
+        raise ConfigError(f"config key {key!r} is a section; set its fields (e.g. {key}.<field>=...)")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:

@@ -5,8 +5,8 @@ every config section uses (``loupe_core.config``'s RunConfig and ``key=value`` o
 ``build(cls, d)`` checks every key against the dataclass's fields and every value against the
 field's annotation (bool, int, float, str, Optional, Literal, lists, tuples, dicts, nested
 dataclasses), converting where JSON needs it (an int for a float field, a list for a tuple); a
-wrong key or value is a ValueError naming the key and what was expected, and the dataclass's
-own ``__post_init__`` checks become one ValueError naming the section.
+wrong key or value is a ``ConfigError`` (a ValueError) naming the key and what was expected, and the dataclass's
+own ``__post_init__`` checks become one ConfigError naming the section.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import dataclasses
 import types
 import typing
 from typing import Any, Callable, Literal
+
+from .errors import ConfigError
 
 
 def field_types(cls) -> dict:
@@ -37,13 +39,13 @@ def type_name(hint) -> str:
 
 
 def convert(value, hint, key: str, types_of: Callable = field_types):
-    """``value`` (a JSON value) checked and converted to ``hint``; ValueError naming ``key``.
+    """``value`` (a JSON value) checked and converted to ``hint``; ConfigError naming ``key``.
     ``types_of(cls)``: the field types of a nested dataclass (default: its annotations)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
 
     def fail():
-        return ValueError(f"config key {key!r}: expected {type_name(hint)}, got {value!r}")
+        return ConfigError(f"config key {key!r}: expected {type_name(hint)}, got {value!r}")
 
     if hint is Any:
         return value
@@ -61,7 +63,7 @@ def convert(value, hint, key: str, types_of: Callable = field_types):
     if origin is Literal:
         if value in args:
             return value
-        raise ValueError(f"config key {key!r}: expected one of {list(args)}, got {value!r}")
+        raise ConfigError(f"config key {key!r}: expected one of {list(args)}, got {value!r}")
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
@@ -89,7 +91,7 @@ def convert(value, hint, key: str, types_of: Callable = field_types):
             raise fail()
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise ValueError(f"config key {key!r}: expected {len(args)} values, got {value!r}")
+                raise ConfigError(f"config key {key!r}: expected {len(args)} values, got {value!r}")
             return tuple(convert(v, a, key, types_of) for v, a in zip(value, args))
         elem = args[0] if args else Any
         items = [convert(v, elem, key, types_of) for v in value]
@@ -107,19 +109,19 @@ def build(cls, d: dict, prefix: str = "", types_of: Callable = field_types):
     """Instance of dataclass ``cls`` from the (partial) dict ``d``; missing fields keep defaults.
 
     Unknown keys, values of the wrong type (``convert``) and the dataclass's own checks
-    (``__post_init__``) are each one ValueError naming the key (``prefix`` + field) or section."""
+    (``__post_init__``) are each one ConfigError naming the key (``prefix`` + field) or section."""
     if not isinstance(d, dict):
-        raise ValueError(f"config section {prefix.rstrip('.') or cls.__name__!r}: expected an object, got {d!r}")
+        raise ConfigError(f"config section {prefix.rstrip('.') or cls.__name__!r}: expected an object, got {d!r}")
     types_ = types_of(cls)
     section = prefix.rstrip(".") or cls.__name__
     unknown = sorted(set(d) - set(types_))
     if unknown:
-        raise ValueError(f"unknown config key {prefix + unknown[0]!r}; valid keys here: {sorted(types_)}")
+        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; valid keys here: {sorted(types_)}")
     kwargs = {k: convert(v, types_[k], prefix + k) for k, v in d.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"config section {section!r}: {exc}") from exc
+        raise ConfigError(f"config section {section!r}: {exc}") from exc
 
 
 class DictMixin:

@@ -8,6 +8,7 @@ import pytest
 from loupe_core.data import (load_classification_split, load_detection_split, load_grounding_split,
                              load_retrieval_split, prepare_shapesworld)
 from loupe_core.data.images import encode_png
+from loupe_core.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_real_like_files_resize_whole_images_and_scale_boxes(tmp_path):
     ground = load_grounding_split(str(root / "refs.json"), image_size=20, split="testA")
     assert ground.expressions == ["dog on the right", "right dog"] and ground.expression_image == [0, 0]
     assert np.allclose(ground.boxes, [[10, 0, 20, 10]] * 2)
-    with pytest.raises(ValueError, match="image_size"):
+    with pytest.raises(DataError, match="image_size"):
         load_detection_split(str(root / "det.json"))  # sizes differ and no image_size
     karpathy = {"images": [{"filepath": "images", "filename": "wide.jpg", "split": "test", "sentences": [{"raw": "green"}]},
                            {"filepath": "images", "filename": "tall.png", "split": "train", "sentences": [{"raw": "x"}]}]}
@@ -101,11 +102,11 @@ def test_real_like_files_resize_whole_images_and_scale_boxes(tmp_path):
 
 
 def test_missing_files_and_fields_are_named(tmp_path):
-    with pytest.raises(ValueError, match="json_path"):
+    with pytest.raises(DataError, match="json_path"):
         load_retrieval_split(str(tmp_path / "nope.json"))
     (tmp_path / "r.json").write_text(json.dumps({"images": [{"filename": "x.png", "sentences": []}]}))
-    with pytest.raises(ValueError, match="x.png"):
+    with pytest.raises(DataError, match="x.png"):
         load_retrieval_split(str(tmp_path / "r.json"))
     (tmp_path / "c.json").write_text(json.dumps({"templates": ["{}"], "images": []}))
-    with pytest.raises(ValueError, match="classes"):
+    with pytest.raises(DataError, match="classes"):
         load_classification_split(str(tmp_path / "c.json"))

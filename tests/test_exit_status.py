@@ -43,3 +43,44 @@ def test_other_errors_of_the_run_surface_as_programming_errors(monkeypatch, exc)
 def test_a_bad_argument_is_exit_2_naming_it(capsys):
     assert command.run_pretrain_command(_args(overrides=["train.stepz=3"])) == 2
     assert "train.stepz" in capsys.readouterr().err
+
+
+def test_a_setting_checked_during_the_run_is_exit_2_naming_it(tmp_path, capsys):
+    """The sampler's check (a batch larger than the training set) runs inside ``pretrain``: a
+    ``ConfigError``, so exit 2 with its message, not a traceback."""
+    args = _args(out=str(tmp_path / "run"), overrides=["data.train_size=4", "train.batch_size=8"])
+    assert command.run_pretrain_command(args) == 2
+    assert "train.batch_size=8 exceeds the training set (4 pairs)" in capsys.readouterr().err
+
+
+def _bad_setting():
+    from loupe_core.config import load_config
+
+    load_config("tiny", ["loss.token_source=exhaustive"])
+
+
+def _bad_post_init():
+    from loupe_core.config import load_config
+
+    load_config("tiny", ["loss.unsil=false"])  # tiny (as paper) has hybrid levels: they need UNSIL
+
+
+def _unusable_records():
+    from loupe_core.data.stats import BadRunGuard, DataStats
+
+    guard = BadRunGuard(DataStats(), limit=2)
+    guard.skipped("a.tar")
+    guard.skipped("a.tar")
+
+
+def _no_shard():
+    from loupe_core.data.webdataset_loader import expand_shards
+
+    expand_shards([])
+
+
+@pytest.mark.parametrize("raise_it, error", [(_bad_setting, ConfigError), (_bad_post_init, ConfigError),
+                                             (_unusable_records, DataError), (_no_shard, DataError)])
+def test_user_errors_of_config_and_data_are_typed(raise_it, error):
+    with pytest.raises(error):
+        raise_it()

@@ -17,7 +17,7 @@ from loupe_core.data import Tokenizer
 from _trainer_helpers import tiny_model
 from loupe_core.viz import (alignment_figure, inspect_pair, instability_curve, plot_training_curves,
                             region_interaction_figure)
-from loupe_core.viz.matrices import semantic_interactions
+from loupe_core.viz.matrices import pair_interactions
 from loupe_core.viz.regions import region_candidates, token_region_interactions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -64,11 +64,11 @@ def test_region_figure_values_come_from_the_engine(model, tokenizer, image, tmp_
     assert_png(path)
 
 
-def test_alignment_figure_and_semantic_interactions(model, tokenizer, image, tmp_path):
+def test_alignment_figure_and_pair_interactions(model, tokenizer, image, tmp_path):
     view = inspect_pair(model, tokenizer, image, CAPTIONS[0])
     M = int(view.batch["phrase_mask"].sum())
     assert M >= 2 and len(view.phrases) == M and view.A.shape == (1, 3, M)
-    got = semantic_interactions(view)
+    got = pair_interactions(view)
     want = sk.region_phrase_interaction(view.A.double(), method="exact")[0]
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-4)
     assert_png(alignment_figure(view, str(tmp_path / "alignment.png")))

@@ -13,6 +13,7 @@ import torch
 
 from .images import normalize_image
 from .tokenizer import Tokenizer, phrase_token_mask
+from ..errors import DataError
 
 
 def make_sample(image: np.ndarray, caption: str, phrase_spans: Sequence[tuple[int, int]], key: str,
@@ -20,11 +21,11 @@ def make_sample(image: np.ndarray, caption: str, phrase_spans: Sequence[tuple[in
     """Tokenise ``caption`` and map its phrase character spans to tokens.
 
     image: uint8 ``[H, W, 3]``. Phrases cut off by the token limit are dropped. Raises
-    ValueError if the caption has no token (loaders count and skip such captions first).
+    ``DataError`` if the caption has no token (loaders count and skip such captions first).
     """
     ids, offsets = tokenizer.encode(caption)
     if not ids:
-        raise ValueError(f"caption: no tokens in {caption!r} (key {key!r})")
+        raise DataError(f"caption: no tokens in {caption!r} (key {key!r})")
     phrase_tokens = phrase_token_mask(offsets, phrase_spans)
     return {
         "image": normalize_image(image),

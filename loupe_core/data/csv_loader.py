@@ -183,7 +183,7 @@ class CsvStream(torch.utils.data.IterableDataset):
     (``rank`` of ``world_size``) takes every ``world_size``-th row and each DataLoader worker
     every ``num_workers``-th of those, so the stream is a pure function of the seed. Skipped
     rows are counted; ``bad_limit`` in a row, or an epoch of this stream without a kept row,
-    raise ValueError naming the CSV.
+    raise DataError naming the CSV.
     """
 
     def __init__(self, pairs: CsvPairs, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -211,9 +211,9 @@ class CsvStream(torch.utils.data.IterableDataset):
                     kept_any = True
                     yield sample
             if not kept_any:
-                raise ValueError(f"{self.pairs.csv_path}: a whole epoch gave this process no usable row "
-                                 f"({len(self.pairs)} rows, rank {self.rank} of {self.world_size}, worker "
-                                 f"{worker} of {workers}; last counts: {stats.summary()})")
+                raise DataError(f"{self.pairs.csv_path}: a whole epoch gave this process no usable row "
+                                f"({len(self.pairs)} rows, rank {self.rank} of {self.world_size}, worker "
+                                f"{worker} of {workers}; last counts: {stats.summary()})")
             epoch += 1
 
     def __iter__(self):

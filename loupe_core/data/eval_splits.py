@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from ..errors import DataError
 from .images import resize_center_crop, resize_stretch
 
 
@@ -53,25 +54,25 @@ class GroundingSplit(NamedTuple):
 
 def _read_json(json_path: str) -> dict:
     if not os.path.isfile(json_path):
-        raise ValueError(f"json_path: no file at {json_path!r}")
+        raise DataError(f"json_path: no file at {json_path!r}")
     with open(json_path) as f:
         return json.load(f)
 
 
 def _field(obj: dict, key: str, where: str):
     if key not in obj:
-        raise ValueError(f"{where}: missing field {key!r}")
+        raise DataError(f"{where}: missing field {key!r}")
     return obj[key]
 
 
 def eval_image_paths(json_path: str) -> list[str]:
     """The absolute paths of the image files an evaluation file names (any task's format: each
     ``images`` entry's ``filename`` or ``file_name``, under its ``filepath``), in the default
-    ``images`` folder beside it; ValueError naming the file when it is not such a file."""
+    ``images`` folder beside it; ``DataError`` naming the file when it is not such a file."""
     d = _read_json(json_path)
     entries = d.get("images") if isinstance(d, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ValueError(f"{json_path}: no 'images' list of objects")
+        raise DataError(f"{json_path}: no 'images' list of objects")
     root = os.path.join(os.path.dirname(os.path.abspath(json_path)), "images")
     names = [os.path.join(e.get("filepath", ""), e.get("filename") or _field(e, "file_name", json_path))
              for e in entries]
@@ -88,7 +89,7 @@ def _load_images(json_path: str, names: list[str], image_root: Optional[str], im
     for name in names:
         path = os.path.join(root, name)
         if not os.path.isfile(path):
-            raise ValueError(f"image_root: image {name!r} not found under {root!r}")
+            raise DataError(f"image_root: image {name!r} not found under {root!r}")
         with Image.open(path) as img:
             if image_size is None:
                 arr, scale = np.asarray(img.convert("RGB"), dtype=np.uint8), (1.0, 1.0)
@@ -99,9 +100,9 @@ def _load_images(json_path: str, names: list[str], image_root: Optional[str], im
         images.append(arr)
         scales.append(scale)
     if not images:
-        raise ValueError(f"json_path: {json_path} lists no image")
+        raise DataError(f"json_path: {json_path} lists no image")
     if len({a.shape for a in images}) > 1:
-        raise ValueError(f"image_size: the images of {json_path} differ in size; pass image_size to resize them")
+        raise DataError(f"image_size: the images of {json_path} differ in size; pass image_size to resize them")
     return np.stack(images), np.asarray(scales, dtype=np.float64)
 
 
@@ -128,7 +129,7 @@ def load_classification_split(json_path: str, *, image_root: Optional[str] = Non
     entries = _field(data, "images", json_path)
     labels = np.asarray([_field(e, "label", "classification image") for e in entries], dtype=np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
-        raise ValueError(f"{json_path}: labels must index classes (0..{len(classes) - 1})")
+        raise DataError(f"{json_path}: labels must index classes (0..{len(classes) - 1})")
     images, _ = _load_images(json_path, [e["file_name"] for e in entries], image_root, image_size, whole=False)
     return ClassificationSplit(images, labels, list(classes), list(templates))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator, Optional, Sequence
 
 from .stats import DataStats, logger
+from ..errors import DataError
 
 
 class ShardReads:
@@ -45,8 +46,8 @@ class ShardReads:
         self.failed[url] = why
         if self.urls is not None and self.urls <= set(self.failed):
             named = "; ".join(f"{u}: {w}" for u, w in sorted(self.failed.items())[:5])
-            raise ValueError(f"shards: none of the {len(self.urls)} shards gave a sample ({named}"
-                             f"{'; ...' if len(self.failed) > 5 else ''})")
+            raise DataError(f"shards: none of the {len(self.urls)} shards gave a sample ({named}"
+                            f"{'; ...' if len(self.failed) > 5 else ''})")
 
     def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
         for shard in src:

@@ -142,8 +142,8 @@ def add_phrases_to_shards(shards: list[str], out_dir: str, *, caption_key: str =
     def annotated(path):
         for key, members in read_shard(path):
             if caption_key not in members:
-                raise ValueError(f"caption_key {caption_key!r} missing from sample {key!r} of {path} "
-                                 f"(it has {sorted(members)})")
+                raise DataError(f"caption_key {caption_key!r} missing from sample {key!r} of {path} "
+                                f"(it has {sorted(members)})")
             caption = caption_of(members, caption_key) or ""
             meta = json_member(members["json"]) if "json" in members else {}
             meta["phrases"] = [list(s) for s in extract_noun_phrases(caption, backend=backend)]
@@ -154,6 +154,6 @@ def add_phrases_to_shards(shards: list[str], out_dir: str, *, caption_key: str =
     for path in shards:
         target = os.path.join(out_dir, os.path.basename(path))
         if os.path.abspath(target) == os.path.abspath(path):
-            raise ValueError(f"out_dir: would overwrite the input shard {path}")
+            raise DataError(f"out_dir: would overwrite the input shard {path}")
         write_shard(target, annotated(path))
     return counts

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 from .batch import collate_batch
+from ..errors import DataError
 
 logger = logging.getLogger("loupe_core.data")
 
@@ -82,7 +83,7 @@ class DataStats:
 
 
 class BadRunGuard:
-    """Raises ValueError when ``limit`` records in a row are skipped with none kept.
+    """Raises ``DataError`` when ``limit`` records in a row are skipped with none kept.
 
     ``skipped(source)`` / ``kept()`` after each record; ``stats`` (the counts by reason) and
     ``hint`` (e.g. which setting to check) go into the message, with the sources seen in the run.
@@ -102,8 +103,8 @@ class BadRunGuard:
         if source not in self.sources and len(self.sources) < 5:
             self.sources.append(source)
         if self.in_a_row >= self.limit:
-            raise ValueError(f"no usable sample in the last {self.in_a_row} records (from {self.sources}); "
-                             f"counts so far: {self.stats.summary()}{self.hint}")
+            raise DataError(f"no usable sample in the last {self.in_a_row} records (from {self.sources}); "
+                            f"counts so far: {self.stats.summary()}{self.hint}")
 
 
 def batches_with_counts(samples: Iterable[dict], stats: DataStats, batch_size: int, max_phrases: int,
@@ -145,8 +146,8 @@ class CountingLoader:
         logger.info("%s epoch: %s", self.name, self.epoch_stats.summary())
         e = self.epoch_stats
         if e.kept == 0 and (e.seen or e.shard_errors):
-            raise ValueError(f"{self.name}: no usable sample in a whole pass ({e.summary()})"
-                             + (f"; check {self.hint}" if self.hint else ""))
+            raise DataError(f"{self.name}: no usable sample in a whole pass ({e.summary()})"
+                            + (f"; check {self.hint}" if self.hint else ""))
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -46,7 +46,7 @@ class Tokenizer:
             raise ValueError(f"max_length must be in [1, {MAX_TOKENS}], got {max_length}")
         pad = hf_tokenizer.id_to_token(0)
         if pad != "[PAD]":
-            raise ValueError(f"hf_tokenizer: id 0 must be the [PAD] token (pad id 0), got {pad!r}")
+            raise DataError(f"hf_tokenizer: id 0 must be the [PAD] token (pad id 0), got {pad!r}")
         hf_tokenizer.no_padding()  # a saved tokenizer.json may carry padding / truncation settings:
         hf_tokenizer.no_truncation()  # ids here are unpadded and cut to max_length by encode
         self._tok = hf_tokenizer

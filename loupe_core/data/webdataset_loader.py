@@ -25,6 +25,7 @@ from .shard_reads import ShardReads
 from .shards import caption_of, json_member
 from .stats import DEFAULT_BAD_LIMIT, BadRunGuard, CountingLoader, DataStats, batches_with_counts, logger
 from .tokenizer import Tokenizer
+from ..errors import DataError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -36,7 +37,7 @@ def expand_shards(shards: Union[str, Sequence[str]]) -> list[str]:
     patterns = shards.split("::") if isinstance(shards, str) else list(shards)
     urls = [u for p in patterns for u in braceexpand.braceexpand(p)]
     if not urls:
-        raise ValueError(f"shards: no shard in {shards!r}")
+        raise DataError(f"shards: no shard in {shards!r}")
     return urls
 
 

@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence
 from shapley_kernels.checks import check_int
 
 from ..schema import DictMixin
+from ..errors import ConfigError
 
 IMAGE_TOWERS = ("vit", "swin")
 GROUND_SCORES = ("cosine", "shapley")
@@ -21,14 +22,14 @@ GROUND_QUERIES = ("cls", "phrase")
 
 def one_of(name: str, value, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 def in_range(name: str, value, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise TypeError(f"{name} must be a finite number, got {value!r}")
     if not low <= value <= high:
-        raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
+        raise ConfigError(f"{name} must lie in [{low}, {high}], got {value}")
 
 
 def _default_anchors() -> List[List[float]]:
@@ -131,24 +132,24 @@ class ModelConfig(DictMixin):
             check_int(name, getattr(self, name), 1)
         check_int("num_random", self.num_random, 0)
         if self.image_tower == "vit" and self.image_size % self.patch_size:
-            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size "
-                             f"({self.patch_size})")
+            raise ConfigError(f"image_size ({self.image_size}) must be a multiple of patch_size "
+                              f"({self.patch_size})")
         if self.image_dim % self.image_heads:
-            raise ValueError(f"image_dim ({self.image_dim}) must be divisible by image_heads ({self.image_heads})")
+            raise ConfigError(f"image_dim ({self.image_dim}) must be divisible by image_heads ({self.image_heads})")
         if self.text_dim % self.text_heads:
-            raise ValueError(f"text_dim ({self.text_dim}) must be divisible by text_heads ({self.text_heads})")
+            raise ConfigError(f"text_dim ({self.text_dim}) must be divisible by text_heads ({self.text_heads})")
         in_range("image_dropout", self.image_dropout, 0.0, 1.0)
         in_range("text_dropout", self.text_dropout, 0.0, 1.0)
         in_range("nms_iou", self.nms_iou, 0.0, 1.0)
         in_range("logit_scale_init", self.logit_scale_init, 1e-6, 1e6)
         in_range("logit_scale_max", self.logit_scale_max, self.logit_scale_init, 1e6)
         if not isinstance(self.anchors, (list, tuple)) or len(self.anchors) == 0:
-            raise ValueError(f"anchors must be a non-empty list of [width, height], got {self.anchors!r}")
+            raise ConfigError(f"anchors must be a non-empty list of [width, height], got {self.anchors!r}")
         for anchor in self.anchors:
             if (not isinstance(anchor, (list, tuple)) or len(anchor) not in (2, 4)
                     or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)
                            for s in anchor)
                     or not (anchor[0] > 0 and anchor[1] > 0) or any(abs(d) > 0.5 for d in anchor[2:])):
-                raise ValueError(f"anchors entries must be [width, height] with positive sizes, or [width, height, "
+                raise ConfigError(f"anchors entries must be [width, height] with positive sizes, or [width, height, "
                                  f"dx, dy] with |dx|, |dy| <= 0.5, got {anchor!r}")
         self.anchors = [[float(v) for v in anchor] for anchor in self.anchors]

@@ -19,7 +19,7 @@ from torch import nn
 
 from shapley_kernels.token_level import TransformerTower
 
-from loupe_core.errors import CheckpointError
+from loupe_core.errors import CheckpointError, ConfigError
 
 from .files import read_json, read_weights
 
@@ -85,9 +85,9 @@ def import_timm():
         import timm
         return timm
     except ImportError as exc:
-        raise ValueError("image_tower='swin' and timm weights need the optional package timm: "
-                         "pip install --no-deps timm==1.0.31 torchvision==0.28.0 (README, 'Swin and timm')"
-                         ) from exc
+        raise ConfigError("image_tower='swin' and timm weights need the optional package timm: "
+                          "pip install --no-deps timm==1.0.31 torchvision==0.28.0 (README, 'Swin and timm')"
+                          ) from exc
     except RuntimeError as exc:
         if "torchvision::nms" not in str(exc):
             raise

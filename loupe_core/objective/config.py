@@ -1,5 +1,5 @@
 """Loss configuration of LOUPE's training objective: a plain dataclass, built from and written to dicts
-(``from_dict`` rejects unknown keys with a ``ValueError`` naming the key)."""
+(``from_dict`` rejects unknown keys with a ``ConfigError`` naming the key)."""
 from dataclasses import dataclass, field
 from typing import Dict, List
 
@@ -7,6 +7,7 @@ from shapley_kernels.checks import check_int
 
 from ..model.config import in_range, one_of
 from ..schema import DictMixin
+from ..errors import ConfigError
 
 LABEL_SOURCES = ("exact", "sampling", "hybrid")
 TOKEN_BASELINES = ("zero", "drop")
@@ -103,8 +104,8 @@ class LossConfig(DictMixin):
         one_of("token_target", self.token_target, TOKEN_TARGETS[self.token_game])
         one_of("token_candidates", self.token_candidates, TOKEN_CANDIDATES)
         if self.token_game == "alignment" and self.token_source != "exact":
-            raise ValueError(f"token_game='alignment' is exact in closed form: token_source must be 'exact', "
-                             f"got {self.token_source!r}")
+            raise ConfigError(f"token_game='alignment' is exact in closed form: token_source must be 'exact', "
+                              f"got {self.token_source!r}")
         one_of("fine_queries", self.fine_queries, FINE_QUERIES)
         in_range("fine_contrast", self.fine_contrast, 0.0, 1e6)
         in_range("pacl", self.pacl, 0.0, 1e6)
@@ -117,14 +118,14 @@ class LossConfig(DictMixin):
         in_range("unsil_gate", self.unsil_gate, 0.0, 1.0)
         in_range("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
         if not (self.cmc or self.tsa or self.fsa or self.fine_contrast > 0 or self.pacl > 0 or self.terms):
-            raise ValueError("at least one of cmc, tsa, fsa, fine_contrast, pacl (or a term of loss.terms) "
-                             "must be on")
+            raise ConfigError("at least one of cmc, tsa, fsa, fine_contrast, pacl (or a term of loss.terms) "
+                              "must be on")
         hybrid = self.hybrid_levels()
         if hybrid and not self.unsil:
-            raise ValueError(f"label source 'hybrid' at level(s) {hybrid} needs unsil=True")
+            raise ConfigError(f"label source 'hybrid' at level(s) {hybrid} needs unsil=True")
         if self.unsil and not hybrid:
-            raise ValueError("unsil=True needs an enabled level (tsa: token_source, fsa: semantic_source) "
-                             "with label source 'hybrid'")
+            raise ConfigError("unsil=True needs an enabled level (tsa: token_source, fsa: semantic_source) "
+                              "with label source 'hybrid'")
 
     def hybrid_levels(self) -> List[str]:
         """The enabled levels ("token", "semantic") whose labels come from the hybrid strategy."""

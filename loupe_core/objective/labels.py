@@ -82,13 +82,14 @@ def token_target_interactions(image_tower, text_tower, image_tokens, text_tokens
 def semantic_interactions(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor, *,
                           method: str, num_samples: int, seed: int) -> torch.Tensor:
     """I([H_ij]) float[B, K, M] in game v2 of the detached A float[B, K, M]; 0 for padding and
-    for captions without a phrase. method "exact" or "sampling"."""
+    for captions without a phrase. method "exact", "sampling" or "auto" (exact where the pair is small,
+    ``sk.region_phrase_interaction``); ``num_samples`` is unused by "exact"."""
     out = torch.zeros_like(A, dtype=A.dtype).detach()
     rows = phrase_mask.any(dim=1) & region_mask.any(dim=1)
     if bool(rows.any()):
         out[rows] = sk.region_phrase_interaction(
             _for_engine("alignment logits A", A[rows]).contiguous(), region_mask[rows], phrase_mask[rows],
-            method=method,            num_samples=num_samples if method == "sampling" else None, seed=seed).to(A.dtype)
+            method=method, num_samples=None if method == "exact" else num_samples, seed=seed).to(A.dtype)
     return out
 
 

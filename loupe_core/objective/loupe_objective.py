@@ -72,7 +72,7 @@ class LoupeObjective(nn.Module):
         self.loss_config = lcfg = as_config(LossConfig, loss_config)
         cfg = self.model.config
         if lcfg.token_baseline == "drop" and cfg.image_tower == "swin" and lcfg.tsa:
-            raise ValueError("token_baseline='drop' is not defined for the Swin image tower; use 'zero'")
+            raise ConfigError("token_baseline='drop' is not defined for the Swin image tower; use 'zero'")
         d = cfg.embed_dim
         query_dims = {"token": d, "semantic": 2 * d}  # a region; a (region, phrase) pair
         self.unsil = nn.ModuleDict({level: Unsil(lcfg.unsil_arch, query_dims[level], d, lcfg.unsil_hidden)

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from shapley_kernels.checks import check_device
 from loupe_core.global_batch import Ranks
+from loupe_core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,8 @@ def shard_bounds(global_batch: int, world_size: int, rank: int, accum_steps: int
     """
     parts = world_size * accum_steps
     if global_batch % parts:
-        raise ValueError(f"train.batch_size={global_batch} must be divisible by world size x train.accum_steps "
-                         f"= {world_size} x {accum_steps}")
+        raise ConfigError(f"train.batch_size={global_batch} must be divisible by world size x train.accum_steps "
+                          f"= {world_size} x {accum_steps}")
     micro = global_batch // parts
     return [(m * world_size * micro + rank * micro, m * world_size * micro + (rank + 1) * micro)
             for m in range(accum_steps)]

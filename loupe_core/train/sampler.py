@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from loupe_core.train.distributed import shard_bounds
+from loupe_core.errors import ConfigError
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -28,7 +29,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
     def __init__(self, dataset_size: int, global_batch: int, *, seed: int, start_step: int, total_steps: int,
                  world_size: int = 1, rank: int = 0, accum_steps: int = 1):
         if global_batch > dataset_size:
-            raise ValueError(f"train.batch_size={global_batch} exceeds the training set ({dataset_size} pairs)")
+            raise ConfigError(f"train.batch_size={global_batch} exceeds the training set ({dataset_size} pairs)")
         self.n = dataset_size
         self.global_batch = global_batch
         self.seed = seed

@@ -10,8 +10,7 @@ from typing import Sequence
 
 import torch
 
-import shapley_kernels as sk
-
+from ..objective.labels import semantic_interactions
 from .figures import new_figure, save_figure
 from .pair import PairView
 
@@ -47,15 +46,13 @@ def plot_alignment_matrices(alignment: torch.Tensor, interaction: torch.Tensor, 
     return save_figure(fig, path)
 
 
-def semantic_interactions(view: PairView, *, num_samples: int = 500, seed: int = 0) -> torch.Tensor:
-    """I([H_ij]) float[K, M] of the pair (zeros when the caption has no phrase)."""
-    A = view.A.detach().contiguous()
+def pair_interactions(view: PairView, *, num_samples: int = 500, seed: int = 0) -> torch.Tensor:
+    """I([H_ij]) float[K, M] of the pair (``labels.semantic_interactions``, "auto": exact where the
+    pair is small; zeros when the caption has no phrase)."""
+    A = view.A.detach()
     region_mask = torch.ones(A.shape[:2], dtype=torch.bool, device=A.device)
-    phrase_mask = view.batch["phrase_mask"]
-    if not bool(phrase_mask.any()):
-        return torch.zeros(A.shape[1:], dtype=A.dtype)
-    return sk.region_phrase_interaction(A, region_mask, phrase_mask, method="auto", num_samples=num_samples,
-                                        seed=seed)[0].cpu()
+    return semantic_interactions(A, region_mask, view.batch["phrase_mask"], method="auto", num_samples=num_samples,
+                                 seed=seed)[0].cpu()
 
 
 def alignment_panel(A: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -75,5 +72,5 @@ def alignment_panel(A: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tenso
 def alignment_figure(view: PairView, path: str, *, seed: int = 0) -> str:
     """Fig. 5 (right) for one pair; returns ``path``."""
     panel, name = alignment_panel(view.A[0].detach().double().cpu(), view.batch["phrase_mask"][0].cpu())
-    return plot_alignment_matrices(panel, semantic_interactions(view, seed=seed), path,
+    return plot_alignment_matrices(panel, pair_interactions(view, seed=seed), path,
                                    phrase_labels=view.phrases, title=view.batch["captions"][0], alignment_name=name)

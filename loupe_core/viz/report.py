@@ -17,7 +17,7 @@ import torch
 from loupe_core.eval.splits import load_split
 
 from .curves import instability_curve, plot_instability, plot_training_curves
-from .matrices import alignment_figure, semantic_interactions
+from .matrices import alignment_figure, pair_interactions
 from .pair import inspect_pair
 from .regions import region_interaction_figure
 
@@ -47,7 +47,7 @@ def _instability_curves(view, *, sample_counts, seeds) -> dict:
     A = view.A.detach().double().cpu().contiguous()
     region_mask = ones(A.shape[:2], dtype=torch.bool)
     # instability is undefined where every interaction is exactly 0 (no phrase, or one region)
-    if bool(phrase_mask.any()) and float(semantic_interactions(view).abs().max()) > 0:
+    if bool(phrase_mask.any()) and float(pair_interactions(view).abs().max()) > 0:
         curves["model, example 0"] = instability_curve(A, region_mask, phrase_mask, sample_counts=sample_counts,
                                                        seeds=seeds)
     return curves

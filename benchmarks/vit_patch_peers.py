@@ -77,17 +77,6 @@ def captum_ablation(forward, patches):
                                               perturbations_per_eval=64)[0, :, 0]
 
 
-class CountedForward:
-    """Captum's forward, counting masked rows."""
-
-    def __init__(self, forward):
-        self.forward, self.rows = forward, 0
-
-    def __call__(self, x):
-        self.rows += x.shape[0]
-        return self.forward(x)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
@@ -109,11 +98,11 @@ def main():
                 "ours auto": lambda c: sk.shapley_values(c.torch_bool, PATCHES, budget=budget, seed=seed),
                 "ours permutation": lambda c: sk.shapley_values(c.torch_bool, PATCHES, method="sampling",
                                                                 estimator="permutation", budget=budget, seed=seed),
-                "captum ShapleyValueSampling": lambda c: captum_svs(c, patches, budget, seed),
-                "captum FeatureAblation": lambda c: captum_ablation(c, patches),
+                "captum ShapleyValueSampling": lambda c: captum_svs(c.torch_bool, patches, budget, seed),
+                "captum FeatureAblation": lambda c: captum_ablation(c.torch_bool, patches),
             }
             for name, run in runs.items():  # interleaved: every method once per seed and budget
-                counted = Counted(game) if name.startswith("ours") else CountedForward(forward)
+                counted = Counted(game if name.startswith("ours") else forward)  # counts rows of any input
                 start = time.perf_counter()
                 phi = run(counted).double().reshape(-1)
                 seconds = time.perf_counter() - start

@@ -32,7 +32,7 @@ from estimator_bench import real_workload  # noqa: E402
 from gpu_token_bench import tower_flops  # noqa: E402
 
 from shapley_kernels.token_level import region_interaction  # noqa: E402
-from shapley_kernels.token_level.game import TOKENS_PER_CALL  # noqa: E402
+from shapley_kernels.defaults import default_tokens_per_call  # noqa: E402
 
 
 class HalfRecorder:
@@ -62,9 +62,9 @@ def median_seconds(fn, repeats: int) -> float:
 
 def towers_alone(tower, tokens: torch.Tensor, keep: torch.Tensor, repeats: int) -> float:
     """Seconds to run the rows ``keep`` bool[C, N] (the halves the engine encoded) over ``tokens``
-    (float[R, N, D], cycled) through ``tower`` in chunks of the engine's size (TOKENS_PER_CALL // N)."""
+    (float[R, N, D], cycled) through ``tower`` in chunks of the engine's size (default_tokens_per_call // N)."""
     rows, N = keep.shape
-    chunk = max(1, TOKENS_PER_CALL // N)
+    chunk = max(1, default_tokens_per_call(keep.device) // N)
     x = tokens[torch.arange(rows) % tokens.shape[0]]
 
     def run():
@@ -121,7 +121,8 @@ def main(argv=None):
     step = 3 * (tower_flops(core["image"].dim, len(core["image"].blocks), torch.full((P,), x_img.shape[1]))
                 + tower_flops(core["text"].dim, len(core["text"].blocks), text_mask.sum(dim=1)))
     width = core["image"].dim
-    gemm = matmul_gflops(width, TOKENS_PER_CALL, args.repeats, device)
+    gemm_rows = default_tokens_per_call(device)
+    gemm = matmul_gflops(width, gemm_rows, args.repeats, device)
     print(f"machine: {platform.machine()} {platform.processor()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {device}; {P} pairs x {regions.shape[1]} candidates, "
           f"num_samples {args.samples}, estimator {args.estimator!r}, baseline {baseline!r}, float32\n")
@@ -135,7 +136,7 @@ def main(argv=None):
                        ("engine: GFLOP/s of the needed FLOPs", f"{needed / seconds / 1e9:.1f}"),
                        ("towers alone, same rows in the engine's chunks: s", f"{dense:.3f}"),
                        ("towers alone: GFLOP/s", f"{needed / dense / 1e9:.1f}"),
-                       (f"float32 matmul [{TOKENS_PER_CALL} x {width}] x [{width} x {4 * width}]: GFLOP/s",
+                       (f"float32 matmul [{gemm_rows} x {width}] x [{width} x {4 * width}]: GFLOP/s",
                         f"{gemm:.1f}"),
                        ("engine time / towers-alone time", f"{seconds / dense:.2f}")):
         print(f"| {key} | {value} |")

@@ -79,7 +79,7 @@ def check_num_samples(num_samples, default: int = 500) -> int:
     return default if num_samples is None else check_int("num_samples", num_samples, 1)
 
 
-def check_max_batch(max_batch, default: int = 4096) -> int:
+def check_max_batch(max_batch, default: Optional[int] = None) -> Optional[int]:
     """Resolve ``max_batch`` (None means ``default``); raise on non-positive or non-integral."""
     return default if max_batch is None else check_int("max_batch", max_batch, 1)
 

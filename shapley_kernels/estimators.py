@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 
+from .defaults import default_max_batch
 from .checks import (check_choice, check_device, check_max_batch, check_num_samples, check_seed, check_shape,
                       check_tensor, check_has_values)
 from ._enumeration import exact_indices, value_table
@@ -158,7 +159,7 @@ def _estimate(game, n: int, targets: torch.Tensor, shapley: bool, method, num_sa
     check_choice("method", method, METHODS)
     if estimator is not None:
         check_choice("estimator", estimator, ESTIMATORS)
-    max_batch = check_max_batch(max_batch)
+    max_batch = check_max_batch(max_batch, default_max_batch(device))
     seed = check_seed(seed)
     if not isinstance(return_stderr, bool):
         raise TypeError(f"return_stderr must be a bool, got {type(return_stderr).__name__}")
@@ -208,7 +209,7 @@ def shapley_values(game, n: int, *, method: str = "auto", num_samples: Optional[
     num_samples is ignored, "auto" is exact when 2^n <= budget and otherwise samples with
     ``choose_estimator(n, budget)``).
     seed: int for reproducible sampling, None to draw one from torch's global generator.
-    max_batch: most coalitions per game call (default 4096). device: where coalitions are
+    max_batch: most coalitions per game call (default 512 on the CPU, 4096 on CUDA). device: where coalitions are
     built and the result lives (default CPU). estimator: a per-target sampler ("stratified", the
     default without budget; "control_variate"; "paper") or, with budget, a budgeted estimator
     ("permutation", "kernel", "unbiased_kernel", "kadd2", "kadd3", "svarm"; module docstring,

@@ -157,9 +157,9 @@ def test_drop_refused_for_windowed_encoder():
 
 
 def test_default_chunks_follow_the_token_budget(monkeypatch):
-    from shapley_kernels.token_level import game as game_module
+    from shapley_kernels import defaults
 
-    monkeypatch.setattr(game_module, "TOKENS_PER_CALL", 12)
+    monkeypatch.setattr(defaults, "TOKENS_PER_CALL_CPU", 12)
     img, txt = towers()
     x_img, x_txt = torch.randn(4, 16, dtype=torch.float64), torch.randn(6, 12, dtype=torch.float64)
     ci, ct = CountingEncoder(img), CountingEncoder(txt)

@@ -3,8 +3,9 @@
 v1(S) = cos(f_I(S n X_I), f_T(S n X_T)). The two halves of a coalition are encoded
 independently, so every distinct image half and every distinct text half in a call is encoded
 once (``torch.unique`` over the packed bitmask of (pair, half)) and the encoder sees at most
-``max_batch`` rows at a time (default: as many rows as fit ``TOKENS_PER_CALL`` tokens, which
-bounds activation memory: 2^16 tokens of a ViT-S MLP are 400 MB in float32).
+``max_batch`` rows at a time (default: as many rows as fit ``defaults.default_tokens_per_call``
+tokens: 2^13 on the CPU, the knee of rows per call against coalitions per second, and 2^16 on
+CUDA, which bounds activation memory: 2^16 tokens of a ViT-S MLP are 400 MB in float32).
 
 Baselines (the two are different games):
   "zero": absent tokens' embeddings are replaced by zeros (before the encoder adds position
@@ -22,14 +23,14 @@ import torch.nn.functional as F
 
 from ..checks import (check_choice, check_finite, check_has_values, check_max_batch, check_shape, check_tensor,
                        result_dtype)
+from ..defaults import default_tokens_per_call
 from .packing import pack_bits
 
 BASELINES = ("zero", "drop")
-TOKENS_PER_CALL = 1 << 16
 
 
 def resolve_max_batch(max_batch) -> Optional[int]:
-    """None stays None (rows per call then follow TOKENS_PER_CALL); otherwise a checked positive int."""
+    """None stays None (rows per call then follow ``default_tokens_per_call``); otherwise a checked positive int."""
     return None if max_batch is None else check_max_batch(max_batch)
 
 
@@ -67,13 +68,14 @@ def encode_halves(encoder, tokens: torch.Tensor, pair: torch.Tensor, keep: torch
 
     tokens float[B, N, D] (B pairs), pair LongTensor[C] (which pair each row belongs to),
     keep bool[C, N] (present tokens), token_mask bool[B, N] or None (padding: never present,
-    always dropped), max_batch: rows per encoder call (None: TOKENS_PER_CALL // N). Returns
+    always dropped), max_batch: rows per encoder call (None: ``default_tokens_per_call(tokens.device)`` // N). Returns
     float[C, d], rows in the order of ``keep``. Every call's output is checked
     (``check_encoder_output``; ``name`` names the encoder, default its type).
     """
     name = name or f"encoder {type(encoder).__name__}"
     C, N = keep.shape
-    rows_per_call = max(1, TOKENS_PER_CALL // max(N, 1)) if max_batch is None else max_batch
+    rows_per_call = (max(1, default_tokens_per_call(tokens.device) // max(N, 1)) if max_batch is None
+                     else max_batch)
     if token_mask is not None:
         keep = keep & token_mask[pair]
     key = torch.cat([pair[:, None], pack_bits(keep)], dim=1)

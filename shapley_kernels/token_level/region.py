@@ -49,7 +49,7 @@ Estimators for ``method="sampling"`` (same expectation; ``num_samples`` J per re
       sample and region; standard error std / sqrt(J).
 One sample costs n_R + 2 game evaluations (2 for "phi" alone); all coalitions of all regions
 and pairs form one stream per tower, whose distinct halves are encoded once in chunks of
-``max_batch`` rows (default: ``game.TOKENS_PER_CALL`` tokens per call). Values are cosines of
+``max_batch`` rows (default: ``defaults.default_tokens_per_call`` tokens per call). Values are cosines of
 L2-normalised embeddings, so v1 = image direction . text direction.
 
 ``method="exact"`` enumerates each pair's game through its dual-encoder factorisation (every

@@ -86,6 +86,12 @@ def backend_status() -> Dict[str, str]:
     return status
 
 
+def missing_kernel(op: str, device: torch.device) -> RuntimeError:
+    """The error a ``shapley_kernels::op`` custom op raises on a device no backend registered for."""
+    return RuntimeError(f"shapley_kernels::{op} has no kernel for device {device}; see "
+                        f"shapley_kernels.backend_status()")
+
+
 def available_backends() -> List[str]:
     """Backends this install can run now, in order of preference on a GPU: cuda, triton, cpp, torch."""
     status = backend_status()

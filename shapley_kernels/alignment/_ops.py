@@ -16,6 +16,8 @@ from typing import Callable, NamedTuple, Tuple
 
 import torch
 
+from .._backends import missing_kernel
+
 
 class AlignmentKernels(NamedTuple):
     """One device's implementations of the three ops (signatures of the ops below; ``sampling``
@@ -26,15 +28,10 @@ class AlignmentKernels(NamedTuple):
     sampling: Callable
 
 
-def _missing(op: str, device: torch.device):
-    return RuntimeError(f"shapley_kernels::{op} has no kernel for device {device}; see "
-                        f"shapley_kernels.backend_status()")
-
-
 @torch.library.custom_op("shapley_kernels::alignment_game", mutates_args=())
 def _game_op(A: torch.Tensor, coalitions: torch.Tensor, region_mask: torch.Tensor,
              phrase_mask: torch.Tensor) -> torch.Tensor:
-    raise _missing("alignment_game", A.device)
+    raise missing_kernel("alignment_game", A.device)
 
 
 @_game_op.register_fake
@@ -44,7 +41,7 @@ def _game_fake(A, coalitions, region_mask, phrase_mask):
 
 @torch.library.custom_op("shapley_kernels::alignment_exact", mutates_args=())
 def _exact_op(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
-    raise _missing("alignment_exact", A.device)
+    raise missing_kernel("alignment_exact", A.device)
 
 
 @_exact_op.register_fake
@@ -55,7 +52,7 @@ def _exact_fake(A, region_mask, phrase_mask):
 @torch.library.custom_op("shapley_kernels::alignment_sampling", mutates_args=())
 def _sampling_op(A: torch.Tensor, region_mask: torch.Tensor, phrase_mask: torch.Tensor, num_samples: int,
                  seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    raise _missing("alignment_sampling", A.device)
+    raise missing_kernel("alignment_sampling", A.device)
 
 
 @_sampling_op.register_fake

@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple, Tuple
 
 import torch
 
+from .._backends import missing_kernel
+
 
 class LateInteractionKernels(NamedTuple):
     """One device's implementations of the three ops (signatures of the ops below)."""
@@ -22,15 +24,10 @@ class LateInteractionKernels(NamedTuple):
     backward: Callable
 
 
-def _missing(op: str, device: torch.device):
-    return RuntimeError(f"shapley_kernels::{op} has no kernel for device {device}; see "
-                        f"shapley_kernels.backend_status()")
-
-
 @torch.library.custom_op("shapley_kernels::late_interaction_forward", mutates_args=())
 def _forward_op(queries: torch.Tensor, query_mask: torch.Tensor, patches: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    raise _missing("late_interaction_forward", queries.device)
+    raise missing_kernel("late_interaction_forward", queries.device)
 
 
 @_forward_op.register_fake
@@ -43,7 +40,7 @@ def _forward_fake(queries, query_mask, patches):
 @torch.library.custom_op("shapley_kernels::late_interaction_best", mutates_args=())
 def _best_op(queries: torch.Tensor, query_mask: torch.Tensor, patches: torch.Tensor
              ) -> Tuple[torch.Tensor, torch.Tensor]:
-    raise _missing("late_interaction_best", queries.device)
+    raise missing_kernel("late_interaction_best", queries.device)
 
 
 @_best_op.register_fake
@@ -56,7 +53,7 @@ def _best_fake(queries, query_mask, patches):
 @torch.library.custom_op("shapley_kernels::late_interaction_backward", mutates_args=())
 def _backward_op(grad: torch.Tensor, queries: torch.Tensor, query_mask: torch.Tensor, patches: torch.Tensor,
                  argmax: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    raise _missing("late_interaction_backward", queries.device)
+    raise missing_kernel("late_interaction_backward", queries.device)
 
 
 @_backward_op.register_fake
